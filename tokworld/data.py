@@ -1,0 +1,230 @@
+"""Trajectory datasets: one row per step, as a Hugging Face `datasets.Dataset`.
+
+Columns: `episode_index`, `frame_index`, `observation` (uint8 HxWx3), `action`, `reward`,
+`terminated`, `truncated`. Row t holds the frame seen at step t, the action taken there, and the
+reward and end flags that action produced. The dataset's `info.description` holds a JSON
+`TrajectoryMeta` (env id, action space, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import gymnasium as gym
+import numpy as np
+
+from tokworld.errors import TokWorldError
+from tokworld.tokenizer.codecs import space_from_dict
+
+COLUMNS = (
+    "episode_index",
+    "frame_index",
+    "observation",
+    "action",
+    "reward",
+    "terminated",
+    "truncated",
+)
+
+
+@dataclass(frozen=True)
+class TrajectoryMeta:
+    """What a dataset is: env, action space, frame size and where it came from."""
+
+    env_id: str
+    action_space: dict
+    frame_size: int
+    source: dict = field(default_factory=dict)
+
+    @property
+    def space(self) -> gym.Space:
+        return space_from_dict(self.action_space)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dataset(cls, ds: datasets.Dataset) -> TrajectoryMeta:
+        """Read the metadata a tokworld dataset carries; infer what it can otherwise."""
+        try:
+            return cls(**json.loads(ds.info.description or ""))
+        except (ValueError, TypeError):
+            pass
+        feature = ds.features.get("action")
+        if isinstance(feature, datasets.ClassLabel):
+            space = {"type": "Discrete", "n": feature.num_classes, "start": 0}
+        elif isinstance(feature, datasets.Value) and "int" in feature.dtype:
+            n = int(np.max(ds.with_format("numpy")["action"])) + 1
+            space = {"type": "Discrete", "n": n, "start": 0}
+        else:
+            raise TokWorldError("dataset has no tokworld metadata and a non-discrete action column")
+        frame = ds.features["observation"].shape
+        return cls(env_id="unknown", action_space=space, frame_size=int(frame[0]))
+
+
+def features_for(action_space: gym.Space, frame_shape: tuple[int, int, int]) -> datasets.Features:
+    """The Arrow schema of a trajectory dataset for this action space and frame shape."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        action = datasets.Value("int64")
+    elif isinstance(action_space, gym.spaces.MultiDiscrete):
+        action = datasets.List(datasets.Value("int64"), length=int(action_space.nvec.size))
+    elif isinstance(action_space, gym.spaces.Box):
+        action = datasets.List(datasets.Value("float32"), length=int(np.prod(action_space.shape)))
+    else:
+        raise TokWorldError(f"unsupported action space {action_space}")
+    return datasets.Features(
+        {
+            "episode_index": datasets.Value("int64"),
+            "frame_index": datasets.Value("int64"),
+            "observation": datasets.Array3D(shape=tuple(frame_shape), dtype="uint8"),
+            "action": action,
+            "reward": datasets.Value("float32"),
+            "terminated": datasets.Value("bool"),
+            "truncated": datasets.Value("bool"),
+        }
+    )
+
+
+def write_trajectories(
+    rows: Callable[[], Iterable[dict]], out: str | Path, meta: TrajectoryMeta, frame_shape
+) -> datasets.Dataset:
+    """Stream rows (from a generator function) into a dataset saved at `out`.
+
+    Rows go to Arrow in batches as they are produced, so memory does not grow with the dataset.
+    The dataset is built in a temporary directory beside `out` and moved into place only when
+    complete: an interrupted write never leaves a dataset that looks finished.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise TokWorldError(f"output directory {out} already exists and is not empty")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise TokWorldError(f"cannot write to {out}: {e.strerror or e}") from None
+    try:
+        info = datasets.DatasetInfo(description=meta.to_json())
+        ds = datasets.Dataset.from_generator(
+            _Rows(rows),
+            features=features_for(meta.space, frame_shape),
+            cache_dir=str(work / "cache"),
+            info=info,
+        )
+        ds.save_to_disk(str(work / "dataset"))
+        del ds
+        if out.exists():
+            out.rmdir()
+        (work / "dataset").rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return datasets.load_from_disk(str(out))
+
+
+class _Rows:
+    """A picklable generator function wrapper, so `from_generator` can fingerprint it."""
+
+    def __init__(self, rows: Callable[[], Iterable[dict]]):
+        self.rows = rows
+
+    def __call__(self) -> Iterator[dict]:
+        yield from self.rows()
+
+
+def load_trajectories(
+    path_or_id: str, split: str = "train", revision: str | None = None
+) -> datasets.Dataset:
+    """Load a trajectory dataset from a local directory (saved or parquet) or a Hub id."""
+    path = Path(path_or_id)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            try:
+                return datasets.load_from_disk(str(path))
+            except (OSError, ValueError) as e:
+                raise TokWorldError(f"cannot load dataset {path}: {e}") from None
+        files = sorted(str(p) for p in path.rglob("*.parquet"))
+        if not files:
+            raise TokWorldError(f"{path} holds neither a saved dataset nor parquet files")
+        return datasets.load_dataset("parquet", data_files=files, split=split)
+    if path.exists() or path_or_id.startswith((".", "/")):
+        raise TokWorldError(f"dataset {path_or_id} is not a directory")
+    try:
+        return datasets.load_dataset(path_or_id, split=split, revision=revision)
+    except Exception as e:  # the Hub raises many types; a script-based repo has a parquet export
+        if revision is None and "script" in str(e).lower():
+            return datasets.load_dataset(path_or_id, split=split, revision="refs/convert/parquet")
+        raise TokWorldError(f"cannot load dataset {path_or_id!r}: {e}") from None
+
+
+def validate_trajectories(ds: datasets.Dataset) -> None:
+    """Raise TokWorldError naming the first problem of a trajectory dataset."""
+    missing = [c for c in COLUMNS if c not in ds.column_names]
+    if missing:
+        raise TokWorldError(f"dataset is missing column {missing[0]!r}")
+    obs = ds.features["observation"]
+    dtype = getattr(obs, "dtype", None)
+    if dtype != "uint8":
+        inner = obs
+        while hasattr(inner, "feature"):
+            inner = inner.feature
+        dtype = getattr(inner, "dtype", dtype)
+    if dtype != "uint8":
+        raise TokWorldError(f"column 'observation' has dtype {dtype}, expected uint8 frames")
+    _check_frame_shapes(ds, obs)
+    cols = ds.select_columns(["episode_index", "frame_index", "terminated", "truncated"])
+    table = cols.with_format("numpy")[:]
+    ep, idx = table["episode_index"], table["frame_index"]
+    ends = table["terminated"] | table["truncated"]
+    if len(ep) == 0:
+        raise TokWorldError("dataset has no rows")
+    new_episode = np.r_[True, ep[1:] != ep[:-1]]
+    if np.any(np.diff(ep) < 0) or len(np.unique(ep)) != int(new_episode.sum()):
+        raise TokWorldError("episode_index is not grouped: rows of an episode must be contiguous")
+    starts = np.flatnonzero(new_episode)
+    expected = np.arange(len(ep)) - np.repeat(starts, np.diff(np.r_[starts, len(ep)]))
+    bad = np.flatnonzero(idx != expected)
+    if bad.size:
+        raise TokWorldError(
+            f"frame_index of episode {ep[bad[0]]} is not 0, 1, 2, ... (row {bad[0]})"
+        )
+    last = np.r_[starts[1:] - 1, len(ep) - 1]
+    open_eps = ep[last[~ends[last]]]
+    if open_eps.size:
+        raise TokWorldError(f"episode {open_eps[0]} has no end (neither terminated nor truncated)")
+    inner = ends[np.setdiff1d(np.arange(len(ep)), last)]
+    if inner.any():
+        raise TokWorldError("a step inside an episode is marked terminated or truncated")
+
+
+def _check_frame_shapes(ds: datasets.Dataset, obs) -> None:
+    shape = getattr(obs, "shape", None)
+    if shape is not None and None not in shape:
+        if len(shape) != 3 or shape[-1] != 3:
+            raise TokWorldError(f"frames have shape {tuple(shape)}, expected HxWx3")
+        return
+    first = None
+    frames = ds.select_columns(["observation"]).with_format("numpy")
+    for start in range(0, len(ds), 256):
+        for i, frame in enumerate(frames[start : start + 256]["observation"]):
+            shape = np.asarray(frame).shape
+            first = first or shape
+            if shape != first:
+                raise TokWorldError(
+                    f"frame shapes differ: row {start + i} is {shape}, row 0 is {first}"
+                )
+    if first is not None and (len(first) != 3 or first[-1] != 3):
+        raise TokWorldError(f"frames have shape {first}, expected HxWx3")
+
+
+def episode_bounds(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the episodes of a dataset whose episodes are contiguous rows."""
+    ep = ds.select_columns(["episode_index"]).with_format("numpy")[:]["episode_index"]
+    if len(ep) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+    return starts, np.diff(np.r_[starts, len(ep)])

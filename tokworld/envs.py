@@ -1,0 +1,67 @@
+"""Any gymnasium env id -> an env whose observations are square uint8 RGB frames."""
+
+from __future__ import annotations
+
+import ale_py
+import gymnasium as gym
+import minigrid  # noqa: F401  (registers the MiniGrid ids)
+import numpy as np
+from gymnasium.wrappers import AddRenderObservation, AtariPreprocessing, ResizeObservation
+from minigrid.wrappers import ImgObsWrapper, RGBImgObsWrapper
+
+from tokworld.errors import TokWorldError
+
+gym.register_envs(ale_py)
+
+
+def make_env(
+    env_id: str,
+    frame_size: int = 64,
+    frame_skip: int = 4,
+    sticky_actions: bool = False,
+    max_episode_steps: int | None = None,
+) -> gym.Env:
+    """Make `env_id` with `frame_size x frame_size x 3` uint8 observations.
+
+    - ALE ids (`ALE/Breakout-v5`): Atari conventions, `frame_skip` frames per step (max-pooled),
+      sticky actions (p=0.25) only when asked, the episode ends on game over.
+    - MiniGrid ids: the fully observed RGB grid.
+    - Envs whose observations already are HxWx3 uint8 frames: resized.
+    - Everything else (classic control, ...): the `rgb_array` render is the observation.
+    """
+    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    try:
+        if env_id.startswith("ALE/"):
+            env = gym.make(
+                env_id,
+                frameskip=1,
+                repeat_action_probability=0.25 if sticky_actions else 0.0,
+                full_action_space=False,
+                **kwargs,
+            )
+            env = AtariPreprocessing(
+                env, noop_max=0, frame_skip=frame_skip, screen_size=frame_size, grayscale_obs=False
+            )
+            return env
+        if env_id.startswith("MiniGrid") or env_id.startswith("BabyAI"):
+            env = ImgObsWrapper(RGBImgObsWrapper(gym.make(env_id, **kwargs), tile_size=8))
+        else:
+            env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+            if not _is_frame_space(env.observation_space):
+                env = AddRenderObservation(env, render_only=True)
+    except gym.error.Error as e:
+        raise TokWorldError(f"unknown or unusable env id {env_id!r}: {e}") from None
+    if not _is_frame_space(env.observation_space):
+        raise TokWorldError(f"env {env_id!r} does not give HxWx3 frames")
+    if env.observation_space.shape[:2] != (frame_size, frame_size):
+        env = ResizeObservation(env, (frame_size, frame_size))
+    return env
+
+
+def _is_frame_space(space: gym.Space) -> bool:
+    return (
+        isinstance(space, gym.spaces.Box)
+        and space.dtype == np.uint8
+        and len(space.shape) == 3
+        and space.shape[-1] == 3
+    )

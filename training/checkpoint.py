@@ -1,0 +1,130 @@
+"""Training state on disk without pickle: safetensors for tensors, JSON for everything else.
+
+A train-state directory holds `model.safetensors`, `optimizer.safetensors` + `optimizer.json`,
+`state.json` (step, scheduler, RNG of every rank, caller's extras, config) and `rng.safetensors`.
+It is written to a temporary sibling and renamed into place, so a kill mid-write leaves the
+previous checkpoint intact and never a half-written one that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from tokworld.errors import TokWorldError
+
+
+def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    """This process's python, numpy and torch RNG state, as (JSON part, tensor part)."""
+    py = random.getstate()
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    info = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [name, pos, has_gauss, gauss],
+    }
+    tensors = {
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    return info, tensors
+
+
+def set_rng_state(info: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of `rng_state`."""
+    version, state, gauss = info["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, pos, has_gauss, cached = info["numpy"]
+    keys = tensors["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state((name, keys, pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+
+
+def _split_optimizer(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    tensors, scalars = {}, {}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return {"param_groups": state["param_groups"], "scalars": scalars}, tensors
+
+
+def _join_optimizer(info: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(info["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_train_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    step: int,
+    rng_states: list[tuple[dict, dict[str, torch.Tensor]]],
+    extra: dict | None = None,
+) -> None:
+    """Write a complete train state to `path` (replacing an older one atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    opt_info, opt_tensors = _split_optimizer(optimizer.state_dict())
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    rng_tensors = {f"{r}.{k}": v for r, (_, ts) in enumerate(rng_states) for k, v in ts.items()}
+    save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    state = {
+        "step": step,
+        "optimizer": opt_info,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": [info for info, _ in rng_states],
+        "extra": extra or {},
+    }
+    (tmp / "state.json").write_text(json.dumps(state))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_train_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    rank: int = 0,
+) -> tuple[int, dict]:
+    """Restore model, optimizer, scheduler and this rank's RNG; return (step, extra)."""
+    path = Path(path)
+    if not (path / "state.json").exists():
+        raise TokWorldError(f"no train state to resume from in {path}")
+    try:
+        state = json.loads((path / "state.json").read_text())
+        load_model(model, str(path / "model.safetensors"))
+        opt_tensors = load_file(str(path / "optimizer.safetensors"))
+        rng_tensors = load_file(str(path / "rng.safetensors"))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TokWorldError(f"cannot resume from {path}: {e}") from None
+    optimizer.load_state_dict(_join_optimizer(state["optimizer"], opt_tensors))
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    rank = rank if rank < len(state["rng"]) else 0
+    prefix = f"{rank}."
+    mine = {k[len(prefix) :]: v for k, v in rng_tensors.items() if k.startswith(prefix)}
+    set_rng_state(state["rng"][rank], mine)
+    return state["step"], state["extra"]

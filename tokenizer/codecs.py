@@ -99,32 +99,39 @@ class ActionCodec:
     def offsets(self) -> tuple[int, ...]:
         return tuple(int(x) for x in np.cumsum((0,) + self.sizes[:-1]))
 
-    def _width(self) -> torch.Tensor:
-        low, high = torch.tensor(self.low), torch.tensor(self.high)
-        return (high - low) / torch.tensor(self.sizes, dtype=torch.float64)
+    def _tensors(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(offsets, low, bin width) on `device`."""
+        offsets = torch.tensor(self.offsets, device=device)
+        if self.kind != "Box":
+            return offsets, offsets, offsets
+        low = torch.tensor(self.low, dtype=torch.float64, device=device)
+        high = torch.tensor(self.high, dtype=torch.float64, device=device)
+        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=device)
+        return offsets, low, (high - low) / sizes
 
     def encode(self, action) -> torch.Tensor:
         """(...,) or (..., D) actions -> (..., tokens_per_step) local codes."""
-        action = torch.as_tensor(np.asarray(action))
+        action = action if torch.is_tensor(action) else torch.as_tensor(np.asarray(action))
+        offsets, low, width = self._tensors(action.device)
         if self.kind == "Discrete":
             codes = (action.long() - self.start).unsqueeze(-1)
         elif self.kind == "MultiDiscrete":
             codes = action.long()
         else:
-            low = torch.tensor(self.low)
-            codes = torch.floor((action.double() - low) / self._width()).long()
-            codes = torch.minimum(codes.clamp(min=0), torch.tensor(self.sizes) - 1)
-        return codes + torch.tensor(self.offsets)
+            codes = torch.floor((action.double() - low) / width).long()
+            codes = codes.clamp(min=0).minimum(torch.tensor(self.sizes, device=action.device) - 1)
+        return codes + offsets
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(..., tokens_per_step) local codes -> actions ((...,) long for Discrete)."""
-        codes = torch.as_tensor(codes).long() - torch.tensor(self.offsets)
+        codes = torch.as_tensor(codes).long()
+        offsets, low, width = self._tensors(codes.device)
+        codes = codes - offsets
         if self.kind == "Discrete":
             return codes[..., 0] + self.start
         if self.kind == "MultiDiscrete":
             return codes
-        centre = torch.tensor(self.low) + (codes.double() + 0.5) * self._width()
-        return centre.float()
+        return (low + (codes.double() + 0.5) * width).float()
 
     def to_dict(self) -> dict:
         return {
@@ -178,7 +185,8 @@ class RewardCodec:
 
     def encode(self, reward) -> torch.Tensor:
         """(...,) rewards -> (...,) local codes."""
-        r = torch.as_tensor(np.asarray(reward, dtype=np.float64))
+        r = reward if torch.is_tensor(reward) else torch.as_tensor(np.asarray(reward))
+        r = r.double()
         if self.kind == "sign":
             return torch.sign(r).long() + 1
         edge = float(symlog(torch.tensor(self.bound)))
@@ -190,8 +198,7 @@ class RewardCodec:
         codes = torch.as_tensor(codes).long()
         if self.kind == "sign":
             return (codes - 1).float()
-        edge = float(symlog(torch.tensor(self.bound, dtype=torch.float64)))
-        centre = -edge + (codes.double() + 0.5) * self.bin_width
+        centre = (codes.double() + 0.5 - self.bins / 2) * self.bin_width
         return symexp(centre).float()
 
     def to_dict(self) -> dict:

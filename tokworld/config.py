@@ -1,0 +1,97 @@
+"""The world model's configuration: backbone sizes, context window, loss weights, vocabulary."""
+
+from __future__ import annotations
+
+from transformers import MistralConfig, PreTrainedConfig
+
+from tokworld.errors import TokWorldError
+from tokworld.tokenizer.vocab import Vocabulary
+
+# name -> (layers, width, heads, context steps)
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "context_steps": 8,
+    },
+    "small": {
+        "num_hidden_layers": 4,
+        "hidden_size": 128,
+        "num_attention_heads": 4,
+        "context_steps": 16,
+    },
+    "base": {
+        "num_hidden_layers": 10,
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "context_steps": 20,
+    },
+}
+
+
+class TokWorldConfig(PreTrainedConfig):
+    """Config of `TokWorldModel`, saved as `config.json` beside the weights.
+
+    The backbone is a Llama-style decoder (RoPE, RMSNorm, SwiGLU, SDPA). Attention sees at most
+    the last `context_steps` time steps: training sequences are never longer (so plain causal
+    attention, SDPA's fast path), and imagination keeps a KV cache of that many tokens, dropping
+    the oldest (RoPE is relative, so nothing is re-encoded): a rollout of any length costs the
+    same per step. `vocab` is the saved layout of the shared vocabulary. Use
+    `TokWorldConfig.preset(name, vocab)`.
+    """
+
+    model_type = "tokworld"
+
+    vocab: dict | None = None
+    num_hidden_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    intermediate_size: int | None = None
+    context_steps: int = 8
+    attention_dropout: float = 0.0
+    rope_theta: float = 10000.0
+    frame_loss_weight: float = 1.0
+    reward_loss_weight: float = 1.0
+    end_loss_weight: float = 1.0
+    action_loss_weight: float = 0.0
+    initializer_range: float = 0.02
+
+    @classmethod
+    def preset(cls, name: str, vocab: Vocabulary, **overrides) -> TokWorldConfig:
+        """`tiny` (tests), `small` (CPU), `base` (IRIS-sized: 10 layers, 256 wide, 4 heads)."""
+        if name not in PRESETS:
+            raise TokWorldError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
+        return cls(vocab=vocab.to_dict(), **{**PRESETS[name], **overrides})
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.from_dict(self.vocab)
+
+    @property
+    def window_tokens(self) -> int:
+        """Attention window in tokens: `context_steps` whole blocks."""
+        return self.context_steps * self.vocabulary.block_size
+
+    def backbone_config(self) -> MistralConfig:
+        """The transformers config of the decoder backbone."""
+        width = self.hidden_size
+        # SwiGLU with 8/3 width has the FLOPs of a 4x GELU MLP (as in IRIS), rounded to 16.
+        inner = self.intermediate_size or 16 * round(8 * width / 3 / 16)
+        return MistralConfig(
+            vocab_size=self.vocabulary.size,
+            hidden_size=width,
+            intermediate_size=inner,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_attention_heads,
+            max_position_embeddings=self.window_tokens,
+            sliding_window=None,
+            attention_dropout=self.attention_dropout,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            initializer_range=self.initializer_range,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=None,
+            tie_word_embeddings=False,
+        )

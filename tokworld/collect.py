@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from tokworld.data import TrajectoryMeta, write_trajectories
+from tokworld.data import TrajectoryMeta, check_output_dir, write_trajectories
 from tokworld.envs import make_env
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import space_to_dict
@@ -81,6 +81,7 @@ def collect(
     """
     if steps < 1:
         raise TokWorldError(f"--steps must be a positive number of steps, got {steps}")
+    check_output_dir(out)
     env = make_env(env_id, frame_size=frame_size, sticky_actions=sticky_actions)
     if policy == "random":
         policy = random_policy(env.action_space, seed)

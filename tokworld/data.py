@@ -8,16 +8,20 @@ reward and end flags that action produced. The dataset's `info.description` hold
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
 import gymnasium as gym
 import numpy as np
+from datasets.arrow_writer import ArrowWriter
+from datasets.fingerprint import Hasher
 
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import space_from_dict
@@ -91,49 +95,89 @@ def features_for(action_space: gym.Space, frame_shape: tuple[int, int, int]) -> 
     )
 
 
+# Raw frame bytes per Arrow file; Array3D's list offsets make the file about 2.3x larger.
+SHARD_FRAME_BYTES = 256 * 2**20
+
+
+def check_output_dir(out: str | Path) -> Path:
+    """Raise TokWorldError unless `out` can become a new dataset directory; return it as a Path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TokWorldError(f"cannot write to {out}: it exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise TokWorldError(f"output directory {out} already exists and is not empty")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TokWorldError(f"cannot write to {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TokWorldError(f"cannot write to {out}: {parent} is not writable")
+    return out
+
+
 def write_trajectories(
     rows: Callable[[], Iterable[dict]], out: str | Path, meta: TrajectoryMeta, frame_shape
 ) -> datasets.Dataset:
     """Stream rows (from a generator function) into a dataset saved at `out`.
 
-    Rows go to Arrow in batches as they are produced, so memory does not grow with the dataset.
-    The dataset is built in a temporary directory beside `out` and moved into place only when
-    complete: an interrupted write never leaves a dataset that looks finished.
+    Rows go straight into the Arrow files of a `save_to_disk` directory, a batch at a time and
+    never copied afterwards, so memory does not grow with the dataset. The directory is built
+    beside `out` and moved into place only when complete: an interrupted write never leaves a
+    dataset that looks finished.
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise TokWorldError(f"output directory {out} already exists and is not empty")
+    out = check_output_dir(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as e:
         raise TokWorldError(f"cannot write to {out}: {e.strerror or e}") from None
     try:
-        info = datasets.DatasetInfo(description=meta.to_json())
-        ds = datasets.Dataset.from_generator(
-            _Rows(rows),
-            features=features_for(meta.space, frame_shape),
-            cache_dir=str(work / "cache"),
-            info=info,
-        )
-        ds.save_to_disk(str(work / "dataset"))
-        del ds
+        features = features_for(meta.space, frame_shape)
+        rows_per_shard = max(1, SHARD_FRAME_BYTES // int(np.prod(frame_shape)))
+        target = work / "dataset"  # made with the umask's permissions, unlike `work`
+        target.mkdir()
+        num_rows, files = _write_shards(rows(), target, features, rows_per_shard)
+        info = datasets.DatasetInfo(description=meta.to_json(), features=features)
+        info.write_to_directory(str(target))
+        state = {
+            "_data_files": [{"filename": name} for name in files],
+            "_fingerprint": Hasher.hash([meta.to_json(), num_rows]),
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": "train",
+        }
+        (target / "state.json").write_text(json.dumps(state, indent=2))
         if out.exists():
             out.rmdir()
-        (work / "dataset").rename(out)
+        target.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return datasets.load_from_disk(str(out))
 
 
-class _Rows:
-    """A picklable generator function wrapper, so `from_generator` can fingerprint it."""
-
-    def __init__(self, rows: Callable[[], Iterable[dict]]):
-        self.rows = rows
-
-    def __call__(self) -> Iterator[dict]:
-        yield from self.rows()
+def _write_shards(
+    rows: Iterable[dict], folder: Path, features: datasets.Features, rows_per_shard: int
+) -> tuple[int, list[str]]:
+    """Write rows into `data-XXXXX-of-YYYYY.arrow` files in `folder`: (number of rows, names)."""
+    rows = iter(rows)
+    paths: list[Path] = []
+    num_rows = 0
+    head = next(rows, None)
+    while head is not None or not paths:
+        paths.append(folder / f"shard-{len(paths)}.arrow")
+        with ArrowWriter(features=features, path=str(paths[-1])) as writer:
+            chunk = [] if head is None else itertools.chain([head], rows)
+            for row in itertools.islice(chunk, rows_per_shard):
+                writer.write(features.encode_example(row))
+            num_rows += writer.finalize()[0]
+        head = next(rows, None)
+    names = [f"data-{i:05d}-of-{len(paths):05d}.arrow" for i in range(len(paths))]
+    for path, name in zip(paths, names, strict=True):
+        path.rename(folder / name)
+    return num_rows, names
 
 
 def load_trajectories(
@@ -176,12 +220,12 @@ def validate_trajectories(ds: datasets.Dataset) -> None:
     if dtype != "uint8":
         raise TokWorldError(f"column 'observation' has dtype {dtype}, expected uint8 frames")
     _check_frame_shapes(ds, obs)
+    if len(ds) == 0:
+        raise TokWorldError("dataset has no rows")
     cols = ds.select_columns(["episode_index", "frame_index", "terminated", "truncated"])
     table = cols.with_format("numpy")[:]
     ep, idx = table["episode_index"], table["frame_index"]
     ends = table["terminated"] | table["truncated"]
-    if len(ep) == 0:
-        raise TokWorldError("dataset has no rows")
     new_episode = np.r_[True, ep[1:] != ep[:-1]]
     if np.any(np.diff(ep) < 0) or len(np.unique(ep)) != int(new_episode.sum()):
         raise TokWorldError("episode_index is not grouped: rows of an episode must be contiguous")

@@ -12,6 +12,7 @@ from minigrid.wrappers import ImgObsWrapper, RGBImgObsWrapper
 from tokworld.errors import TokWorldError
 
 gym.register_envs(ale_py)
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stderr
 
 
 def make_env(

@@ -35,7 +35,8 @@ class WindowDataset(Dataset):
             raise TokWorldError(f"dataset is missing column {missing[0]!r}")
         self.length = length
         self.columns = tuple(columns)
-        self.ds = ds.select_columns(list(self.columns)).with_format("numpy")
+        # dtype=None keeps the stored dtypes: without it `datasets` widens uint8 frames to int64.
+        self.ds = ds.select_columns(list(self.columns)).with_format("numpy", dtype=None)
         starts, lengths = episode_bounds(ds)
         per_episode = np.maximum(lengths - length + 1, 1)
         self.starts = np.repeat(starts, per_episode) + _ranges(per_episode)

@@ -66,14 +66,23 @@ class TokWorldModel(PreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         use_cache: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> TokWorldOutput:
-        """input_ids (B, L) at stream positions `position_ids` (1, L) (default: after the cache)."""
+        """input_ids (B, L) at stream positions `position_ids` (1, L) (default: after the cache).
+
+        `attention_mask` (B, cached + L), 1 where a token may be attended to, is only needed when
+        some cache slots are padding (imagination restarting a row).
+        """
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device) + past
             position_ids = position_ids.unsqueeze(0)
         out = self.backbone(
-            input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=use_cache
+            input_ids=input_ids,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            attention_mask=attention_mask,
         )
         logits = self.head(out.last_hidden_state)
         allowed = self.next_allowed[position_ids % self.vocab.block_size]  # (1 or B, L, V)

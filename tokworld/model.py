@@ -41,13 +41,18 @@ class TokWorldModel(PreTrainedModel):
         self.vocab = config.vocabulary
         self.backbone = MistralModel(config.backbone_config())
         self.head = torch.nn.Linear(config.hidden_size, self.vocab.size, bias=False)
-        # Row j: ids allowed for the token that follows a token at block position j.
-        self.register_buffer(
-            "next_allowed",
-            self.vocab.allowed_mask(self.vocab.block_size, start=1),
-            persistent=False,
-        )
+        self._next_allowed: torch.Tensor | None = None
         self.post_init()
+
+    def next_allowed(self, device: torch.device) -> torch.Tensor:
+        """(block, V) bool; row j: ids allowed after a token at block position j.
+
+        Derived from the vocabulary, not a buffer: `from_pretrained` would leave a buffer unset.
+        """
+        if self._next_allowed is None or self._next_allowed.device != device:
+            mask = self.vocab.allowed_mask(self.vocab.block_size, start=1)
+            self._next_allowed = mask.to(device)
+        return self._next_allowed
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         std = self.config.initializer_range
@@ -85,7 +90,7 @@ class TokWorldModel(PreTrainedModel):
             attention_mask=attention_mask,
         )
         logits = self.head(out.last_hidden_state)
-        allowed = self.next_allowed[position_ids % self.vocab.block_size]  # (1 or B, L, V)
+        allowed = self.next_allowed(logits.device)[position_ids % self.vocab.block_size]
         logits = logits.masked_fill(~allowed, float("-inf"))
         return TokWorldOutput(logits=logits, cache=out.cache)
 

@@ -1,0 +1,198 @@
+"""Imagination: slices hold, greedy is deterministic, the cache matches recomputation, the dream
+env passes gymnasium's checks, written episodes are a valid dataset, bad input is one error."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+from tokworld.tokenizer import Kind, Vocabulary
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+
+from tokworld.cli import main
+from tokworld.config import TokWorldConfig
+from tokworld.data import load_trajectories, validate_trajectories
+from tokworld.dream import DreamVectorEnv, RealContext
+from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.model import TokWorldModel
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, minigrid_dataset) -> str:
+    """A run of a tiny tokenizer and world model, trained a few steps on real MiniGrid frames."""
+    torch.manual_seed(0)
+    ds = load_trajectories(minigrid_dataset)
+    tokenizer = FrameTokenizer(FrameTokenizerConfig.preset("tiny"))
+    frames = torch.from_numpy(ds.with_format("numpy", dtype=None)[:64]["observation"])
+    opt = torch.optim.Adam(tokenizer.parameters(), 1e-3)
+    for _ in range(3):
+        loss, _ = tokenizer.compute_loss({"observation": frames})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vocab = Vocabulary.from_spaces(
+        gym.spaces.Discrete(7), tokenizer.codebook_size, tokenizer.tokens_per_frame
+    )
+    model = TokWorldModel(TokWorldConfig.preset("tiny", vocab, context_steps=6))
+    run = tmp_path_factory.mktemp("run")
+    tokenizer.save_pretrained(run / "tokenizer")
+    model.save_pretrained(run / "world_model")
+    return str(run)
+
+
+def _engine(run_dir, greedy=True, seed=0):
+    from tokworld.run import load_run
+
+    model, tokenizer = load_run(run_dir)
+    sampling = SamplingConfig(greedy=greedy)
+    return ImaginationEngine(model, tokenizer.decode, sampling, seed), tokenizer
+
+
+def _context(run_dir, dataset, n=3, steps=3, seed=0):
+    _, tokenizer = _engine(run_dir)
+    return RealContext(load_trajectories(dataset), steps, tokenizer, seed).sample(n)
+
+
+def test_greedy_is_deterministic_and_tokens_stay_in_their_slices(run_dir, minigrid_dataset):
+    context = _context(run_dir, minigrid_dataset)
+    runs = []
+    for _ in range(2):
+        engine, _ = _engine(run_dir)
+        engine.start(context)
+        runs.append([engine.step(torch.tensor([0, 1, 2])) for _ in range(4)])
+    vocab = engine.vocab
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.reward, b.reward)
+        assert a.codes.min() >= 0 and a.codes.max() < vocab.codebook_size
+        assert a.frames.shape == (3, 3, 64, 64)
+
+
+def test_sampled_tokens_fall_in_the_right_slices(run_dir, minigrid_dataset):
+    engine, _ = _engine(run_dir, greedy=False)
+    engine.start(_context(run_dir, minigrid_dataset))
+    seen = []
+    original = engine._sample
+    engine._sample = lambda logits: seen.append(original(logits)) or seen[-1]
+    for _ in range(3):
+        engine.step(torch.tensor([3, 4, 5]))
+    kinds = [Kind.REWARD, Kind.END] + [Kind.FRAME] * engine.vocab.tokens_per_frame
+    ranges = dict(zip(engine.vocab.block_kinds, engine.vocab.block_ranges, strict=True))
+    for i, ids in enumerate(seen):
+        lo, hi = ranges[kinds[i % len(kinds)]]
+        assert ((ids >= lo) & (ids < hi)).all()
+
+
+def test_cached_rollout_matches_full_recomputation(run_dir, minigrid_dataset):
+    engine, _ = _engine(run_dir)
+    model, vocab = engine.model, engine.vocab
+    context = _context(run_dir, minigrid_dataset, steps=2)
+    engine.start(context)
+    actions = torch.tensor([[1, 2, 0], [0, 0, 1], [2, 1, 2]])  # 3 steps: within the window
+    steps = [engine.step(a) for a in actions]
+    b = actions.shape[1]
+    codes = torch.cat([context["codes"]] + [s.codes[:, None] for s in steps], 1)
+    action = torch.cat([context["action"][:, :-1], actions.T, torch.zeros(b, 1).long()], 1)
+    reward = torch.cat([context["reward"][:, :-1]] + [s.reward[:, None] for s in steps], 1)
+    reward = torch.cat([reward, torch.zeros(b, 1)], 1)
+    ends = torch.cat([context["terminated"][:, :-1]] + [s.terminated[:, None] for s in steps], 1)
+    ends = torch.cat([ends, torch.zeros(b, 1, dtype=torch.bool)], 1)
+    tokens = rearrange(vocab.encode(codes, action, reward, ends), "b t n -> b (t n)")
+    with torch.no_grad():
+        greedy = model(tokens).logits.argmax(-1)
+    first = vocab.block_size + vocab.tokens_per_frame  # first token the engine produced
+    last = tokens.shape[1] - (vocab.block_size - vocab.tokens_per_frame)
+    kinds = vocab.kinds(tokens.shape[1])
+    produced = [p for p in range(first, last) if kinds[p] != Kind.ACTION]
+    assert torch.equal(greedy[:, [p - 1 for p in produced]], tokens[:, produced])
+
+
+def test_restarting_a_row_leaves_the_others_untouched(run_dir, minigrid_dataset):
+    context = _context(run_dir, minigrid_dataset)
+    fresh = _context(run_dir, minigrid_dataset, n=1, seed=5)
+    a, _ = _engine(run_dir)
+    b, _ = _engine(run_dir)
+    for engine in (a, b):
+        engine.start(context)
+        engine.step(torch.tensor([0, 1, 2]))
+    b.restart_rows(torch.tensor([1]), fresh)
+    out_a, out_b = a.step(torch.tensor([2, 2, 2])), b.step(torch.tensor([2, 2, 2]))
+    assert torch.equal(out_a.codes[[0, 2]], out_b.codes[[0, 2]])
+    # The restarted row continues as if it had started from the fresh context alone.
+    alone, _ = _engine(run_dir)
+    alone.start(fresh)
+    assert torch.equal(alone.step(torch.tensor([2])).codes[0], out_b.codes[1])
+
+
+def test_dream_env_passes_vector_checks_and_autoresets(run_dir, minigrid_dataset):
+    env = gym.make_vec(
+        "tokworld/Dream-v0",
+        num_envs=3,
+        vectorization_mode="vector_entry_point",
+        run=run_dir,
+        dataset=minigrid_dataset,
+        context_steps=2,
+        max_episode_steps=3,
+    )
+    assert isinstance(env.unwrapped, DreamVectorEnv)
+    obs, _ = env.reset(seed=1)
+    assert env.observation_space.contains(obs)
+    obs_again, _ = env.reset(seed=1)
+    assert np.array_equal(obs, obs_again)
+    elapsed = np.zeros(3, dtype=int)
+    for _ in range(6):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs)
+        assert reward.shape == (3,) and reward.dtype == np.float32
+        elapsed += 1
+        assert np.array_equal(truncated, (elapsed >= 3) & ~terminated)
+        done = terminated | truncated
+        if done.any():  # same-step autoreset: the final frame is in info, obs is a fresh start
+            assert np.array_equal(info["_final_obs"], done)
+            assert all(info["final_obs"][i].shape == (64, 64, 3) for i in np.flatnonzero(done))
+        elapsed[done] = 0
+    env.close()
+
+
+def test_imagine_cli_writes_gifs_grid_and_a_valid_dataset(run_dir, minigrid_dataset, tmp_path):
+    out = tmp_path / "imagined"
+    code = main(["imagine", "--run", run_dir, "--dataset", minigrid_dataset, "--episodes", "2",
+                 "--steps", "3", "--context", "2", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert (out / "episode_000.gif").exists() and (out / "grid.png").exists()
+    ds = load_trajectories(str(out / "dataset"))
+    validate_trajectories(ds)
+    assert ds[0]["observation"].__len__() == 64
+    open_loop = str(tmp_path / "ol")
+    code = main(["imagine", "--run", run_dir, "--dataset", minigrid_dataset, "--episodes", "2",
+                 "--steps", "3", "--context", "2", "--open-loop", "--out", open_loop])  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "ol" / "real_vs_imagined_000.gif").exists()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_tokenizer", "has no tokenizer/"),
+        ("other_actions", "does not match"),
+        ("zero_steps", "must be positive"),
+    ],
+)
+def test_imagine_bad_input_is_one_line(case, message, run_dir, minigrid_dataset, pong_dataset,
+                                       tmp_path, capsys):  # fmt: skip
+    import shutil
+
+    run, dataset, steps = run_dir, minigrid_dataset, "3"
+    if case == "no_tokenizer":
+        run = str(tmp_path / "run")
+        shutil.copytree(run_dir, run)
+        shutil.rmtree(f"{run}/tokenizer")
+    elif case == "other_actions":
+        dataset = pong_dataset  # Discrete(6) vs the run's Discrete(7)
+    else:
+        steps = "0"
+    code = main(["imagine", "--run", run, "--dataset", dataset, "--steps", steps,
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]

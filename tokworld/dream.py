@@ -1,0 +1,152 @@
+"""The dream: real context windows to start from, and a gymnasium VectorEnv inside the model.
+
+`gymnasium.make_vec("tokworld/Dream-v0", num_envs=8, vectorization_mode="vector_entry_point",
+run="RUN", dataset="DATA")` gives a `VectorEnv` that any RL library can train in.
+"""
+
+from __future__ import annotations
+
+import datasets
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+from tokworld.data import TrajectoryMeta, load_trajectories
+from tokworld.errors import TokWorldError
+from tokworld.imagine import ImaginationEngine, ImaginedStep, SamplingConfig
+from tokworld.run import load_run
+from tokworld.sampler import WindowDataset
+from tokworld.tokenizer.frame import to_uint8
+
+
+class RealContext:
+    """Samples windows of `steps` real consecutive steps (never padded) to imagine from.
+
+    Frames come from the dataset's `codes` column when it has one, else they are encoded with
+    `tokenizer` (only the sampled frames are).
+    """
+
+    def __init__(self, ds: datasets.Dataset, steps: int, tokenizer=None, seed: int = 0):
+        self.frame_column = "codes" if "codes" in ds.column_names else "observation"
+        if self.frame_column == "observation" and tokenizer is None:
+            raise TokWorldError("dataset has no 'codes' column: a tokenizer is needed to encode it")
+        columns = (self.frame_column, "action", "reward", "terminated")
+        self.windows = WindowDataset(ds, steps, columns=columns)
+        self.full = np.flatnonzero(self.windows.valid == steps)
+        if not self.full.size:
+            raise TokWorldError(
+                f"no episode of the dataset has {steps} steps: use a shorter context"
+            )
+        self.tokenizer = tokenizer
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> dict[str, torch.Tensor]:
+        """n windows: codes (n, C, K), action, reward, terminated (n, C)."""
+        return self.get(self.rng.choice(self.full, n))
+
+    def get(self, indices) -> dict[str, torch.Tensor]:
+        """The windows at `indices` of the full-length windows' dataset."""
+        items = [self.windows[int(i)] for i in indices]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "mask"}
+        frames = batch.pop(self.frame_column)
+        if self.frame_column == "codes":
+            batch["codes"] = frames.long()
+        else:
+            n, c = frames.shape[:2]
+            codes = self.tokenizer.encode(frames.flatten(0, 1).to(self.tokenizer.device))
+            batch["codes"] = codes.view(n, c, -1).cpu()
+            batch["observation"] = frames
+        return batch
+
+
+class DreamVectorEnv(gym.vector.VectorEnv):
+    """`num_envs` imagined environments stepping in one batch through the world model.
+
+    Observations are decoded uint8 frames; the action space is the real env's. Each episode
+    starts from a real context window of `context_steps` steps and ends when the model predicts
+    a terminal step or after `max_episode_steps` (truncated); ended envs restart at once from
+    fresh real context (same-step autoreset: `info["final_obs"]` holds the last frame).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"]}
+
+    def __init__(
+        self,
+        run: str,
+        dataset: str | datasets.Dataset,
+        num_envs: int = 8,
+        context_steps: int = 4,
+        max_episode_steps: int = 1000,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        render_mode: str | None = None,
+    ):
+        world_model, self.tokenizer = load_run(run, device)
+        ds = load_trajectories(dataset) if isinstance(dataset, str) else dataset
+        meta = TrajectoryMeta.from_dataset(ds)
+        world_model.vocab.check_action_space(meta.space, "the dataset")
+        self.context = RealContext(ds, context_steps, self.tokenizer, seed)
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k)
+        self.engine = ImaginationEngine(world_model, self.tokenizer.decode, sampling, seed)
+        self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
+        self.render_mode = render_mode
+        size = meta.frame_size
+        self.single_observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.single_action_space = meta.space
+        self.observation_space = gym.vector.utils.batch_space(
+            self.single_observation_space, num_envs
+        )
+        self.action_space = gym.vector.utils.batch_space(meta.space, num_envs)
+        self.elapsed = np.zeros(num_envs, dtype=np.int64)
+        self.frames: np.ndarray | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start every env from fresh real context."""
+        super().reset(seed=seed)
+        if seed is not None:
+            self.context.rng = np.random.default_rng(seed)
+            self.engine.generator.manual_seed(seed)
+        start = self.engine.start(self.context.sample(self.num_envs))
+        self.elapsed[:] = 0
+        self.frames = self._uint8(start)
+        return self.frames.copy(), {}
+
+    def step(self, actions):
+        """One imagined step in every env; ended envs restart in the same step."""
+        if self.frames is None:
+            raise TokWorldError("reset() the dream env before step()")
+        out = self.engine.step(torch.as_tensor(np.asarray(actions)))
+        self.elapsed += 1
+        frames = self._uint8(out)
+        reward = out.reward.cpu().numpy().astype(np.float32)
+        terminated = out.terminated.cpu().numpy()
+        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+        done = terminated | truncated
+        info: dict = {}
+        if done.any():
+            rows = np.flatnonzero(done)
+            info["final_obs"] = np.array([None] * self.num_envs, dtype=object)
+            for r in rows:
+                info["final_obs"][r] = frames[r].copy()
+            info["_final_obs"] = done.copy()
+            restart = self.engine.restart_rows(
+                torch.as_tensor(rows), self.context.sample(len(rows))
+            )
+            frames[rows] = self._uint8(restart)
+            self.elapsed[rows] = 0
+        self.frames = frames
+        return frames.copy(), reward, terminated, truncated, info
+
+    def render(self):
+        """The current frame of every env, (num_envs, H, W, 3) uint8."""
+        return None if self.frames is None else self.frames.copy()
+
+    @staticmethod
+    def _uint8(step: ImaginedStep) -> np.ndarray:
+        return to_uint8(step.frames).cpu().numpy()
+
+
+gym.register(id="tokworld/Dream-v0", vector_entry_point="tokworld.dream:DreamVectorEnv")

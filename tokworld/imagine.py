@@ -1,0 +1,192 @@
+"""Imagination: batched, KV-cached rollouts of the world model from real context.
+
+The engine keeps one KV cache for the whole batch. Every token a rollout adds attends to at most
+`context_steps` blocks: before each forward the oldest entries leave the cache (RoPE is
+relative, so nothing is re-encoded), which keeps the cost of an imagined step flat however long
+the episode runs. A row of the batch can be restarted from fresh real context while the others
+go on: its new context is encoded alone, right-aligned in the cache, and the slots before it are
+masked out.
+
+Per imagined step the engine runs `K + 2` forwards of a few tokens each: [last frame code,
+action tokens] -> reward, reward -> end, end -> first frame code, then one per frame code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from transformers.cache_utils import DynamicCache
+
+from tokworld.errors import TokWorldError
+from tokworld.model import TokWorldModel
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How tokens are drawn: `greedy`, or softmax at `temperature` over the `top_k` best."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    greedy: bool = False
+
+
+@dataclass
+class ImaginedStep:
+    """What one imagined step (or a start) gives, for every row of the batch.
+
+    codes (B, K) of the frame now seen; frames (B, 3, H, W) in [0, 1] when a decoder is set;
+    reward (B,) and terminated (B,) produced by the last action (zeros after a start).
+    """
+
+    codes: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    frames: torch.Tensor | None = None
+
+
+class ImaginationEngine:
+    """Roll a world model forward for a batch of rows, one imagined step per `step(action)`."""
+
+    def __init__(
+        self,
+        world_model: TokWorldModel,
+        decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
+        seed: int = 0,
+    ):
+        self.model = world_model.eval()
+        self.vocab = world_model.vocab
+        self.decoder = decoder
+        self.sampling = sampling
+        self.window = world_model.config.window_tokens
+        self.device = world_model.device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.cache: DynamicCache | None = None
+
+    # ---- public API -----------------------------------------------------------------------
+    @torch.no_grad()
+    def start(self, context: dict[str, torch.Tensor]) -> ImaginedStep:
+        """Begin rollouts from real context: codes (B, C, K), action, reward, terminated (B, C).
+
+        The last context step's frame is the current observation; its action, reward and end
+        are ignored (the policy acts there). At most `context_steps` steps are kept.
+        """
+        tokens = self._context_tokens(context)
+        b = tokens.shape[0]
+        self.cache = DynamicCache()
+        self.kv_valid = torch.ones(b, 0, dtype=torch.bool, device=self.device)
+        self.pos = tokens.shape[1] - 1  # stream position of the pending token
+        if self.pos:
+            positions = torch.arange(self.pos, device=self.device).unsqueeze(0)
+            self._forward(tokens[:, :-1], positions)
+        self.pending = tokens[:, -1:]
+        codes = context["codes"][:, -1].to(self.device).long()
+        zeros = torch.zeros(b, device=self.device)
+        return ImaginedStep(codes, zeros, zeros.bool(), self._decode(codes))
+
+    @torch.no_grad()
+    def step(self, action) -> ImaginedStep:
+        """Take `action` (B,) or (B, D) in every row; sample reward, end and the next frame."""
+        if self.cache is None:
+            raise TokWorldError("call start(context) before step(action)")
+        action = torch.as_tensor(action, device=self.device)
+        b = self.pending.shape[0]
+        if action.shape[0] != b:
+            raise TokWorldError(f"expected actions for {b} rows, got shape {tuple(action.shape)}")
+        action_ids = self.vocab.action.encode(action) + self.vocab.action_slice.start
+        reward_id = self._sample(self._feed(torch.cat([self.pending, action_ids], 1)))
+        end_id = self._sample(self._feed(reward_id))
+        frame = [self._sample(self._feed(end_id))]
+        for _ in range(self.vocab.tokens_per_frame - 1):
+            frame.append(self._sample(self._feed(frame[-1])))
+        self.pending = frame[-1]
+        codes = torch.cat(frame, 1) - self.vocab.frame_slice.start
+        reward = self.vocab.reward.decode(reward_id[:, 0] - self.vocab.reward_slice.start)
+        terminated = (end_id[:, 0] - self.vocab.end_slice.start) == 1
+        return ImaginedStep(codes, reward.to(self.device), terminated, self._decode(codes))
+
+    @torch.no_grad()
+    def restart_rows(self, rows: torch.Tensor, context: dict[str, torch.Tensor]) -> ImaginedStep:
+        """Restart `rows` (indices) from fresh real context; the other rows are untouched.
+
+        Returns the start step of just those rows.
+        """
+        tokens = self._context_tokens(context)
+        n = tokens.shape[1] - 1
+        keep = min(n, self.kv_valid.shape[1])
+        fresh = DynamicCache()
+        if keep:
+            positions = torch.arange(self.pos - keep, self.pos, device=self.device).unsqueeze(0)
+            self.model(tokens[:, n - keep : n], position_ids=positions, cache=fresh, use_cache=True)
+        length = self.kv_valid.shape[1]
+        for old, new in zip(self.cache.layers, fresh.layers, strict=False):
+            for name in ("keys", "values"):
+                buf = getattr(old, name)
+                buf[rows] = 0
+                if keep:
+                    buf[rows, :, length - keep :] = getattr(new, name)
+        self.kv_valid[rows] = False
+        self.kv_valid[rows, length - keep :] = True
+        self.pending[rows] = tokens[:, -1:]
+        codes = context["codes"][:, -1].to(self.device).long()
+        zeros = torch.zeros(len(rows), device=self.device)
+        return ImaginedStep(codes, zeros, zeros.bool(), self._decode(codes))
+
+    # ---- internals ------------------------------------------------------------------------
+    def _context_tokens(self, context: dict[str, torch.Tensor]) -> torch.Tensor:
+        codes = context["codes"]
+        if codes.ndim != 3 or codes.shape[-1] != self.vocab.tokens_per_frame:
+            raise TokWorldError(
+                f"context codes must be (B, C, {self.vocab.tokens_per_frame}), "
+                f"got {tuple(codes.shape)}"
+            )
+        c = min(codes.shape[1], self.model.config.context_steps)
+        steps = {k: torch.as_tensor(context[k])[:, -c:].to(self.device) for k in
+                 ("codes", "action", "reward", "terminated")}  # fmt: skip
+        blocks = self.vocab.encode(
+            steps["codes"], steps["action"], steps["reward"], steps["terminated"]
+        )
+        # The last step ends at its frame: the policy has not acted there yet.
+        return rearrange(blocks, "b c n -> b (c n)")[
+            :, : -(self.vocab.block_size - self.vocab.tokens_per_frame)
+        ]
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Run `tokens` (B, q) through the model on the cache; return last logits (B, V)."""
+        q = tokens.shape[1]
+        drop = self.kv_valid.shape[1] + q - self.window
+        if drop > 0:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, drop:], layer.values[:, :, drop:]
+            self.kv_valid = self.kv_valid[:, drop:]
+        new_valid = torch.ones(tokens.shape[0], q, dtype=torch.bool, device=self.device)
+        self.kv_valid = torch.cat([self.kv_valid, new_valid], 1)
+        mask = None if self.kv_valid.all() else self.kv_valid.long()
+        out = self.model(
+            tokens, position_ids=positions, cache=self.cache, use_cache=True, attention_mask=mask
+        )
+        return out.logits[:, -1]
+
+    def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        q = tokens.shape[1]
+        positions = torch.arange(self.pos, self.pos + q, device=self.device).unsqueeze(0)
+        self.pos += q
+        return self._forward(tokens, positions)
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) masked logits -> (B, 1) token ids."""
+        s = self.sampling
+        if s.greedy:
+            return logits.argmax(-1, keepdim=True)
+        logits = logits / max(s.temperature, 1e-6)
+        if s.top_k is not None:
+            kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits.float(), -1)
+        return torch.multinomial(probs, 1, generator=self.generator)
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor | None:
+        return None if self.decoder is None else self.decoder(codes)

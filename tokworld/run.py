@@ -1,0 +1,51 @@
+"""A run directory: `tokenizer/`, `world_model/`, `policy/`, `train_state/`, `metrics.json`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tokworld.errors import TokWorldError
+from tokworld.model import TokWorldModel
+
+
+def _model_dir(run: str | Path, name: str) -> Path:
+    path = Path(run) / name
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        raise TokWorldError(f"run {run} has no {name}/ (config.json + model.safetensors)")
+    return path
+
+
+def load_world_model(run: str | Path, device: str | torch.device = "cpu") -> TokWorldModel:
+    """The run's world model, in eval mode."""
+    path = _model_dir(run, "world_model")
+    try:
+        model = TokWorldModel.from_pretrained(str(path))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TokWorldError(f"cannot load the world model of {run}: {e}") from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(run: str | Path, device: str | torch.device = "cpu"):
+    """The run's frame tokenizer, in eval mode."""
+    from tokworld.tokenizer.frame import FrameTokenizer
+
+    tokenizer = FrameTokenizer.from_pretrained(_model_dir(run, "tokenizer"))
+    return tokenizer.to(device).eval()
+
+
+def load_run(run: str | Path, device: str | torch.device = "cpu"):
+    """(world model, tokenizer) of a run, checked to agree on the frame codes."""
+    world_model, tokenizer = load_world_model(run, device), load_tokenizer(run, device)
+    vocab = world_model.vocab
+    if (tokenizer.codebook_size, tokenizer.tokens_per_frame) != (
+        vocab.codebook_size,
+        vocab.tokens_per_frame,
+    ):
+        raise TokWorldError(
+            f"run {run}: the tokenizer makes {tokenizer.tokens_per_frame} codes of "
+            f"{tokenizer.codebook_size} but the world model expects {vocab.tokens_per_frame} "
+            f"of {vocab.codebook_size}"
+        )
+    return world_model, tokenizer

@@ -16,16 +16,17 @@ from tokworld.collect import collect
 from tokworld.data import validate_trajectories
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+def run_cli(capfd, *args: str) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr (file descriptors: native libraries' prints included)."""
     code = main(["collect", *args])
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     return code, out, err
 
 
-def test_collect_prints_a_summary_of_the_dataset_it_wrote(capsys, tmp_path):
+def test_collect_prints_a_summary_of_the_dataset_it_wrote(capfd, tmp_path):
     out = tmp_path / "grid"
     code, stdout, _ = run_cli(
-        capsys, "--env", "MiniGrid-Empty-5x5-v0", "--steps", "120", "--out", str(out), "--seed", "3"
+        capfd, "--env", "MiniGrid-Empty-5x5-v0", "--steps", "120", "--out", str(out), "--seed", "3"
     )
     assert code == 0
     summary = json.loads(stdout)
@@ -58,12 +59,12 @@ def test_collect_with_a_small_frame_size(tmp_path):
         (("--env", "ALE/NoSuchGame-v5", "--steps", "10"), "'ALE/NoSuchGame-v5'"),
         (("--env", "MiniGrid-Empty-5x5-v0", "--steps", "0"), "--steps must be a positive"),
         (("--env", "MiniGrid-Empty-5x5-v0", "--steps", "-5"), "--steps must be a positive"),
-        (("--env", "MiniGrid-Empty-5x5-v0", "--steps", "5", "--policy", "greedy"), "policy"),
+        (("--env", "ALE/Pong-v5", "--steps", "5", "--policy", "greedy"), "unknown policy 'greedy'"),
     ],
 )
-def test_bad_arguments_give_one_error_line(capsys, tmp_path, args, problem):
+def test_bad_arguments_give_one_error_line(capfd, tmp_path, args, problem):
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(capsys, *args, "--out", str(out))
+    code, stdout, stderr = run_cli(capfd, *args, "--out", str(out))
     assert code == 2
     assert stdout == ""
     assert stderr.count("\n") == 1 and stderr.startswith("tokworld collect: error: ")
@@ -71,7 +72,7 @@ def test_bad_arguments_give_one_error_line(capsys, tmp_path, args, problem):
     assert not out.exists()
 
 
-def test_unwritable_out_gives_one_error_line(capsys, tmp_path):
+def test_unwritable_out_gives_one_error_line(capfd, tmp_path):
     regular_file = tmp_path / "file"
     regular_file.write_text("not a directory")
     nonempty = tmp_path / "nonempty"
@@ -83,7 +84,7 @@ def test_unwritable_out_gives_one_error_line(capsys, tmp_path):
         nonempty: "already exists and is not empty",
     }
     for out, problem in cases.items():
-        code, _, stderr = run_cli(capsys, "--env", "ALE/Pong-v5", "--steps", "5", "--out", str(out))
+        code, _, stderr = run_cli(capfd, "--env", "ALE/Pong-v5", "--steps", "5", "--out", str(out))
         assert code == 2
         assert stderr.count("\n") == 1 and problem in stderr
     assert regular_file.read_text() == "not a directory"
@@ -91,21 +92,12 @@ def test_unwritable_out_gives_one_error_line(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "nonempty"]
 
 
-@pytest.mark.parametrize(
-    ("args", "problem"),
-    [
-        (("--env", "NoSuchEnv-v0", "--out", "{tmp}/x"), "NoSuchEnv-v0"),
-        (("--env", "ALE/Pong-v5", "--out", "{tmp}/file/x"), "is a file, not a directory"),
-    ],
-)
-def test_the_installed_command_prints_one_line_and_no_traceback(tmp_path, args, problem):
-    (tmp_path / "file").write_text("x")
-    args = [a.format(tmp=tmp_path) for a in args]
-    cmd = [sys.executable, "-m", "tokworld", "collect", "--steps", "5", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+def test_the_installed_command_prints_one_line_and_no_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "tokworld", "collect", "--env", "NoSuchEnv-v0", "--steps", "5"]
+    proc = subprocess.run([*cmd, "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr
-    assert problem in proc.stderr and "Traceback" not in proc.stderr
+    assert "NoSuchEnv-v0" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def failing_policy(after: int, error: type[BaseException]):
@@ -128,11 +120,11 @@ def test_an_interrupted_collection_leaves_no_dataset(tmp_path, error):
     assert list((tmp_path / "data").iterdir()) == []  # no `.pong.partial-*` left behind
 
 
-def test_ctrl_c_on_the_command_line_exits_130_and_leaves_no_dataset(capsys, tmp_path, monkeypatch):
+def test_ctrl_c_on_the_command_line_exits_130_and_leaves_no_dataset(capfd, tmp_path, monkeypatch):
     module = importlib.import_module("tokworld.collect")  # `tokworld.collect` is the function
     broken = failing_policy(30, KeyboardInterrupt)
     monkeypatch.setattr(module, "random_policy", lambda space, seed: broken)
     args = ("--env", "MiniGrid-Empty-5x5-v0", "--steps", "500", "--out", str(tmp_path / "grid"))
-    code, _, stderr = run_cli(capsys, *args)
+    code, _, stderr = run_cli(capfd, *args)
     assert code == 130 and stderr.splitlines()[-1] == "tokworld collect: interrupted"
     assert list(tmp_path.iterdir()) == []

@@ -140,11 +140,10 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start, history = 0, []
     if resume:
+        _check_resume_config(state_dir, config_to_check)
         start, extra = load_train_state(
             state_dir, model, optimizer, scheduler, rank=accelerator.process_index
         )
-        if config_to_check is not None and extra.get("config") != config_to_check:
-            raise TokWorldError(f"cannot resume {state_dir}: it was trained with another config")
         history = extra.get("history", [])
     wrapped, optimizer = accelerator.prepare(_LossModule(model), optimizer)
     sampler = ResumableSampler(
@@ -199,6 +198,28 @@ def train(
     if accelerator.is_main_process:
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     return {**metrics, **describe(accelerator), "steps": cfg.steps}
+
+
+def _check_resume_config(state_dir: Path, config: dict | None) -> None:
+    """Before loading anything: a checkpoint made with another config cannot be resumed."""
+    path = state_dir / "state.json"
+    if config is None or not path.exists():
+        return
+    saved = json.loads(path.read_text())["extra"].get("config")
+    if saved != config:
+        raise TokWorldError(
+            f"cannot resume {state_dir}: it was trained with another config "
+            f"({_first_difference(saved, config)})"
+        )
+
+
+def _first_difference(old, new, key: str = "") -> str:
+    """`key: old -> new` for the first (nested) entry where two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                return _first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
+    return f"{key or 'config'}: {json.dumps(old)} -> {json.dumps(new)}"
 
 
 def _checkpoint(accelerator, model, optimizer, scheduler, step, state_dir, history, config):

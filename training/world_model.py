@@ -1,0 +1,98 @@
+"""World-model training on cached frame codes: windows, input checks, the shared loop.
+
+The codes dataset is a trajectory dataset whose frames were replaced by a `codes` column (K frame
+codes per step, from the frame tokenizer). Training samples windows of `context_steps` steps that
+never cross an episode; evaluation uses held-out episodes. The optimisation itself is
+`tokworld.training.loop.train`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+import numpy as np
+from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.training.loop import TrainConfig, train
+
+from tokworld.data import TrajectoryMeta
+from tokworld.errors import TokWorldError
+from tokworld.model import TokWorldModel
+from tokworld.sampler import WindowDataset
+
+WINDOW_COLUMNS = ("codes", "action", "reward", "terminated")
+
+
+def check_tokenizer(vocab: Vocabulary, codebook_size: int, tokens_per_frame: int) -> None:
+    """Raise TokWorldError unless a frame tokenizer's codes fit the vocabulary's frame slice."""
+    if (codebook_size, tokens_per_frame) != (vocab.codebook_size, vocab.tokens_per_frame):
+        raise TokWorldError(
+            f"the frame tokenizer gives {tokens_per_frame} codes per frame from a codebook of "
+            f"{codebook_size}, but the world model's frame slice expects {vocab.tokens_per_frame} "
+            f"codes from a codebook of {vocab.codebook_size}"
+        )
+
+
+def check_codes(vocab: Vocabulary, ds: datasets.Dataset) -> None:
+    """Raise TokWorldError unless `ds` has a `codes` column the vocabulary can encode."""
+    if "codes" not in ds.column_names:
+        raise TokWorldError("the dataset has no 'codes' column: tokenize its frames first")
+    codes = np.asarray(ds.select_columns(["codes"]).with_format("numpy")[:]["codes"])
+    k = vocab.tokens_per_frame
+    if codes.ndim != 2 or codes.shape[1] != k:
+        raise TokWorldError(
+            f"the dataset has frame codes of shape {codes.shape[1:]} per step; the world "
+            f"model's frame slice expects {k} codes per frame"
+        )
+    if codes.size and (codes.min() < 0 or codes.max() >= vocab.codebook_size):
+        raise TokWorldError(
+            f"the dataset's frame codes lie in [{codes.min()}, {codes.max()}], outside the "
+            f"world model's codebook of {vocab.codebook_size}"
+        )
+
+
+def window_dataset(model: TokWorldModel, ds: datasets.Dataset) -> WindowDataset:
+    """Check a codes dataset against the model; return its windows of `context_steps` steps."""
+    vocab = model.vocab
+    vocab.check_action_space(TrajectoryMeta.from_dataset(ds).space)
+    check_codes(vocab, ds)
+    ds = ds.select_columns(["episode_index", *WINDOW_COLUMNS])
+    return WindowDataset(ds, model.config.context_steps, WINDOW_COLUMNS)
+
+
+def run_config(model: TokWorldModel, cfg: TrainConfig) -> dict:
+    """What a checkpoint must have been trained with to be resumed: model and train configs."""
+    model_cfg = model.config.to_diff_dict()
+    model_cfg.pop("transformers_version", None)
+    return json.loads(json.dumps({"model": model_cfg, "train": asdict(cfg)}))
+
+
+def train_world_model(
+    model: TokWorldModel,
+    ds: datasets.Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    eval_ds: datasets.Dataset | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train `model` on the codes dataset `ds`; return the final metrics.
+
+    `eval_ds` (held-out episodes) is evaluated every `cfg.eval_every` steps and at the end
+    (metrics prefixed `eval/`). Checkpoints go to `out_dir/train_state`; resuming one made with
+    another model or train config is an error.
+    """
+    return train(
+        model,
+        window_dataset(model, ds),
+        cfg,
+        out_dir,
+        name="world_model",
+        resume=resume,
+        eval_dataset=None if eval_ds is None else window_dataset(model, eval_ds),
+        config_to_check=run_config(model, cfg),
+        progress=progress,
+    )

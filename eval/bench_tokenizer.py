@@ -1,0 +1,147 @@
+"""Benchmark the frame tokenizer: train on a random-policy dataset, measure on held-out episodes.
+
+    python -m tokworld.eval.bench_tokenizer --env ALE/Breakout-v5 --steps 20000 \\
+        --preset small --train-steps 1500 --json runs/bench_tokenizer/breakout.json
+
+Collects (or reuses, under `--data-dir`) `--steps` random-policy steps, holds out a fraction of
+whole episodes, trains for exactly `--train-steps` optimizer steps, and prints one JSON: PSNR,
+SSIM, codebook usage and perplexity on the held-out frames, training frames/s, encode+decode
+frames/s at batch 64, and the time to decode a batch of 32 frames (one imagined step of 32
+parallel episodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+from tokworld.training.tokenizer import split_episodes, train_tokenizer
+
+from tokworld.collect import collect
+from tokworld.data import load_trajectories
+from tokworld.errors import TokWorldError
+
+
+def dataset_for(env_id: str, steps: int, seed: int, data_dir: Path):
+    """The benchmark's dataset of `env_id`: collected once, then reused from `data_dir`."""
+    path = data_dir / f"{env_id.replace('/', '-')}-{steps}-s{seed}"
+    if not path.exists():
+        collect(env_id, steps, path, seed=seed)
+    ds = load_trajectories(str(path))
+    if len(ds) != steps:
+        raise TokWorldError(f"{path} has {len(ds)} rows, expected {steps}: remove it")
+    return ds, path
+
+
+def _best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@torch.no_grad()
+def throughput(tokenizer: FrameTokenizer, frames: torch.Tensor, repeats: int = 5) -> dict:
+    """Encode+decode frames/s at batch 64 and the decode time of a batch of 32 (best of runs)."""
+    x64 = frames[:64]
+    roundtrip = _best_time(lambda: tokenizer.decode(tokenizer.encode(x64)), repeats)
+    codes32 = tokenizer.encode(frames[:32])
+    decode32 = _best_time(lambda: tokenizer.decode(codes32), repeats)
+    return {
+        "encode_decode_fps_batch64": len(x64) / roundtrip,
+        "decode_ms_batch32": 1000 * decode32,
+        "decode_fps_batch32": len(codes32) / decode32,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Collect/reuse, split, train, evaluate; return the figures."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/bench_tokenizer/{args.env.replace('/', '-')}")
+    if (out / "tokenizer").exists():
+        raise TokWorldError(f"{out / 'tokenizer'} exists: pick another --out or remove it")
+    ds, path = dataset_for(args.env, args.steps, args.seed, Path(args.data_dir))
+    train_ds, held = split_episodes(ds, args.holdout, args.seed)
+    overrides = {"tokens_per_frame": args.tokens_per_frame} if args.tokens_per_frame else {}
+    config = FrameTokenizerConfig.preset(args.preset, **overrides)
+    start = time.perf_counter()
+    tokenizer, train_metrics = train_tokenizer(
+        train_ds,
+        out / "tokenizer",
+        config=config,
+        steps=args.train_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=max(500, args.train_steps),
+    )
+    seconds = time.perf_counter() - start
+    held_metrics = evaluate_tokenizer(tokenizer, held, grid=out / "grid.png")
+    frames = held.select(range(min(64, len(held)))).select_columns(["observation"])
+    frames = torch.from_numpy(frames.with_format("numpy", dtype=np.uint8)[:]["observation"])
+    return {
+        "env": args.env,
+        "dataset": str(path),
+        "train_frames": len(train_ds),
+        "held_out_frames": len(held),
+        "preset": args.preset,
+        "tokens_per_frame": config.tokens_per_frame,
+        "codebook_size": config.codebook_size,
+        "parameters": sum(p.numel() for p in tokenizer.parameters()),
+        "train_steps": args.train_steps,
+        "batch_size": args.batch_size,
+        "train_seconds": seconds,
+        "train_fps": args.train_steps * args.batch_size / seconds,
+        "train_final": {
+            k: train_metrics[k] for k in ("loss", "psnr", "usage") if k in train_metrics
+        },
+        "held_out": held_metrics,
+        **throughput(tokenizer, frames),
+        "torch_threads": torch.get_num_threads(),
+        "tokenizer_dir": str(out / "tokenizer"),
+        "grid": str(out / "grid.png"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--env", default="ALE/Breakout-v5")
+    p.add_argument("--steps", type=int, default=20000, help="dataset size (env steps)")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--tokens-per-frame", type=int, help="override the preset's 16")
+    p.add_argument("--train-steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--holdout", type=float, default=0.05, help="fraction of episodes held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--data-dir", default="data/bench", help="where datasets are cached")
+    p.add_argument("--out", help="run directory (default runs/bench_tokenizer/ENV)")
+    p.add_argument("--json", help="also write the figures here")
+    args = p.parse_args(argv)
+    try:
+        result = run(args)
+    except TokWorldError as e:
+        print(f"bench_tokenizer: error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

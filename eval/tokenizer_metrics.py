@@ -1,0 +1,139 @@
+"""How well a frame tokenizer sees: PSNR, SSIM, codebook usage and perplexity, and a PNG grid.
+
+Frames are float (B, 3, H, W) in [0, 1] unless said otherwise. `evaluate_tokenizer` runs a
+tokenizer over held-out frames (encode -> decode, as the world model will use it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from tokworld.tokenizer.frame import FrameTokenizer, to_uint8
+
+from tokworld.errors import TokWorldError
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR in dB, (B,); `inf` where the images are identical."""
+    mse = (x.double() - y.double()).square().flatten(1).mean(1)
+    return (10 * torch.log10(data_range**2 / mse)).float()
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
+    g = torch.exp(-((torch.arange(size, dtype=like.dtype) - (size - 1) / 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    window = torch.outer(g, g).to(like.device)
+    return window.expand(channels, 1, size, size)  # one window per channel (grouped conv)
+
+
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    window: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004), (B,): gaussian window, per channel, valid region.
+
+    Matches `skimage.metrics.structural_similarity(gaussian_weights=True,
+    use_sample_covariance=False, channel_axis=...)`.
+    """
+    x, y = x.double(), y.double()
+    c = x.shape[1]
+    w = _gaussian_window(window, sigma, c, x)
+    blur = lambda t: F.conv2d(t, w, groups=c)  # noqa: E731
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x.square()
+    var_y = blur(y * y) - mu_y.square()
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2)
+    return (num / den).flatten(1).mean(1).float()
+
+
+def code_histogram(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each code occurs, (codebook_size,)."""
+    return torch.bincount(codes.flatten().long().cpu(), minlength=codebook_size)
+
+
+def codebook_usage(counts: torch.Tensor) -> float:
+    """Fraction of the codebook that occurs at least once."""
+    return float((counts > 0).float().mean())
+
+
+def perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of the code distribution: the effective number of codes in use."""
+    p = counts.double() / counts.sum().clamp_min(1)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    tokenizer: FrameTokenizer,
+    ds: datasets.Dataset,
+    batch_size: int = 64,
+    max_frames: int | None = None,
+    grid: str | Path | None = None,
+    grid_frames: int = 16,
+) -> dict:
+    """PSNR, SSIM, MSE (means over frames), codebook usage and perplexity on `ds`'s frames.
+
+    With `max_frames`, an evenly spaced subset is used. With `grid`, a PNG of `grid_frames`
+    evenly spaced originals over their reconstructions is written there.
+    """
+    if "observation" not in ds.column_names:
+        raise TokWorldError("dataset has no 'observation' column")
+    if len(ds) == 0:
+        raise TokWorldError("dataset has no frames to evaluate")
+    if max_frames and len(ds) > max_frames:
+        ds = ds.select(np.linspace(0, len(ds) - 1, max_frames).round().astype(int))
+    frames = ds.select_columns(["observation"]).with_format("numpy", dtype=np.uint8)
+    tokenizer.eval()
+    sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0}
+    counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+    for start in range(0, len(ds), batch_size):
+        batch = torch.from_numpy(frames[start : start + batch_size]["observation"])
+        codes = tokenizer.encode(batch)
+        recon = tokenizer.decode(codes).cpu()
+        target = rearrange(batch, "b h w c -> b c h w").float() / 255
+        mse = (recon - target).square().flatten(1).mean(1)
+        sums["psnr"] += float((-10 * torch.log10(mse.clamp_min(1e-10))).sum())
+        sums["ssim"] += float(ssim(recon, target).sum())
+        sums["mse"] += float(mse.sum())
+        counts += code_histogram(codes, tokenizer.codebook_size)
+    if grid is not None:
+        pick = np.linspace(0, len(ds) - 1, min(grid_frames, len(ds))).round().astype(int)
+        originals = torch.from_numpy(frames[pick]["observation"])
+        save_grid(originals, to_uint8(tokenizer.decode(tokenizer.encode(originals))), grid)
+    return {
+        "frames": len(ds),
+        **{k: v / len(ds) for k, v in sums.items()},
+        "codebook_usage": codebook_usage(counts),
+        "perplexity": perplexity(counts),
+        "codes_used": int((counts > 0).sum()),
+        "codebook_size": tokenizer.codebook_size,
+        "tokens_per_frame": tokenizer.tokens_per_frame,
+    }
+
+
+def save_grid(
+    originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, columns: int = 8
+) -> None:
+    """PNG of uint8 frames (N, H, W, 3): rows of originals, each over its reconstructions."""
+    n = len(originals)
+    pad = (-n) % columns
+    pairs = torch.stack([originals, reconstructions])  # (2, N, H, W, 3)
+    pairs = F.pad(pairs.cpu(), (0, 0, 1, 1, 1, 1, 0, pad), value=255)  # white borders, full rows
+    image = rearrange(pairs, "two (r col) h w c -> (r two h) (col w) c", col=columns)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, image.numpy())

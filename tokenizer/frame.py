@@ -1,0 +1,380 @@
+"""Frame tokenizer: a VQ-VAE that turns uint8 RGB frames into K discrete codes and back.
+
+conv encoder -> quantizer (vector-quantize-pytorch) -> conv decoder. A 64x64 frame becomes a
+4x4 grid of codes (16 tokens, like IRIS) or, with `tokens_per_frame=64`, an 8x8 grid.
+
+What makes small objects (Atari's ball) survive 16 tokens:
+
+- the decoder is stronger than the encoder (more channels and residual blocks per resolution):
+  turning a code back into sharp pixels is the hard half;
+- `VectorQuantize` looks codes up by cosine similarity in a small space (`codebook_dim` < `dim`,
+  l2-normalised), with EMA updates, k-means init and dead-code replacement, so the codebook stays
+  in use;
+- the reconstruction loss up-weights foreground pixels: a pixel whose colour differs from its
+  frame's per-channel median (the background) by more than `foreground_threshold` counts
+  `1 + foreground_weight` times. A 2-pixel ball is ~0.05% of a frame; without the weight,
+  blurring it away costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+from vector_quantize_pytorch import FSQ, VectorQuantize
+
+from tokworld.errors import TokWorldError
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+# FSQ levels whose product is the codebook size (the FSQ paper's choices where they are exact).
+FSQ_LEVELS = {64: (4, 4, 4), 256: (8, 8, 4), 512: (8, 8, 8), 1024: (8, 8, 4, 4),
+              4096: (8, 8, 8, 8)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FrameTokenizerConfig:
+    """Architecture and losses of a `FrameTokenizer`.
+
+    Channel tuples list one width per resolution, from the full frame down to the token grid
+    (64, 32, 16, 8, 4 for 16 tokens of a 64x64 frame); a configuration with fewer downsamplings
+    uses the leading entries.
+    """
+
+    frame_size: int = 64
+    tokens_per_frame: int = 16
+    codebook_size: int = 512
+    quantizer: str = "vq"  # "vq" (VectorQuantize, EMA) or "fsq" (FSQ, levels from FSQ_LEVELS)
+    patch_size: int = (
+        2  # pixels per side folded into channels at the input (and unfolded at the output)
+    )
+    dim: int = 128  # channels of the latent grid the quantizer sees
+    codebook_dim: int = 32  # vq: codes are l2-normalised vectors of this size
+    enc_channels: tuple[int, ...] = (32, 64, 64, 128, 128)
+    dec_channels: tuple[int, ...] = (48, 96, 128, 192, 192)
+    enc_blocks: int = 1
+    dec_blocks: int = 2
+    ema_decay: float = 0.9
+    kmeans_init: bool = True
+    dead_code_threshold: float = 2.0
+    commitment_weight: float = 0.25
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    foreground_weight: float = 4.0
+    foreground_threshold: float = 0.05
+
+    def __post_init__(self):
+        side = math.isqrt(self.tokens_per_frame)
+        if side * side != self.tokens_per_frame:
+            raise TokWorldError(f"tokens_per_frame must be a square, got {self.tokens_per_frame}")
+        factor = self.frame_size // (side * self.patch_size)
+        if factor * side * self.patch_size != self.frame_size or factor & (factor - 1):
+            raise TokWorldError(
+                f"frame_size {self.frame_size} is not the {side}x{side} token grid times "
+                f"patch_size {self.patch_size} times a power of two"
+            )
+        if min(len(self.enc_channels), len(self.dec_channels)) <= self.levels:
+            raise TokWorldError(
+                f"{self.levels} downsamplings need {self.levels + 1} channel widths"
+            )
+        if any(c % 8 for c in self.enc_channels + self.dec_channels):
+            raise TokWorldError("channel widths must be multiples of 8 (GroupNorm of 8 groups)")
+        if self.quantizer not in ("vq", "fsq"):
+            raise TokWorldError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.quantizer == "fsq" and self.codebook_size not in FSQ_LEVELS:
+            raise TokWorldError(f"fsq codebook_size must be one of {sorted(FSQ_LEVELS)}")
+
+    @property
+    def grid(self) -> int:
+        """Side of the token grid."""
+        return math.isqrt(self.tokens_per_frame)
+
+    @property
+    def levels(self) -> int:
+        """Number of 2x downsamplings from the frame to the token grid."""
+        return int(math.log2(self.frame_size // (self.grid * self.patch_size)))
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> FrameTokenizerConfig:
+        """A preset plus `overrides`: `tiny` (tests), `small` (CPU, minutes), `base` (IRIS)."""
+        if name not in PRESETS:
+            raise TokWorldError(f"unknown tokenizer preset {name!r}: use one of {sorted(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TokWorldError(f"unknown tokenizer config field {sorted(unknown)[0]!r}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FrameTokenizerConfig:
+        """Inverse of `to_dict`."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TokWorldError(f"unknown tokenizer config field {sorted(unknown)[0]!r}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+PRESETS = {
+    "tiny": FrameTokenizerConfig(
+        codebook_size=64, patch_size=4, dim=32, codebook_dim=8, enc_channels=(16, 16, 32),
+        dec_channels=(16, 32, 32), enc_blocks=1, dec_blocks=1,
+    ),
+    "small": FrameTokenizerConfig(),
+    "base": FrameTokenizerConfig(
+        dim=256, codebook_dim=32, enc_channels=(64, 64, 64, 128, 128, 256),
+        dec_channels=(64, 128, 128, 256, 256, 256), enc_blocks=2, dec_blocks=3,
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class FrameTokenizerOutput:
+    """What a forward pass of the tokenizer returns."""
+
+    reconstruction: torch.Tensor  # (B, 3, H, W) float, unclamped, target range [0, 1]
+    codes: torch.Tensor  # (B, K) long
+    commitment_loss: torch.Tensor  # scalar (0 for fsq)
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(8, channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, twice, plus the input."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _stage(cin: int, cout: int, blocks: int, resample: nn.Module | None) -> list[nn.Module]:
+    layers = [ResBlock(cin) for _ in range(blocks)]
+    if resample is not None:
+        layers.append(resample)
+    elif cin != cout:
+        layers.append(nn.Conv2d(cin, cout, 1))
+    return layers
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) in [-1, 1] -> (B, dim, h, w)."""
+
+    def __init__(self, cfg: FrameTokenizerConfig):
+        super().__init__()
+        ch = cfg.enc_channels[: cfg.levels + 1]
+        p = cfg.patch_size
+        layers: list[nn.Module] = [nn.PixelUnshuffle(p), nn.Conv2d(3 * p * p, ch[0], 3, padding=1)]
+        for cin, cout in zip(ch[:-1], ch[1:], strict=True):
+            down = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+            layers += _stage(cin, cout, cfg.enc_blocks, down)
+        layers += _stage(ch[-1], ch[-1], cfg.enc_blocks, None)
+        layers += [_norm(ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], cfg.dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, dim, h, w) -> (B, 3, H, W), more blocks and channels than the encoder."""
+
+    def __init__(self, cfg: FrameTokenizerConfig):
+        super().__init__()
+        ch = cfg.dec_channels[: cfg.levels + 1][::-1]  # token grid -> full frame
+        layers: list[nn.Module] = [nn.Conv2d(cfg.dim, ch[0], 3, padding=1)]
+        for cin, cout in zip(ch[:-1], ch[1:], strict=True):
+            up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1)
+            )
+            layers += _stage(cin, cout, cfg.dec_blocks, up)
+        layers += _stage(ch[-1], ch[-1], cfg.dec_blocks, None)
+        p = cfg.patch_size
+        layers += [_norm(ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], 3 * p * p, 3, padding=1)]
+        layers.append(nn.PixelShuffle(p))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def _make_quantizer(cfg: FrameTokenizerConfig) -> nn.Module:
+    if cfg.quantizer == "fsq":
+        return FSQ(levels=list(FSQ_LEVELS[cfg.codebook_size]), dim=cfg.dim)
+    return VectorQuantize(
+        dim=cfg.dim,
+        codebook_size=cfg.codebook_size,
+        codebook_dim=cfg.codebook_dim,
+        use_cosine_sim=True,
+        decay=cfg.ema_decay,
+        kmeans_init=cfg.kmeans_init,
+        threshold_ema_dead_code=cfg.dead_code_threshold,
+        commitment_weight=cfg.commitment_weight,
+    )
+
+
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """Float frames (B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3), rounded and clamped."""
+    scaled = (frames.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+    return rearrange(scaled, "b c h w -> b h w c")
+
+
+def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W): `1 + weight` where a pixel is not background.
+
+    Background is each frame's per-channel median colour (over every 4th pixel of every 4th
+    row, which is plenty for a colour that covers most of the frame); a pixel is foreground when
+    any channel differs from it by more than `threshold`.
+    """
+    sample = rearrange(target[..., ::4, ::4], "b c h w -> b c (h w)")
+    median = sample.median(dim=-1).values  # (B, 3)
+    diff = (target - rearrange(median, "b c -> b c 1 1")).abs().amax(dim=1, keepdim=True)
+    return 1 + weight * (diff > threshold).to(target.dtype)
+
+
+class FrameTokenizer(nn.Module):
+    """uint8 frames (B, H, W, 3) <-> codes (B, K); see the module docstring for the design."""
+
+    def __init__(self, config: FrameTokenizerConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = _make_quantizer(config)
+        self.decoder = Decoder(config)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.config.tokens_per_frame
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _pixels(self, frames) -> torch.Tensor:
+        """Check uint8 (B, H, W, 3) frames; return float (B, 3, H, W) in [0, 1] on our device."""
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(frames)
+        if not isinstance(frames, torch.Tensor):
+            raise TokWorldError(f"frames must be a uint8 tensor or array, got {type(frames)}")
+        s = self.config.frame_size
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != (s, s, 3):
+            raise TokWorldError(
+                f"frames must be uint8 of shape (B, {s}, {s}, 3), got "
+                f"{str(frames.dtype).removeprefix('torch.')} of shape {tuple(frames.shape)}"
+            )
+        x = rearrange(frames.to(self.device), "b h w c -> b c h w")
+        return x.float() / 255
+
+    def _quantize(self, z: torch.Tensor, freeze: bool):
+        """(B, dim, h, w) -> quantized (B, dim, h, w), codes (B, K), commitment loss."""
+        seq = rearrange(z, "b c h w -> b (h w) c")  # channel-last: see get_output_from_indices
+        if self.config.quantizer == "fsq":
+            quantized, codes = self.quantizer(seq)
+            commit = seq.new_zeros(())
+        else:
+            quantized, codes, commit = self.quantizer(seq, freeze_codebook=freeze)
+        grid = rearrange(quantized, "b (h w) c -> b c h w", h=self.config.grid)
+        return grid, codes.long(), commit
+
+    def forward(self, frames) -> FrameTokenizerOutput:
+        """Encode, quantize (updating the codebook in training mode) and decode."""
+        x = self._pixels(frames)
+        quantized, codes, commit = self._quantize(self.encoder(x * 2 - 1), freeze=False)
+        return FrameTokenizerOutput(self.decoder(quantized), codes, commit)
+
+    @torch.no_grad()
+    def encode(self, frames) -> torch.Tensor:
+        """uint8 frames (B, H, W, 3), tensor or array -> codes (B, K) in [0, codebook_size)."""
+        x = self._pixels(frames)
+        return self._quantize(self.encoder(x * 2 - 1), freeze=True)[1]
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, K) -> float32 frames (B, 3, H, W) in [0, 1]."""
+        codes = torch.as_tensor(codes, device=self.device)
+        k, n = self.tokens_per_frame, self.codebook_size
+        if codes.ndim != 2 or codes.shape[1] != k or codes.dtype.is_floating_point:
+            raise TokWorldError(f"codes must be integers of shape (B, {k}), got {codes.shape}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= n):
+            raise TokWorldError(f"codes must lie in [0, {n}), got [{codes.min()}, {codes.max()}]")
+        if self.config.quantizer == "fsq":
+            seq = self.quantizer.indices_to_codes(codes.long())
+        else:
+            seq = self.quantizer.get_output_from_indices(codes.long())
+        grid = rearrange(seq, "b (h w) c -> b c h w", h=self.config.grid)
+        return self.decoder(grid).clamp(0, 1).float()
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Weighted L1 + L2 reconstruction + commitment on `batch["observation"]` (uint8)."""
+        cfg = self.config
+        out = self(batch["observation"])
+        target = self._pixels(batch["observation"])
+        err = out.reconstruction.float() - target
+        w = foreground_weights(target, cfg.foreground_weight, cfg.foreground_threshold)
+        l1, l2 = (w * err.abs()).mean(), (w * err.square()).mean()
+        loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + out.commitment_loss
+        with torch.no_grad():
+            mse = err.clamp(-1, 1).square().mean()
+            counts = torch.bincount(out.codes.flatten(), minlength=self.codebook_size).float()
+            p = counts / counts.sum()
+            entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+        metrics = {
+            "psnr": -10 * torch.log10(mse.clamp_min(1e-10)),
+            "usage": (counts > 0).float().mean(),
+            "recon_l1": err.abs().mean().detach(),
+            "recon_l2": mse,
+            "commitment": out.commitment_loss.detach(),
+            "perplexity": entropy.exp(),
+        }
+        return loss, metrics
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write `config.json` and `model.safetensors` (weights and codebook buffers)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {"model_type": "frame_tokenizer", **self.config.to_dict()}
+        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
+        save_model(self, str(directory / WEIGHTS_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> FrameTokenizer:
+        """Load what `save_pretrained` wrote, bit-exactly, in eval mode."""
+        directory = Path(directory)
+        config_file, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not config_file.is_file():
+            raise TokWorldError(f"{directory} is not a tokenizer checkpoint: no {CONFIG_NAME}")
+        if not weights.is_file():
+            raise TokWorldError(f"tokenizer checkpoint {directory} has no {WEIGHTS_NAME}")
+        try:
+            data = json.loads(config_file.read_text())
+        except ValueError as e:
+            raise TokWorldError(f"cannot read {config_file}: {e}") from None
+        data.pop("model_type", None)
+        model = cls(FrameTokenizerConfig.from_dict(data))
+        try:
+            load_model(model, str(weights), device=device)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TokWorldError(f"cannot load weights {weights}: {first}") from None
+        return model.to(device).eval()

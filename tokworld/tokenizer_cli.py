@@ -1,0 +1,125 @@
+"""`tokworld train-tokenizer`, `tokworld tokenize` and `tokworld eval-tokenizer`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from tokworld.errors import TokWorldError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the frame tokenizer's subcommands."""
+    p = sub.add_parser("train-tokenizer", help="train the frame tokenizer (VQ-VAE) on a dataset")
+    p.add_argument("--dataset", required=True, help="trajectory dataset (directory or Hub id)")
+    p.add_argument("--out", required=True, help="tokenizer directory (config.json + weights)")
+    p.add_argument("--preset", default="small", help="tiny | small | base")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--tokens-per-frame", type=int, help="16 (4x4, default) or 64 (8x8)")
+    p.add_argument("--codebook-size", type=int, help="codes in the codebook (default 512)")
+    p.add_argument("--quantizer", choices=("vq", "fsq"), help="vq (default) or fsq")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--holdout", type=float, default=0.0, help="fraction of episodes to evaluate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("tokenize", help="add a `codes` column (frame codes) to a dataset")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--dataset", required=True, help="trajectory dataset (directory or Hub id)")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=_tokenize)
+
+    p = sub.add_parser("eval-tokenizer", help="PSNR, SSIM and codebook use on held-out frames")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--dataset", required=True, help="trajectory dataset (directory or Hub id)")
+    p.add_argument("--json", help="also write the metrics to this file")
+    p.add_argument("--grid", help="write a PNG of originals over reconstructions here")
+    p.add_argument("--max-frames", type=int, help="evaluate an evenly spaced subset")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_evaluate)
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from tokworld.data import load_trajectories, validate_trajectories
+    from tokworld.tokenizer.frame import FrameTokenizerConfig
+    from tokworld.training.tokenizer import split_episodes, train_tokenizer
+
+    overrides = {
+        "tokens_per_frame": args.tokens_per_frame,
+        "codebook_size": args.codebook_size,
+        "quantizer": args.quantizer,
+    }
+    config = FrameTokenizerConfig.preset(
+        args.preset, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if args.steps < 1 or args.batch_size < 1:
+        raise TokWorldError("--steps and --batch-size must be positive")
+    ds = load_trajectories(args.dataset)
+    validate_trajectories(ds)
+    held = None
+    if args.holdout > 0:
+        ds, held = split_episodes(ds, args.holdout, args.seed)
+    _, metrics = train_tokenizer(
+        ds,
+        args.out,
+        config=config,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        eval_dataset=held,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    return {"out": args.out, **metrics}
+
+
+def _tokenize(args: argparse.Namespace) -> dict:
+    from tokworld.data import load_trajectories
+    from tokworld.tokenizer.frame import FrameTokenizer
+    from tokworld.training.tokenizer import tokenize_dataset
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise TokWorldError(f"output directory {out} already exists and is not empty")
+    tokenizer = FrameTokenizer.from_pretrained(args.tokenizer)
+    ds = load_trajectories(args.dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The map's cache goes beside the output (not into the input dataset) and is removed after.
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        coded = tokenize_dataset(
+            tokenizer, ds, args.batch_size, cache_file_name=str(work / "codes.arrow")
+        )
+        coded.save_to_disk(str(work / "dataset"))
+        if out.exists():
+            out.rmdir()
+        (work / "dataset").rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"out": str(out), "rows": len(coded), "tokens_per_frame": tokenizer.tokens_per_frame}
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    from tokworld.data import load_trajectories
+    from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+    from tokworld.tokenizer.frame import FrameTokenizer
+
+    tokenizer = FrameTokenizer.from_pretrained(args.tokenizer)
+    ds = load_trajectories(args.dataset)
+    metrics = evaluate_tokenizer(
+        tokenizer, ds, args.batch_size, max_frames=args.max_frames, grid=args.grid
+    )
+    if args.grid:
+        metrics["grid"] = args.grid
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return metrics

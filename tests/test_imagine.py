@@ -196,3 +196,30 @@ def test_imagine_bad_input_is_one_line(case, message, run_dir, minigrid_dataset,
                  "--out", str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_beyond_the_window_the_cache_equals_sliding_window_attention(run_dir, minigrid_dataset):
+    """Past the window, imagination is exactly a sliding-window transformer over the stream."""
+    engine, _ = _engine(run_dir)
+    model, vocab, window = engine.model, engine.vocab, engine.window
+    context = _context(run_dir, minigrid_dataset, n=2, steps=2)
+    engine.start(context)
+    actions = torch.randint(0, 7, (9, 2), generator=torch.Generator().manual_seed(0))
+    steps = [engine.step(a) for a in actions]  # 11 steps in all, the window holds 6
+    codes = torch.cat([context["codes"]] + [s.codes[:, None] for s in steps], 1)
+    action = torch.cat([context["action"][:, :-1], actions.T, torch.zeros(2, 1).long()], 1)
+    reward = torch.cat([context["reward"][:, :-1]] + [s.reward[:, None] for s in steps], 1)
+    reward = torch.cat([reward, torch.zeros(2, 1)], 1)
+    ends = torch.cat([context["terminated"][:, :-1]] + [s.terminated[:, None] for s in steps], 1)
+    ends = torch.cat([ends, torch.zeros(2, 1, dtype=torch.bool)], 1)
+    tokens = rearrange(vocab.encode(codes, action, reward, ends), "b t n -> b (t n)")
+    i = torch.arange(tokens.shape[1])
+    sliding = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+    with torch.no_grad():
+        logits = model(tokens, attention_mask=sliding.expand(2, 1, -1, -1)).logits
+    kinds = vocab.kinds(tokens.shape[1])
+    first = vocab.block_size + vocab.tokens_per_frame  # the first token the engine produced
+    last = tokens.shape[1] - (vocab.block_size - vocab.tokens_per_frame)
+    produced = [p for p in range(first, last) if kinds[p] != Kind.ACTION]
+    assert max(produced) > 1.5 * window
+    assert torch.equal(logits.argmax(-1)[:, [p - 1 for p in produced]], tokens[:, produced])

@@ -1,11 +1,11 @@
 """Imagination: batched, KV-cached rollouts of the world model from real context.
 
-The engine keeps one KV cache for the whole batch. Every token a rollout adds attends to at most
-`context_steps` blocks: before each forward the oldest entries leave the cache (RoPE is
-relative, so nothing is re-encoded), which keeps the cost of an imagined step flat however long
-the episode runs. A row of the batch can be restarted from fresh real context while the others
-go on: its new context is encoded alone, right-aligned in the cache, and the slots before it are
-masked out.
+The engine keeps one KV cache for the whole batch: a ring of `context_steps` blocks of slots
+(`RingCache`). Every token a rollout adds attends to at most that window; the newest token
+overwrites the oldest slot (RoPE is relative, so nothing is re-encoded or moved), which keeps the
+cost of an imagined step flat however long the episode runs. A row of the batch can be restarted
+from fresh real context while the others go on: its new context is encoded alone at the stream
+positions the batch is at, and replaces that row's slots.
 
 Per imagined step the engine runs `K + 2` forwards of a few tokens each: [last frame code,
 action tokens] -> reward, reward -> end, end -> first frame code, then one per frame code.
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 from einops import rearrange
-from transformers.cache_utils import DynamicCache
 
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
+from tokworld.ring_cache import RingCache
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ImaginationEngine:
         self.window = world_model.config.window_tokens
         self.device = world_model.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.cache: DynamicCache | None = None
+        self.cache: RingCache | None = None
 
     # ---- public API -----------------------------------------------------------------------
     @torch.no_grad()
@@ -76,12 +76,10 @@ class ImaginationEngine:
         """
         tokens = self._context_tokens(context)
         b = tokens.shape[0]
-        self.cache = DynamicCache()
-        self.kv_valid = torch.ones(b, 0, dtype=torch.bool, device=self.device)
+        self.cache = self._new_cache(b)
         self.pos = tokens.shape[1] - 1  # stream position of the pending token
         if self.pos:
-            positions = torch.arange(self.pos, device=self.device).unsqueeze(0)
-            self._forward(tokens[:, :-1], positions)
+            self._forward(self.cache, tokens[:, :-1], torch.arange(self.pos, device=self.device))
         self.pending = tokens[:, -1:]
         codes = context["codes"][:, -1].to(self.device).long()
         zeros = torch.zeros(b, device=self.device)
@@ -116,20 +114,12 @@ class ImaginationEngine:
         """
         tokens = self._context_tokens(context)
         n = tokens.shape[1] - 1
-        keep = min(n, self.kv_valid.shape[1])
-        fresh = DynamicCache()
+        keep = min(n, self.pos)
+        fresh = self._new_cache(tokens.shape[0])
         if keep:
-            positions = torch.arange(self.pos - keep, self.pos, device=self.device).unsqueeze(0)
-            self.model(tokens[:, n - keep : n], position_ids=positions, cache=fresh, use_cache=True)
-        length = self.kv_valid.shape[1]
-        for old, new in zip(self.cache.layers, fresh.layers, strict=False):
-            for name in ("keys", "values"):
-                buf = getattr(old, name)
-                buf[rows] = 0
-                if keep:
-                    buf[rows, :, length - keep :] = getattr(new, name)
-        self.kv_valid[rows] = False
-        self.kv_valid[rows, length - keep :] = True
+            positions = torch.arange(self.pos - keep, self.pos, device=self.device)
+            self._forward(fresh, tokens[:, n - keep : n], positions)
+        self.cache.copy_rows(torch.as_tensor(rows, device=self.device), fresh)
         self.pending[rows] = tokens[:, -1:]
         codes = context["codes"][:, -1].to(self.device).long()
         zeros = torch.zeros(len(rows), device=self.device)
@@ -154,27 +144,27 @@ class ImaginationEngine:
             :, : -(self.vocab.block_size - self.vocab.tokens_per_frame)
         ]
 
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Run `tokens` (B, q) through the model on the cache; return last logits (B, V)."""
-        q = tokens.shape[1]
-        drop = self.kv_valid.shape[1] + q - self.window
-        if drop > 0:
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, drop:], layer.values[:, :, drop:]
-            self.kv_valid = self.kv_valid[:, drop:]
-        new_valid = torch.ones(tokens.shape[0], q, dtype=torch.bool, device=self.device)
-        self.kv_valid = torch.cat([self.kv_valid, new_valid], 1)
-        mask = None if self.kv_valid.all() else self.kv_valid.long()
+    def _new_cache(self, batch: int) -> RingCache:
+        layers = self.model.config.num_hidden_layers
+        return RingCache(layers, batch, self.window, self.device)
+
+    def _forward(self, cache: RingCache, tokens: torch.Tensor, positions: torch.Tensor):
+        """Run `tokens` (B, q) at stream `positions` (q,) on `cache`; return last logits (B, V)."""
+        mask = cache.prepare(positions)
         out = self.model(
-            tokens, position_ids=positions, cache=self.cache, use_cache=True, attention_mask=mask
+            tokens,
+            position_ids=positions.unsqueeze(0),
+            cache=cache,
+            use_cache=True,
+            attention_mask=mask,
         )
         return out.logits[:, -1]
 
     def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        q = tokens.shape[1]
-        positions = torch.arange(self.pos, self.pos + q, device=self.device).unsqueeze(0)
-        self.pos += q
-        return self._forward(tokens, positions)
+        """Append `tokens` (B, q) to every row's stream; return the logits after them."""
+        positions = torch.arange(self.pos, self.pos + tokens.shape[1], device=self.device)
+        self.pos += tokens.shape[1]
+        return self._forward(self.cache, tokens, positions)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) masked logits -> (B, 1) token ids."""

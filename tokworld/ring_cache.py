@@ -1,0 +1,71 @@
+"""A fixed-size KV cache for imagination: a ring of `window` slots per layer, written in place.
+
+transformers' `DynamicCache` concatenates the whole cache on every new token, which makes a
+token cost O(window) in copies; with a ring, a new token overwrites the oldest slot and nothing
+moves. Keys carry their rotary (RoPE) phase from the moment they were written and attention is
+order-free over keys, so slot order does not matter: `attention_mask(positions)` tells each
+query which slots it may see (written, not in its future, inside its window, valid for its row).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class RingLayer(DynamicLayer):
+    """One layer's keys and values in `window` preallocated slots."""
+
+    def __init__(self, ring: RingCache):
+        super().__init__()
+        self.ring = ring
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write (B, H, q, D) states at the ring's current slots; return all slots."""
+        if not self.is_initialized:
+            b, h, _, d = key_states.shape
+            shape = (b, h, self.ring.window, d)
+            self.keys = key_states.new_zeros(shape)
+            self.values = value_states.new_zeros(shape)
+            self.device, self.is_initialized = key_states.device, True
+        slots = self.ring.write_slots
+        self.keys.index_copy_(2, slots, key_states)
+        self.values.index_copy_(2, slots, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.ring.window
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.ring.window, 0
+
+
+class RingCache(Cache):
+    """KV cache of `window` slots; the token at stream position p lives in slot p % window."""
+
+    def __init__(self, num_layers: int, batch: int, window: int, device: torch.device):
+        self.window = window
+        super().__init__(layers=[RingLayer(self) for _ in range(num_layers)])
+        self.slot_position = torch.full((window,), -1, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch, window, dtype=torch.bool, device=device)
+        self.write_slots = torch.zeros(0, dtype=torch.long, device=device)
+
+    def prepare(self, positions: torch.Tensor) -> torch.Tensor:
+        """Claim the slots of stream `positions` (q,) for the next forward; return its mask.
+
+        The mask (B, 1, q, window) is True where query i may attend to a slot.
+        """
+        self.write_slots = positions % self.window
+        self.slot_position[self.write_slots] = positions
+        self.valid[:, self.write_slots] = True
+        held = self.slot_position.unsqueeze(0)  # (1, window)
+        query = positions.unsqueeze(1)  # (q, 1)
+        visible = (held >= 0) & (held <= query) & (held > query - self.window)  # (q, window)
+        return (visible.unsqueeze(0) & self.valid.unsqueeze(1)).unsqueeze(1)
+
+    def copy_rows(self, rows: torch.Tensor, other: RingCache) -> None:
+        """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same window)."""
+        for mine, theirs in zip(self.layers, other.layers, strict=True):
+            mine.keys[rows] = theirs.keys
+            mine.values[rows] = theirs.values
+        self.valid[rows] = other.valid

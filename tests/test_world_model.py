@@ -10,7 +10,7 @@ import torch
 from tokworld.tokenizer.codecs import space_to_dict
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.loop import TrainConfig
-from tokworld.training.world_model import check_tokenizer, train_world_model
+from tokworld.training.world_model import train_world_model
 
 from tokworld.config import TokWorldConfig
 from tokworld.data import TrajectoryMeta
@@ -181,11 +181,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         train_world_model(_model(gym.spaces.Discrete(5)), ds, cfg, tmp_path, progress=False)
     with pytest.raises(TokWorldError, match="expects 4 codes per frame"):
         train_world_model(_model(), codes_dataset(k=6), cfg, tmp_path, progress=False)
-    with pytest.raises(TokWorldError, match="codebook of 32"):
-        check_tokenizer(_model().vocab, codebook_size=64, tokens_per_frame=K)
+    bigger = codes_dataset()
+    bigger = bigger.map(lambda row: {"codes": [c + CODEBOOK for c in row["codes"]]})
+    with pytest.raises(TokWorldError, match="outside the world model's codebook of 32"):
+        train_world_model(_model(), bigger, cfg, tmp_path, progress=False)
     train_world_model(_model(), ds, cfg, tmp_path / "run", progress=False)
     with pytest.raises(TokWorldError, match="another config") as e:
         train_world_model(
             _model(hidden_size=32), ds, cfg, tmp_path / "run", resume=True, progress=False
         )
     assert "model.hidden_size: 64 -> 32" in str(e.value) and "\n" not in str(e.value)
+    # A resume whose frame tokenizer has another codebook: the vocabulary differs.
+    other = TokWorldModel(TokWorldConfig.preset("tiny", Vocabulary.from_spaces(DISCRETE, 64, K)))
+    with pytest.raises(TokWorldError, match="model.vocab.codebook_size: 32 -> 64"):
+        train_world_model(other, ds, cfg, tmp_path / "run", resume=True, progress=False)

@@ -25,16 +25,6 @@ from tokworld.sampler import WindowDataset
 WINDOW_COLUMNS = ("codes", "action", "reward", "terminated")
 
 
-def check_tokenizer(vocab: Vocabulary, codebook_size: int, tokens_per_frame: int) -> None:
-    """Raise TokWorldError unless a frame tokenizer's codes fit the vocabulary's frame slice."""
-    if (codebook_size, tokens_per_frame) != (vocab.codebook_size, vocab.tokens_per_frame):
-        raise TokWorldError(
-            f"the frame tokenizer gives {tokens_per_frame} codes per frame from a codebook of "
-            f"{codebook_size}, but the world model's frame slice expects {vocab.tokens_per_frame} "
-            f"codes from a codebook of {vocab.codebook_size}"
-        )
-
-
 def check_codes(vocab: Vocabulary, ds: datasets.Dataset) -> None:
     """Raise TokWorldError unless `ds` has a `codes` column the vocabulary can encode."""
     if "codes" not in ds.column_names:

@@ -1,0 +1,245 @@
+"""`tokworld pretrain`: frame tokenizer -> cached codes -> world model, on one offline dataset.
+
+A run directory::
+
+    RUN/pretrain.json       the run's settings (a resume must use the same ones)
+    RUN/tokenizer/          frame tokenizer: config.json + model.safetensors
+    RUN/codes/              the dataset tokenized once: codes, actions, rewards, ends
+    RUN/world_model/        world model: config.json + model.safetensors
+    RUN/metrics.json        metrics of each finished stage (held-out ones prefixed `eval/`)
+    RUN/train_state/tokenizer/, RUN/train_state/world_model/
+                            checkpoints (optimizer, scheduler, RNG), logs, history.json
+
+Each stage's output appears (atomically) only when the stage is done. With `resume`, finished
+stages are skipped and the running one continues from its last checkpoint, so a killed run loses
+at most the steps since that checkpoint. Under `accelerate launch` every process runs this
+function; the main process alone writes files, the others wait for it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import PartialState
+from tokworld.tokenizer.frame import FrameTokenizer
+from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.training.accel import seed_everything
+from tokworld.training.loop import TrainConfig
+from tokworld.training.tokenizer import split_episodes, tokenize_dataset, train_tokenizer
+from tokworld.training.world_model import train_world_model
+
+from tokworld.config import PRESETS, TokWorldConfig
+from tokworld.data import TrajectoryMeta, episode_bounds, load_trajectories, validate_trajectories
+from tokworld.errors import TokWorldError
+from tokworld.model import TokWorldModel
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of a pretraining run; `preset` sizes both the tokenizer and the world model."""
+
+    dataset: str
+    preset: str = "small"
+    tokenizer: str | None = None  # reuse this tokenizer directory instead of training one
+    tokenizer_steps: int = 2000
+    tokenizer_batch_size: int = 64
+    world_model_steps: int = 2000
+    batch_size: int = 32
+    lr: float = 3e-4  # world model; the tokenizer uses its own default
+    grad_accum: int = 1
+    checkpoint_every: int = 250
+    eval_every: int = 250
+    eval_fraction: float = 0.1
+    tokenize_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise TokWorldError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
+        positive = ("world_model_steps", "batch_size", "tokenizer_batch_size", "grad_accum",
+                    "checkpoint_every", "tokenize_batch_size")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TokWorldError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tokenizer is None and self.tokenizer_steps < 1:
+            raise TokWorldError("tokenizer_steps must be >= 1 unless a tokenizer is reused")
+        if not 0 <= self.eval_fraction < 1:
+            raise TokWorldError(f"eval_fraction must lie in [0, 1), got {self.eval_fraction}")
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progress=True) -> dict:
+    """Run (or with `resume`, continue) the pipeline into the run directory `out`.
+
+    Returns the contents of `RUN/metrics.json`: per stage its final metrics and held-out
+    `eval/` metrics, with the run's world size and distributed type.
+    """
+    out = Path(out)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    ds = load_trajectories(cfg.dataset)
+    validate_trajectories(ds)
+    meta = TrajectoryMeta.from_dataset(ds)
+    reused = None
+    if cfg.tokenizer is not None:
+        reused = FrameTokenizer.from_pretrained(cfg.tokenizer, device=str(state.device))
+    _start_run(out, cfg, resume, state)  # only now, with good inputs, is anything written
+    metrics = _read_metrics(out)
+    train_ds, eval_ds = _split(ds, cfg)
+    metrics["dataset"] = {
+        "path": cfg.dataset,
+        "env_id": meta.env_id,
+        "steps": len(ds),
+        "episodes": len(episode_bounds(ds)[0]),
+        "held_out_episodes": 0 if eval_ds is None else len(episode_bounds(eval_ds)[0]),
+    }
+
+    tokenizer = _tokenizer_stage(
+        cfg, out, reused, train_ds, eval_ds, resume, metrics, state, progress
+    )
+    codes = _codes_stage(cfg, out, tokenizer, ds, state)
+
+    stage = out / "train_state" / "world_model"
+    vocab = Vocabulary.from_spaces(meta.space, tokenizer.codebook_size, tokenizer.tokens_per_frame)
+    seed_everything(cfg.seed)
+    model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab))
+    train_codes, eval_codes = _split(codes, cfg)
+    start = time.perf_counter()
+    result = train_world_model(
+        model,
+        train_codes,
+        _world_model_train_config(cfg),
+        stage,
+        eval_ds=eval_codes,
+        resume=resume and _has_checkpoint(stage),
+        progress=progress,
+    )
+    metrics["world_model"] = {**result, "seconds": round(time.perf_counter() - start, 1)}
+    metrics["world_size"] = result["world_size"]
+    metrics["distributed_type"] = result["distributed_type"]
+    if state.is_main_process:
+        _save_atomically(model, out / "world_model")
+        _write_metrics(out, metrics)
+    state.wait_for_everyone()
+    return metrics
+
+
+def _world_model_train_config(cfg: PretrainConfig) -> TrainConfig:
+    return TrainConfig(
+        steps=cfg.world_model_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=min(100, cfg.world_model_steps // 10),
+        grad_accum=cfg.grad_accum,
+        checkpoint_every=cfg.checkpoint_every,
+        eval_every=cfg.eval_every,
+        seed=cfg.seed,
+    )
+
+
+def _start_run(out: Path, cfg: PretrainConfig, resume: bool, state: PartialState) -> None:
+    """A new run needs an empty `out`; a resumed one the same settings. Record the settings."""
+    settings = json.loads(json.dumps(asdict(cfg)))
+    recorded = out / "pretrain.json"
+    if out.exists() and not out.is_dir():
+        raise TokWorldError(f"run directory {out} is a file")
+    if resume and recorded.exists():
+        saved = json.loads(recorded.read_text())
+        changed = [k for k in settings if saved.get(k) != settings[k]]
+        if changed:
+            k = changed[0]
+            raise TokWorldError(
+                f"cannot resume {out}: it was started with {k}={saved.get(k)!r}, "
+                f"not {settings[k]!r}"
+            )
+    elif out.is_dir() and any(out.iterdir()):
+        raise TokWorldError(f"run directory {out} is not empty: pass --resume to continue it")
+    state.wait_for_everyone()  # every process has checked before the main one writes
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(json.dumps(settings, indent=2))
+    state.wait_for_everyone()
+
+
+def _split(ds: datasets.Dataset, cfg: PretrainConfig):
+    """(train, held-out episodes or None): the same episodes for frames and for codes."""
+    if cfg.eval_fraction <= 0 or len(episode_bounds(ds)[0]) < 2:
+        return ds, None
+    return split_episodes(ds, cfg.eval_fraction, cfg.seed)
+
+
+def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state, progress):
+    """The run's frame tokenizer: already saved, `reused` (from `cfg.tokenizer`), or trained."""
+    final = out / "tokenizer"
+    if (final / "model.safetensors").exists():
+        return FrameTokenizer.from_pretrained(final, device=str(state.device))
+    start = time.perf_counter()
+    if reused is not None:
+        tokenizer = reused
+        metrics["tokenizer"] = {"source": cfg.tokenizer}
+    else:
+        stage = out / "train_state" / "tokenizer"
+        tokenizer, result = train_tokenizer(
+            train_ds,
+            stage,
+            preset=cfg.preset,
+            steps=cfg.tokenizer_steps,
+            batch_size=cfg.tokenizer_batch_size,
+            resume=resume and _has_checkpoint(stage),
+            eval_dataset=eval_ds,
+            progress=progress,
+            grad_accum=cfg.grad_accum,
+            checkpoint_every=cfg.checkpoint_every,
+            eval_every=cfg.eval_every,
+            seed=cfg.seed,
+        )
+        metrics["tokenizer"] = {**result, "seconds": round(time.perf_counter() - start, 1)}
+    if state.is_main_process:
+        _save_atomically(tokenizer, final)
+        _write_metrics(out, metrics)
+    state.wait_for_everyone()
+    return tokenizer.eval()
+
+
+def _codes_stage(cfg, out, tokenizer, ds, state) -> datasets.Dataset:
+    """The dataset tokenized once (by the main process), without its frames: `RUN/codes`."""
+    final = out / "codes"
+    if state.is_main_process and not final.exists():
+        work = out / "codes.partial"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        cache = str(work / "tokenized.arrow")
+        codes = tokenize_dataset(tokenizer, ds, cfg.tokenize_batch_size, cache_file_name=cache)
+        codes.remove_columns("observation").save_to_disk(str(work / "codes"))
+        (work / "codes").rename(final)
+        shutil.rmtree(work)
+    state.wait_for_everyone()
+    return datasets.load_from_disk(str(final))
+
+
+def _has_checkpoint(stage: Path) -> bool:
+    return (stage / "train_state" / "state.json").exists()
+
+
+def _save_atomically(model, directory: Path) -> None:
+    """`save_pretrained` into a sibling, then rename: a kill never leaves a half-written model."""
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+
+
+def _read_metrics(out: Path) -> dict:
+    path = out / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_metrics(out: Path, metrics: dict) -> None:
+    tmp = out / "metrics.json.partial"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.rename(out / "metrics.json")

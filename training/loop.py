@@ -192,7 +192,8 @@ def train(
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _checkpoint(accelerator, model, optimizer, scheduler, step + 1, state_dir, history,
                         config_to_check)  # fmt: skip
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not `end_training`: it ends the process group too,
+        tracker.finish()  # which the stages that follow in the same processes still need
     if eval_dataset is not None:
         metrics.update(evaluate(model, eval_dataset, cfg, accelerator))
     if accelerator.is_main_process:

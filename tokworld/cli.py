@@ -10,7 +10,12 @@ import sys
 from tokworld.errors import TokWorldError
 
 # Modules that add subcommands: each has `register(subparsers)`, setting `func` on its parsers.
-COMMAND_MODULES = ("tokworld.cli", "tokworld.pretrain_cli", "tokworld.tokenizer_cli")
+COMMAND_MODULES = (
+    "tokworld.cli",
+    "tokworld.datacli",
+    "tokworld.pretrain_cli",
+    "tokworld.tokenizer_cli",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

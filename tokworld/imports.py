@@ -1,0 +1,223 @@
+"""Import trajectory datasets that others recorded: what the `minari:` and `hf:` importers share.
+
+A dataset spec names where trajectories come from: `minari:DATASET_ID_OR_PATH` (a Minari dataset,
+see `tokworld.import_minari`) or `hf:REPO_OR_PATH` (Hub or parquet data in another schema, see
+`tokworld.import_hf`). Importers stream episodes through `episode_rows` and convert every frame with
+one `FrameConverter`, whose description is recorded in `TrajectoryMeta.source`. Writing is
+`tokworld.data.write_trajectories`: streamed, and a failed import leaves no dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import datasets
+import numpy as np
+
+from tokworld.errors import TokWorldError
+
+SPEC_PREFIXES = ("minari", "hf")
+_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]*):(.+)$")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split `PREFIX:REF` into its known prefix and reference; anything else is an error."""
+    match = _PREFIX.match(spec)
+    if match is None:
+        raise TokWorldError(
+            f"dataset spec {spec!r} has no source prefix: use minari:ID_OR_PATH or hf:REPO_OR_PATH"
+        )
+    prefix, ref = match.groups()
+    if prefix not in SPEC_PREFIXES:
+        raise TokWorldError(
+            f"unknown dataset spec prefix {prefix!r} in {spec!r}: use one of "
+            + ", ".join(f"{p}:" for p in SPEC_PREFIXES)
+        )
+    return prefix, ref
+
+
+def resolve_dataset_spec(spec: str, cache_dir: str | Path, frame_size: int = 64) -> str:
+    """A local path or Hub id in tokworld's schema for `spec`, converting it first if needed.
+
+    - `minari:ID_OR_PATH` is imported once into `cache_dir` (reused by later calls) and the
+      converted dataset's path is returned;
+    - `hf:REPO_OR_PATH` names a dataset already in tokworld's schema: the reference is returned;
+    - an existing path or a spec without a prefix (a Hub id) is returned unchanged;
+    - an unknown prefix is a TokWorldError.
+    """
+    if Path(spec).exists() or _PREFIX.match(spec) is None:
+        return spec
+    prefix, ref = parse_spec(spec)
+    if prefix == "hf":
+        return ref
+    key = hashlib.sha1(f"{spec}|{frame_size}".encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.strip("/")).strip("._")[-48:]
+    out = Path(cache_dir) / f"minari-{name}-{frame_size}-{key}"
+    if not (out / "dataset_info.json").exists():
+        from tokworld.import_minari import import_minari
+
+        import_minari(ref, out, frame_size=frame_size)
+    return str(out)
+
+
+def import_dataset(
+    spec: str,
+    out: str | Path,
+    frame_size: int = 64,
+    mapping: str | dict | None = None,
+    **hf_options,
+) -> datasets.Dataset:
+    """Convert the dataset `spec` names into a tokworld dataset at `out` (`tokworld import`).
+
+    `mapping` and `hf_options` (config, split, revision, streaming, action_space, env_id) apply
+    to `hf:` specs only, and are an error with `minari:`; see `tokworld.import_hf.import_hf`.
+    """
+    prefix, ref = parse_spec(spec)
+    if prefix == "minari":
+        if mapping is not None or hf_options:
+            name = "map" if mapping is not None else next(iter(hf_options))
+            raise TokWorldError(f"--{name.replace('_', '-')} applies to hf: imports only")
+        from tokworld.import_minari import import_minari
+
+        return import_minari(ref, out, frame_size=frame_size)
+    if mapping is None:
+        raise TokWorldError(
+            "hf: imports need --map observation=COL,action=COL,reward=COL[,terminated=COL]"
+        )
+    from tokworld.import_hf import import_hf
+
+    return import_hf(ref, out, mapping, frame_size=frame_size, **hf_options)
+
+
+@dataclass(frozen=True)
+class FrameConverter:
+    """Turns source frames of one shape into `frame_size x frame_size x 3` uint8 RGB frames.
+
+    Source layouts: `HxWx3` RGB, `HxW` or `HxWx1` grayscale (replicated to RGB), and `SxHxW`
+    channel-stacked grayscale with S smaller than H and W (the last frame of the stack is kept).
+    Frames are resized with `cv2.INTER_AREA` when their size differs. Pixels stored in a wider
+    integer type (as plain parquet lists often are) are accepted when they lie in 0..255.
+    """
+
+    source_shape: tuple[int, ...]
+    frame_size: int
+
+    def __post_init__(self):
+        if self.layout is None:
+            raise TokWorldError(
+                f"observations of shape {tuple(self.source_shape)} are not frames "
+                "(expected HxWx3, HxW, HxWx1 or SxHxW stacks of uint8 pixels)"
+            )
+
+    @property
+    def layout(self) -> str | None:
+        """'rgb', 'gray', 'stack', or None when the shape is not a frame."""
+        shape = tuple(self.source_shape)
+        if len(shape) == 2 and min(shape) > 1:
+            return "gray"
+        if len(shape) != 3 or min(shape[:2]) <= 1:
+            return None
+        if shape[-1] == 3:
+            return "rgb"
+        if shape[-1] == 1:
+            return "gray"
+        if shape[0] < min(shape[1:]):
+            return "stack"
+        return None
+
+    @property
+    def description(self) -> str:
+        """The conversion in words, as recorded in the dataset's metadata."""
+        shape = tuple(self.source_shape)
+        steps = []
+        if self.layout == "stack":
+            steps.append(f"last frame of each {shape[0]}-frame stack")
+        if self.layout in ("gray", "stack"):
+            steps.append("grayscale replicated to RGB")
+        height, width = shape[1:] if self.layout == "stack" else shape[:2]
+        if (height, width) != (self.frame_size, self.frame_size):
+            size = self.frame_size
+            steps.append(f"resized {height}x{width} -> {size}x{size} (cv2.INTER_AREA)")
+        return "; ".join(steps) or "none"
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """One source frame -> (frame_size, frame_size, 3) uint8."""
+        frame = np.asarray(frame)
+        if frame.shape != tuple(self.source_shape):
+            raise TokWorldError(
+                f"frame shapes differ: {frame.shape} after {tuple(self.source_shape)}"
+            )
+        if frame.dtype != np.uint8:
+            integers = np.issubdtype(frame.dtype, np.integer)
+            if not (integers and frame.min() >= 0 and frame.max() <= 255):
+                raise TokWorldError(f"frames have dtype {frame.dtype}, expected uint8 pixels")
+            frame = frame.astype(np.uint8)
+        if self.layout == "stack":
+            frame = frame[-1]
+        elif self.layout == "gray" and frame.ndim == 3:
+            frame = frame[..., 0]
+        if frame.shape[:2] != (self.frame_size, self.frame_size):
+            size = (self.frame_size, self.frame_size)
+            frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        if frame.ndim == 2:
+            frame = np.repeat(frame[:, :, None], 3, axis=2)
+        return np.ascontiguousarray(frame)
+
+
+def episode_rows(
+    episode: int,
+    frames: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    convert: FrameConverter,
+    action_value: Callable[[np.ndarray], object],
+    where: str,
+) -> Iterator[dict]:
+    """The rows of one episode in tokworld's schema, after checking it is consistent.
+
+    `frames` holds N or N+1 observations for N actions (a trailing final observation is
+    dropped); rewards and end flags hold N values. An episode whose last step carries no end flag
+    is marked truncated: its recording stopped there. `where` names the episode in errors.
+    """
+    n = len(actions)
+    if n == 0:
+        raise TokWorldError(f"{where}: episode has no steps")
+    for name, values in (
+        ("rewards", rewards),
+        ("terminated", terminated),
+        ("truncated", truncated),
+    ):
+        if len(values) != n:
+            raise TokWorldError(f"{where}: {n} actions but {len(values)} {name}")
+    if len(frames) not in (n, n + 1):
+        raise TokWorldError(f"{where}: {n} actions but {len(frames)} observations")
+    ends = np.flatnonzero(np.asarray(terminated[:-1]) | np.asarray(truncated[:-1]))
+    if ends.size:
+        raise TokWorldError(f"{where}: step {ends[0]} ends the episode before its last step")
+    for t in range(n):
+        last = t == n - 1
+        yield {
+            "episode_index": episode,
+            "frame_index": t,
+            "observation": convert(frames[t]),
+            "action": action_value(actions[t]),
+            "reward": float(rewards[t]),
+            "terminated": bool(terminated[t]),
+            "truncated": bool(truncated[t]) or (last and not terminated[t]),
+        }
+
+
+def action_converter(space: dict) -> Callable[[np.ndarray], object]:
+    """The function turning one source action into the value the dataset stores for `space`."""
+    if space["type"] == "Discrete":
+        return int
+    if space["type"] == "MultiDiscrete":
+        return lambda a: np.asarray(a, dtype=np.int64).reshape(-1).tolist()
+    return lambda a: np.asarray(a, dtype=np.float32).reshape(-1).tolist()

@@ -7,24 +7,29 @@ from transformers import MistralConfig, PreTrainedConfig
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.vocab import Vocabulary
 
-# name -> (layers, width, heads, context steps)
+# Keys and values have fewer heads than queries (grouped-query attention, as in Llama 2/3):
+# imagination reads the whole KV cache for every token it samples, so a smaller cache is what
+# makes it fast on memory-bound hardware; training cost barely changes.
 PRESETS: dict[str, dict] = {
     "tiny": {
         "num_hidden_layers": 2,
         "hidden_size": 64,
         "num_attention_heads": 4,
+        "num_key_value_heads": 2,
         "context_steps": 8,
     },
     "small": {
         "num_hidden_layers": 4,
         "hidden_size": 128,
         "num_attention_heads": 4,
+        "num_key_value_heads": 1,
         "context_steps": 16,
     },
     "base": {
         "num_hidden_layers": 10,
         "hidden_size": 256,
         "num_attention_heads": 4,
+        "num_key_value_heads": 1,
         "context_steps": 20,
     },
 }
@@ -47,6 +52,7 @@ class TokWorldConfig(PreTrainedConfig):
     num_hidden_layers: int = 2
     hidden_size: int = 64
     num_attention_heads: int = 4
+    num_key_value_heads: int | None = None
     intermediate_size: int | None = None
     context_steps: int = 8
     attention_dropout: float = 0.0
@@ -84,7 +90,7 @@ class TokWorldConfig(PreTrainedConfig):
             intermediate_size=inner,
             num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads or self.num_attention_heads,
             max_position_embeddings=self.window_tokens,
             sliding_window=None,
             attention_dropout=self.attention_dropout,

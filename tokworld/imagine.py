@@ -21,7 +21,7 @@ from einops import rearrange
 
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
-from tokworld.ring_cache import RingCache
+from tokworld.ring_cache import ATTENTION, RingCache
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class ImaginationEngine:
         seed: int = 0,
     ):
         self.model = world_model.eval()
+        self.model.backbone.set_attn_implementation(ATTENTION)
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling

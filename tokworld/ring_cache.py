@@ -10,7 +10,12 @@ query which slots it may see (written, not in its future, inside its window, val
 from __future__ import annotations
 
 import torch
+from einops import rearrange
+from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ATTENTION = "tokworld_ring"
 
 
 class RingLayer(DynamicLayer):
@@ -69,3 +74,23 @@ class RingCache(Cache):
             mine.keys[rows] = theirs.keys
             mine.values[rows] = theirs.values
         self.valid[rows] = other.valid
+
+
+def ring_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """Attention over ring slots: masked, and grouped-query without copying keys per head.
+
+    query (B, H, q, D); key, value (B, Hkv, S, D); attention_mask (B, 1, q, S) bool. Without a
+    mask (training: plain causal) it is SDPA. Returns (B, q, H, D) as transformers expects.
+    """
+    if attention_mask is None:
+        return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    q = rearrange(query, "b (k g) q d -> b k (g q) d", g=groups)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scaling  # (B, Hkv, g*q, S)
+    mask = attention_mask.repeat(1, 1, groups, 1)  # (B, 1, g*q, S)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    out = torch.matmul(probs, value)  # (B, Hkv, g*q, D)
+    return rearrange(out, "b k (g q) d -> b q (k g) d", g=groups), None
+
+
+AttentionInterface.register(ATTENTION, ring_attention)

@@ -13,6 +13,7 @@ from tokworld.errors import TokWorldError
 COMMAND_MODULES = (
     "tokworld.cli",
     "tokworld.datacli",
+    "tokworld.imagine_cli",
     "tokworld.pretrain_cli",
     "tokworld.tokenizer_cli",
 )
@@ -59,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         import datasets
+        import transformers
 
         datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
         result = args.func(args)
     except TokWorldError as e:
         print(f"tokworld {args.command}: error: {e}", file=sys.stderr)

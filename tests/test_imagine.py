@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 from einops import rearrange
-from tokworld.tokenizer import Kind, Vocabulary
-from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 
 from tokworld.cli import main
 from tokworld.config import TokWorldConfig
@@ -17,6 +15,8 @@ from tokworld.data import load_trajectories, validate_trajectories
 from tokworld.dream import DreamVectorEnv, RealContext
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.model import TokWorldModel
+from tokworld.tokenizer import Kind, Vocabulary
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokworld.training.loop import ResumableSampler, TrainConfig, train
 from torch.utils.data import TensorDataset
+
+from tokworld.training.loop import ResumableSampler, TrainConfig, train
 
 
 class Regressor(torch.nn.Module):

@@ -12,9 +12,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tokworld.tokenizer import SPECIALS, ActionCodec, Kind, RewardCodec, Vocabulary
 
 from tokworld.errors import TokWorldError
+from tokworld.tokenizer import SPECIALS, ActionCodec, Kind, RewardCodec, Vocabulary
 
 finite = {"allow_nan": False, "allow_infinity": False}
 

@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 import gymnasium as gym
 import torch
-from tokworld.tokenizer.codecs import ActionCodec, RewardCodec
 
 from tokworld.errors import TokWorldError
+from tokworld.tokenizer.codecs import ActionCodec, RewardCodec
 
 SPECIALS = ("pad", "bos")
 NUM_ENDS = 2  # 0: continue, 1: terminal

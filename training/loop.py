@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from tokworld.training.accel import describe, make_accelerator
-from tokworld.training.checkpoint import load_train_state, rng_state, save_train_state
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from tokworld.errors import TokWorldError
+from tokworld.training.accel import describe, make_accelerator
+from tokworld.training.checkpoint import load_train_state, rng_state, save_train_state
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@
 
 Builds two synthetic sources of N and scale*N episodes: a Minari dataset written by Minari's
 `DataCollector` (84x84x3 frames, Minari's default JPEG encoding) and a parquet file in the
-jat-dataset layout (one row per episode, 4x84x84 uint8 stacks). Each import runs as its own
-`tokworld import` subprocess; its peak resident set size comes from `wait4`. rows/s is the
+jat-dataset layout (one row per episode, 4x84x84 uint8 stacks; local parquet is always read as
+a stream). Each import runs as its own `tokworld import` subprocess; its peak resident set size
+comes from `wait4`. rows/s is the
 marginal rate, (rows at scale*N - rows at N) / (seconds at scale*N - seconds at N), so process
 start-up does not count. Prints JSON per path: rows/s, seconds and peak RSS at both sizes, and
 the RSS ratio (flat memory: close to 1); `start_up_rss_mb` is the peak RSS of the CLI doing
@@ -159,7 +160,6 @@ def main(argv: list[str] | None = None) -> dict:
         paths = {
             "minari": lambda i: [sources["minari"][i]],
             "hf": lambda i: [sources["hf"][i], "--map", JAT_MAP],
-            "hf_streaming": lambda i: [sources["hf"][i], "--map", JAT_MAP, "--streaming"],
         }
         for name, spec_args in paths.items():
             small, large = (run_import(spec_args(i), tmp / f"out-{name}-{i}") for i in range(2))

@@ -8,12 +8,12 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokworld.tokenizer.frame import FrameTokenizer
-from tokworld.training import pretrain as pretrain_module
-from tokworld.training.pretrain import PretrainConfig, pretrain
 
 from tokworld.cli import main
 from tokworld.model import TokWorldModel
+from tokworld.tokenizer.frame import FrameTokenizer
+from tokworld.training import pretrain as pretrain_module
+from tokworld.training.pretrain import PretrainConfig, pretrain
 
 # Tiny and short: the tokenizer trains 8 steps, the world model 12 (checkpoints every 4).
 OPTIONS = dict(preset="tiny", tokenizer_steps=8, tokenizer_batch_size=16, world_model_steps=12,
@@ -118,6 +118,8 @@ def test_bad_input_is_one_line(run, minigrid_dataset, tmp_path, capsys):
     err = _error(_argv(minigrid_dataset, run, world_model_steps=99) + ["--resume"], capsys)
     assert "world_model_steps=12, not 99" in err
     assert "not a directory" in _error(_argv(str(tmp_path / "none"), tmp_path / "a"), capsys)
+    assert "unknown dataset spec prefix" in _error(_argv("foo:bar", tmp_path / "a"), capsys)
+    assert not (tmp_path / "a").exists()
     err = _error(_argv(minigrid_dataset, tmp_path / "b", tokenizer=tmp_path), capsys)
     assert "not a tokenizer checkpoint" in err
     assert "batch_size must be >= 1" in _error(_argv(minigrid_dataset, tmp_path / "c",

@@ -7,16 +7,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from tokworld.tokenizer.codecs import space_to_dict
-from tokworld.tokenizer.vocab import Vocabulary
-from tokworld.training.loop import TrainConfig
-from tokworld.training.world_model import train_world_model
 
 from tokworld.config import TokWorldConfig
 from tokworld.data import TrajectoryMeta
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.sampler import WindowDataset
+from tokworld.tokenizer.codecs import space_to_dict
+from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.training.loop import TrainConfig
+from tokworld.training.world_model import train_world_model
 
 CODEBOOK, K = 32, 4
 DISCRETE = gym.spaces.Discrete(3)

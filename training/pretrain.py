@@ -1,5 +1,8 @@
 """`tokworld pretrain`: frame tokenizer -> cached codes -> world model, on one offline dataset.
 
+`dataset` is a local dataset, a Hub id, or a `minari:`/`hf:` spec (`tokworld.imports`; Minari
+datasets are converted once into `$TOKWORLD_CACHE/imports`, default `~/.cache/tokworld`).
+
 A run directory::
 
     RUN/pretrain.json       the run's settings (a resume must use the same ones)
@@ -19,6 +22,7 @@ function; the main process alone writes files, the others wait for it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -27,17 +31,18 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate import PartialState
-from tokworld.tokenizer.frame import FrameTokenizer
+
+from tokworld.config import PRESETS, TokWorldConfig
+from tokworld.data import TrajectoryMeta, episode_bounds, load_trajectories, validate_trajectories
+from tokworld.errors import TokWorldError
+from tokworld.imports import resolve_dataset_spec
+from tokworld.model import TokWorldModel
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.accel import seed_everything
 from tokworld.training.loop import TrainConfig
 from tokworld.training.tokenizer import split_episodes, tokenize_dataset, train_tokenizer
 from tokworld.training.world_model import train_world_model
-
-from tokworld.config import PRESETS, TokWorldConfig
-from tokworld.data import TrajectoryMeta, episode_bounds, load_trajectories, validate_trajectories
-from tokworld.errors import TokWorldError
-from tokworld.model import TokWorldModel
 
 
 @dataclass(frozen=True)
@@ -81,12 +86,15 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
     """
     out = Path(out)
     state = PartialState(cpu=not torch.cuda.is_available())
-    ds = load_trajectories(cfg.dataset)
-    validate_trajectories(ds)
-    meta = TrajectoryMeta.from_dataset(ds)
     reused = None
     if cfg.tokenizer is not None:
         reused = FrameTokenizer.from_pretrained(cfg.tokenizer, device=str(state.device))
+    frame_size = (reused.config if reused else FrameTokenizerConfig.preset(cfg.preset)).frame_size
+    with state.main_process_first():  # a `minari:` spec is converted once, by the main process
+        path = resolve_dataset_spec(cfg.dataset, _cache_dir() / "imports", frame_size)
+    ds = load_trajectories(path)
+    validate_trajectories(ds)
+    meta = TrajectoryMeta.from_dataset(ds)
     _start_run(out, cfg, resume, state)  # only now, with good inputs, is anything written
     metrics = _read_metrics(out)
     train_ds, eval_ds = _split(ds, cfg)
@@ -219,6 +227,11 @@ def _codes_stage(cfg, out, tokenizer, ds, state) -> datasets.Dataset:
         shutil.rmtree(work)
     state.wait_for_everyone()
     return datasets.load_from_disk(str(final))
+
+
+def _cache_dir() -> Path:
+    """Where converted `minari:` datasets are kept between runs: `$TOKWORLD_CACHE`."""
+    return Path(os.environ.get("TOKWORLD_CACHE", Path.home() / ".cache" / "tokworld"))
 
 
 def _has_checkpoint(stage: Path) -> bool:

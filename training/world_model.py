@@ -14,13 +14,13 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from tokworld.tokenizer.vocab import Vocabulary
-from tokworld.training.loop import TrainConfig, train
 
 from tokworld.data import TrajectoryMeta
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.sampler import WindowDataset
+from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.training.loop import TrainConfig, train
 
 WINDOW_COLUMNS = ("codes", "action", "reward", "terminated")
 

@@ -16,7 +16,7 @@ from tokworld.sampler import WindowDataset
 from tokworld.tokenizer.codecs import space_to_dict
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.loop import TrainConfig
-from tokworld.training.world_model import train_world_model
+from tokworld.training.world_model import held_out_windows, train_world_model
 
 CODEBOOK, K = 32, 4
 DISCRETE = gym.spaces.Discrete(3)
@@ -135,6 +135,14 @@ def test_save_and_load_are_bit_exact(tmp_path):
         assert torch.equal(a, b), name
     tokens = model.tokens_of(_batch(gym.spaces.MultiDiscrete([3, 2])))
     assert torch.equal(model(tokens).logits, loaded(tokens).logits)
+
+
+def test_held_out_windows_do_not_overlap_and_cover_the_episodes():
+    model = _model()  # context of 8 steps
+    windows = held_out_windows(model, codes_dataset(episodes=(20, 9, 5)))
+    starts = [int(windows.dataset.starts[i]) for i in windows.indices]
+    assert starts == [0, 8, 20, 29]  # each episode tiled by windows of 8 steps from its start
+    assert all(bool(windows[i]["mask"][0]) for i in range(len(windows)))
 
 
 class Killed(Exception):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from torch.utils.data import Subset
 
-from tokworld.data import TrajectoryMeta
+from tokworld.data import TrajectoryMeta, episode_bounds
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.sampler import WindowDataset
@@ -52,6 +53,16 @@ def window_dataset(model: TokWorldModel, ds: datasets.Dataset) -> WindowDataset:
     return WindowDataset(ds, model.config.context_steps, WINDOW_COLUMNS)
 
 
+def held_out_windows(model: TokWorldModel, ds: datasets.Dataset) -> Subset:
+    """Non-overlapping windows of held-out episodes, each episode tiled from its first step, so
+    that evaluation batches spread over all of them."""
+    windows = window_dataset(model, ds)
+    episode_starts = episode_bounds(ds)[0]
+    episode = np.searchsorted(episode_starts, windows.starts, side="right") - 1
+    offset = windows.starts - episode_starts[episode]
+    return Subset(windows, np.flatnonzero(offset % model.config.context_steps == 0).tolist())
+
+
 def run_config(model: TokWorldModel, cfg: TrainConfig) -> dict:
     """What a checkpoint must have been trained with to be resumed: model and train configs."""
     model_cfg = model.config.to_diff_dict()
@@ -82,7 +93,7 @@ def train_world_model(
         out_dir,
         name="world_model",
         resume=resume,
-        eval_dataset=None if eval_ds is None else window_dataset(model, eval_ds),
+        eval_dataset=None if eval_ds is None else held_out_windows(model, eval_ds),
         config_to_check=run_config(model, cfg),
         progress=progress,
     )

@@ -41,8 +41,13 @@ def random_policy(action_space: gym.Space, seed: int) -> Policy:
 def env_steps(
     env: gym.Env, policy: Policy, steps: int, seed: int, progress: bool = True
 ) -> Iterator[dict]:
-    """Yield `steps` rows of the trajectory schema; the last episode is cut with `truncated`."""
+    """Yield `steps` rows of the trajectory schema; the last episode is cut with `truncated`.
+
+    A policy with a `reset()` method (a recurrent one) has it called at each episode start.
+    """
+    reset = getattr(policy, "reset", lambda: None)
     obs, _ = env.reset(seed=seed)
+    reset()
     episode, t = 0, 0
     for i in tqdm(range(steps), desc="collect", unit="step", disable=not progress):
         action = policy(obs)
@@ -60,6 +65,7 @@ def env_steps(
         t += 1
         if terminated or truncated:
             obs, _ = env.reset()
+            reset()
             episode, t = episode + 1, 0
         else:
             obs = next_obs

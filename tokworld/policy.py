@@ -1,0 +1,340 @@
+"""Actor-critic policy: IRIS-style CNN + LSTM on decoded frames, or embeddings + LSTM on codes.
+
+`policy_input="frames"` (default, as IRIS) reads frames decoded by the tokenizer, (B, T, 3, H, W)
+float in [0, 1]; `policy_input="tokens"` (as REM) reads the K frame codes, (B, T, K) long,
+through a learned code embedding, so imagination never has to run the decoder.
+
+The action head is one categorical per action component over the world model's own action
+codes: Discrete(n) is one categorical of n; MultiDiscrete one per component; Box(D) one per
+dimension over the vocabulary's uniform bins (the action is the bin centre), so every action the
+policy takes is one the world model can read exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from tokworld.errors import TokWorldError
+from tokworld.tokenizer.codecs import ActionCodec
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+INPUTS = ("frames", "tokens")
+State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, hidden)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Architecture of an `ActorCritic`; `action` is the `ActionCodec.to_dict()` it acts in.
+
+    Frames: one conv3x3 -> maxpool2 -> ReLU stage per entry of `channels` (IRIS: 32, 32, 64, 64
+    on 64x64 frames, so a 4x4 grid). Tokens: a `token_dim` embedding per code plus a position
+    embedding, flattened. Either feeds an LSTM of `hidden_size`, read by the actor and critic.
+    """
+
+    action: dict
+    policy_input: str = "frames"
+    frame_size: int = 64
+    channels: tuple[int, ...] = (32, 32, 64, 64)
+    codebook_size: int = 512
+    tokens_per_frame: int = 16
+    token_dim: int = 32
+    hidden_size: int = 512
+
+    def __post_init__(self):
+        if self.policy_input not in INPUTS:
+            raise TokWorldError(f"policy_input must be one of {INPUTS}, got {self.policy_input!r}")
+        if self.frame_size % 2 ** len(self.channels):
+            raise TokWorldError(
+                f"frame_size {self.frame_size} is not divisible by 2^{len(self.channels)}"
+            )
+        ActionCodec.from_dict(self.action)
+
+    @property
+    def codec(self) -> ActionCodec:
+        return ActionCodec.from_dict(self.action)
+
+    @classmethod
+    def preset(
+        cls, name: str, codec: ActionCodec, policy_input: str = "frames", **overrides
+    ) -> PolicyConfig:
+        """`tiny` (tests), `small` (CPU), `base` (IRIS: channels 32-32-64-64, LSTM 512)."""
+        if name not in PRESETS:
+            raise TokWorldError(f"unknown policy preset {name!r}: choose from {', '.join(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TokWorldError(f"unknown policy config field {sorted(unknown)[0]!r}")
+        base = {**PRESETS[name], "policy_input": policy_input}
+        return cls(action=codec.to_dict(), **{**base, **overrides})
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicyConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TokWorldError(f"unknown policy config field {sorted(unknown)[0]!r}")
+        return cls(**{k: tuple(v) if k == "channels" else v for k, v in data.items()})
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": {"channels": (8, 8, 16, 16), "token_dim": 8, "hidden_size": 64},
+    "small": {"channels": (16, 16, 32, 32), "token_dim": 16, "hidden_size": 256},
+    "base": {"channels": (32, 32, 64, 64), "token_dim": 32, "hidden_size": 512},
+}
+
+
+class ActionDistribution:
+    """Independent categoricals, one per action component; codes (B, D) are local to each."""
+
+    def __init__(self, logits: torch.Tensor, sizes: tuple[int, ...]):
+        self.parts = torch.split(logits, list(sizes), dim=-1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        probs = [p.float().softmax(-1).reshape(-1, p.shape[-1]) for p in self.parts]
+        draws = [torch.multinomial(p, 1, generator=generator) for p in probs]
+        return torch.cat(draws, -1).view(*self.parts[0].shape[:-1], len(self.parts))
+
+    def mode(self) -> torch.Tensor:
+        return torch.stack([p.argmax(-1) for p in self.parts], -1)
+
+    def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
+        """Summed over components: (...,)."""
+        logps = [
+            F.log_softmax(p, -1).gather(-1, codes[..., i : i + 1]).squeeze(-1)
+            for i, p in enumerate(self.parts)
+        ]
+        return torch.stack(logps, -1).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        """Summed over components: (...,)."""
+        ents = [-(F.softmax(p, -1) * F.log_softmax(p, -1)).sum(-1) for p in self.parts]
+        return torch.stack(ents, -1).sum(-1)
+
+
+@dataclass
+class PolicyOutput:
+    """logits (B, T, sum of component sizes), value (B, T), state: the LSTM state after T."""
+
+    logits: torch.Tensor
+    value: torch.Tensor
+    state: State
+
+
+class FrameEncoder(nn.Module):
+    """(N, 3, H, W) in [0, 1] -> (N, features): conv3x3 -> maxpool2 -> ReLU per stage."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in zip((3, *cfg.channels[:-1]), cfg.channels, strict=True):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.MaxPool2d(2), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        side = cfg.frame_size // 2 ** len(cfg.channels)
+        self.out_dim = cfg.channels[-1] * side * side
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.net(frames * 2 - 1)
+
+
+class TokenEncoder(nn.Module):
+    """(N, K) frame codes -> (N, features): code + position embeddings, flattened, one layer."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.codebook_size, cfg.token_dim)
+        self.position = nn.Parameter(torch.zeros(cfg.tokens_per_frame, cfg.token_dim))
+        self.proj = nn.Linear(cfg.tokens_per_frame * cfg.token_dim, cfg.hidden_size)
+        self.out_dim = cfg.hidden_size
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        x = rearrange(self.embed(codes) + self.position, "n k d -> n (k d)")
+        return F.relu(self.proj(x))
+
+
+class ActorCritic(nn.Module):
+    """Encoder -> LSTM -> (actor logits, critic value), stepped a frame or a sequence at a time."""
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = config
+        self.codec = config.codec
+        self.encoder = FrameEncoder(config) if self.frames_input else TokenEncoder(config)
+        self.lstm = nn.LSTM(self.encoder.out_dim, config.hidden_size, batch_first=True)
+        self.actor = nn.Linear(config.hidden_size, self.codec.num_tokens)
+        self.critic = nn.Linear(config.hidden_size, 1)
+
+    @property
+    def frames_input(self) -> bool:
+        return self.config.policy_input == "frames"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def initial_state(self, batch: int) -> State:
+        zeros = torch.zeros(1, batch, self.config.hidden_size, device=self.device)
+        return zeros, zeros.clone()
+
+    def forward(self, obs: torch.Tensor, state: State | None = None) -> PolicyOutput:
+        """obs (B, T, 3, H, W) float frames or (B, T, K) codes; state None starts from zeros."""
+        self._check(obs, extra_dims=1)
+        b = obs.shape[0]
+        feats = self.encoder(rearrange(obs, "b t ... -> (b t) ..."))
+        out, state = self.lstm(rearrange(feats, "(b t) d -> b t d", b=b), state)
+        return PolicyOutput(self.actor(out), self.critic(out).squeeze(-1), state)
+
+    def step(self, obs: torch.Tensor, state: State | None = None) -> PolicyOutput:
+        """One step: obs (B, 3, H, W) or (B, K) -> logits (B, A), value (B,), next state."""
+        out = self(obs.unsqueeze(1), state)
+        return PolicyOutput(out.logits[:, 0], out.value[:, 0], out.state)
+
+    def distribution(self, logits: torch.Tensor) -> ActionDistribution:
+        return ActionDistribution(logits, self.codec.sizes)
+
+    def to_action(self, codes: torch.Tensor) -> torch.Tensor:
+        """Component codes (B, D) -> env actions: (B,) Discrete, (B, D) MultiDiscrete or Box."""
+        offsets = torch.tensor(self.codec.offsets, device=codes.device)
+        return self.codec.decode(codes + offsets)
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: torch.Tensor,
+        state: State | None = None,
+        greedy: bool = False,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, State]:
+        """obs (B, ...) -> (env actions, next state): the mode, or a sample at `temperature`."""
+        out = self.step(obs, state)
+        dist = self.distribution(out.logits / max(temperature, 1e-6))
+        codes = dist.mode() if greedy else dist.sample(generator)
+        return self.to_action(codes), out.state
+
+    def _check(self, obs: torch.Tensor, extra_dims: int) -> None:
+        cfg = self.config
+        if self.frames_input:
+            size = cfg.frame_size
+            shape = f"(..., 3, {size}, {size}) float frames"
+            ok = obs.is_floating_point() and tuple(obs.shape[-3:]) == (3, size, size)
+        else:
+            shape = f"(..., {cfg.tokens_per_frame}) integer codes"
+            ok = not obs.is_floating_point() and obs.shape[-1] == cfg.tokens_per_frame
+        ndim = (3 if self.frames_input else 1) + 1 + extra_dims
+        if not ok or obs.ndim != ndim:
+            raise TokWorldError(
+                f"the {cfg.policy_input} policy reads {shape} of {ndim} dims, got "
+                f"{str(obs.dtype).removeprefix('torch.')} of shape {tuple(obs.shape)}"
+            )
+
+    # ---- save / load --------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write `config.json` and `model.safetensors`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {"model_type": "tokworld_policy", **self.config.to_dict()}
+        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
+        save_model(self, str(directory / WEIGHTS_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> ActorCritic:
+        """Load what `save_pretrained` wrote, bit-exactly, in eval mode."""
+        directory = Path(directory)
+        config_file, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not config_file.is_file() or not weights.is_file():
+            raise TokWorldError(f"{directory} is not a policy: no {CONFIG_NAME} + {WEIGHTS_NAME}")
+        try:
+            data = json.loads(config_file.read_text())
+        except ValueError as e:
+            raise TokWorldError(f"cannot read {config_file}: {e}") from None
+        data.pop("model_type", None)
+        model = cls(PolicyConfig.from_dict(data))
+        try:
+            load_model(model, str(weights), device=device)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TokWorldError(f"cannot load policy weights {weights}: {first}") from None
+        return model.to(device).eval()
+
+
+class Agent:
+    """A policy acting on real uint8 frames: (B, H, W, 3) -> env actions, one LSTM state per row.
+
+    The frames go through the tokenizer first (codes for a tokens policy, encode -> decode for a
+    frames policy), so the policy sees what it saw in imagination. A single frame (H, W, 3)
+    gives a single numpy action, which makes an `Agent` a `collect` policy; `reset()` (called by
+    `collect` at each episode start) clears the state. `epsilon` takes a uniformly random action
+    with that probability.
+    """
+
+    def __init__(
+        self,
+        policy: ActorCritic,
+        tokenizer,
+        greedy: bool = False,
+        temperature: float = 1.0,
+        epsilon: float = 0.0,
+        seed: int = 0,
+    ):
+        self.policy, self.tokenizer = policy.eval(), tokenizer.eval()
+        self.greedy, self.temperature, self.epsilon = greedy, temperature, epsilon
+        self.generator = torch.Generator(device=policy.device).manual_seed(seed)
+        self.state: State | None = None
+
+    def reset(self, rows=None) -> None:
+        """Forget the state of `rows` (indices), or of every row."""
+        if rows is None or self.state is None:
+            self.state = None
+            return
+        for s in self.state:
+            s[:, torch.as_tensor(rows, device=s.device)] = 0
+
+    @torch.no_grad()
+    def observe(self, frames) -> torch.Tensor:
+        """uint8 frames (B, H, W, 3) -> what the policy reads."""
+        codes = self.tokenizer.encode(frames).to(self.policy.device)
+        if not self.policy.frames_input:
+            return codes
+        return self.tokenizer.decode(codes).to(self.policy.device)
+
+    @torch.no_grad()
+    def __call__(self, frames):
+        single = np.ndim(frames) == 3
+        frames = torch.as_tensor(np.asarray(frames))
+        frames = frames.unsqueeze(0) if single else frames
+        actions, self.state = self.policy.act(
+            self.observe(frames), self.state, self.greedy, self.temperature, self.generator
+        )
+        if self.epsilon > 0:
+            sizes = torch.tensor(self.policy.codec.sizes, device=actions.device)
+            n = frames.shape[0]
+            u = torch.rand(n, generator=self.generator, device=actions.device)
+            noise = torch.rand(n, len(sizes), generator=self.generator, device=actions.device)
+            random = self.policy.to_action((noise * sizes).long())
+            explore = (u < self.epsilon).view(-1, *([1] * (actions.ndim - 1)))
+            actions = torch.where(explore, random, actions)
+        return actions[0].cpu().numpy() if single else actions.cpu()
+
+
+def build_policy(name: str, codec: ActionCodec, tokenizer, policy_input: str = "frames"):
+    """A fresh `ActorCritic` of preset `name` for this action codec and frame tokenizer."""
+    cfg = PolicyConfig.preset(
+        name,
+        codec,
+        policy_input,
+        frame_size=tokenizer.config.frame_size,
+        codebook_size=tokenizer.codebook_size,
+        tokens_per_frame=tokenizer.tokens_per_frame,
+    )
+    return ActorCritic(cfg)

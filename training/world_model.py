@@ -54,13 +54,15 @@ def window_dataset(model: TokWorldModel, ds: datasets.Dataset) -> WindowDataset:
 
 
 def held_out_windows(model: TokWorldModel, ds: datasets.Dataset) -> Subset:
-    """Non-overlapping windows of held-out episodes, each episode tiled from its first step, so
-    that evaluation batches spread over all of them."""
+    """Non-overlapping windows of held-out episodes, so that evaluation batches spread over all
+    of them. Each episode is tiled backwards from its last step, which holds its end."""
     windows = window_dataset(model, ds)
-    episode_starts = episode_bounds(ds)[0]
-    episode = np.searchsorted(episode_starts, windows.starts, side="right") - 1
-    offset = windows.starts - episode_starts[episode]
-    return Subset(windows, np.flatnonzero(offset % model.config.context_steps == 0).tolist())
+    length = model.config.context_steps
+    starts, lengths = episode_bounds(ds)
+    episode = np.searchsorted(starts, windows.starts, side="right") - 1
+    offset = windows.starts - starts[episode]
+    last = np.maximum(lengths[episode] - length, 0)  # offset of the episode's last window
+    return Subset(windows, np.flatnonzero((last - offset) % length == 0).tolist())
 
 
 def run_config(model: TokWorldModel, cfg: TrainConfig) -> dict:

@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tokworld.data import TrajectoryMeta, load_trajectories, write_trajectories
@@ -16,7 +15,6 @@ from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
 from tokworld.run import load_run
 from tokworld.tokenizer.codecs import space_to_dict
-from tokworld.tokenizer.frame import to_uint8
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,27 +96,17 @@ def _write(out: Path, episodes: Episodes, meta: TrajectoryMeta, args) -> dict:
 
 
 def _compare(out: Path, episodes: Episodes, windows: dict, tokenizer, context: int) -> dict:
-    """Per-step PSNR of imagined frames vs real ones and vs the tokenizer's reconstruction."""
+    """Per-step PSNR/SSIM of imagined frames vs real ones and vs the tokenizer's reconstruction.
+
+    Step 0 is the last context frame; when the dataset has no frames, the reconstruction
+    stands in for the real ones.
+    """
+    from tokworld.eval.fidelity import compare_frames, reconstruct
     from tokworld.eval.media import side_by_side, write_gif
-    from tokworld.eval.tokenizer_metrics import psnr
 
-    codes = windows["codes"][:, context - 1 :]  # the frames the imagined ones should match
-    n, t = codes.shape[:2]
-    recon = to_uint8(tokenizer.decode(codes.flatten(0, 1).to(tokenizer.device))).cpu()
-    recon = recon.view(n, t, *recon.shape[1:]).numpy()
-    real = windows["observation"][:, context - 1 :].numpy() if "observation" in windows else recon
-    imagined = episodes.frames
-
-    def per_step(a: np.ndarray, b: np.ndarray) -> list[float]:
-        x = torch.from_numpy(a).flatten(0, 1).permute(0, 3, 1, 2).float() / 255
-        y = torch.from_numpy(b).flatten(0, 1).permute(0, 3, 1, 2).float() / 255
-        values = psnr(x, y).clamp(max=100).view(n, t)
-        return values.mean(0).tolist()
-
-    for e in range(n):
-        write_gif(side_by_side(real[e], imagined[e]), out / f"real_vs_imagined_{e:03d}.gif")
-    return {
-        "psnr_vs_real": per_step(imagined, real),
-        "psnr_vs_reconstruction": per_step(imagined, recon),
-        "tokenizer_psnr": per_step(recon, real),
-    }
+    recon = reconstruct(tokenizer, windows["codes"][:, context - 1 :])
+    real = windows["observation"][:, context - 1 :].numpy() if "observation" in windows else None
+    for e, imagined in enumerate(episodes.frames):
+        shown = recon[e] if real is None else real[e]
+        write_gif(side_by_side(shown, imagined), out / f"real_vs_imagined_{e:03d}.gif")
+    return compare_frames(episodes.frames, recon, real)

@@ -1,0 +1,331 @@
+"""How long imagination stays faithful: open-loop rollouts replaying real actions, scored per step.
+
+Each real window of a held-out dataset gives C context steps; the world model then imagines H
+steps while replaying the window's real actions, and every imagined step is compared with the
+real one it should match:
+
+- frames: PSNR and SSIM of the decoded imagined frame vs the real frame, and vs the tokenizer's
+  own reconstruction of the real frame (decode(encode(real))). The second isolates the world
+  model's dynamics error: a model that predicts every code right scores `PSNR_MAX` there however
+  blurry the tokenizer is; `tokenizer_psnr` (reconstruction vs real) is the tokenizer's share;
+- frame tokens: the fraction of imagined codes equal to the codes of the real frame;
+- rewards and episode ends: precision and recall of nonzero rewards (a hit needs the same sign)
+  and of terminal steps, over all compared steps.
+
+Windows run to the end of an episode when it comes first (so real terminal steps are scored);
+steps past it are left out. Index t of a per-step list is horizon t + 1: the frame after the
+(t + 1)-th imagined action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from tokworld.data import TrajectoryMeta, episode_bounds
+from tokworld.errors import TokWorldError
+from tokworld.eval.tokenizer_metrics import psnr, ssim
+from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.tokenizer.frame import to_uint8
+
+PSNR_MAX = 100.0  # dB; identical frames (infinite PSNR) are reported as this, keeping JSON valid
+REPORTED_HORIZONS = (1, 5, 10, 20)
+
+
+@dataclass
+class OpenLoop:
+    """Imagined and real steps of N windows over H open-loop steps (arrays are numpy).
+
+    codes (N, H, K); frames uint8 (N, H, h, w, 3); reward float, end bool (N, H). `real_frames`
+    is None for a dataset of codes only. `frame_valid` / `step_valid` (N, H): the real frame /
+    the real reward and end exist (an episode may end inside the horizon). `start` (N, h, w, 3):
+    the last context frame, real when there is one.
+    """
+
+    imagined_codes: np.ndarray
+    imagined_frames: np.ndarray
+    imagined_reward: np.ndarray
+    imagined_end: np.ndarray
+    real_codes: np.ndarray
+    real_frames: np.ndarray | None
+    reconstruction: np.ndarray
+    real_reward: np.ndarray
+    real_end: np.ndarray
+    frame_valid: np.ndarray
+    step_valid: np.ndarray
+    start: np.ndarray
+
+
+def choose_windows(ds: datasets.Dataset, context: int, horizon: int, n: int):
+    """(starts, valid lengths) of up to `n` windows of `context + horizon` steps, evenly spread.
+
+    A window may start wherever its episode has at least `context + 1` steps left; it stops at
+    the episode's end.
+    """
+    starts, lengths = episode_bounds(ds)
+    room = np.maximum(lengths - context, 0)  # start offsets per episode
+    if not room.sum():
+        raise TokWorldError(f"no episode of the dataset is longer than the context of {context}")
+    picks = np.unique(np.linspace(0, room.sum() - 1, min(n, int(room.sum()))).round().astype(int))
+    episode = np.searchsorted(np.cumsum(room), picks, side="right")
+    offset = picks - (np.cumsum(room) - room)[episode]
+    valid = np.minimum(lengths[episode] - offset, context + horizon)
+    return starts[episode] + offset, valid
+
+
+def load_windows(ds, starts, valid, length: int, tokenizer, batch_size: int = 256) -> dict:
+    """Windows padded to `length`: codes (N, L, K), action, reward, terminated, observation."""
+    frame_column = "observation" if "observation" in ds.column_names else "codes"
+    if frame_column not in ds.column_names:
+        raise TokWorldError("dataset has neither an 'observation' nor a 'codes' column")
+    columns = [frame_column, "action", "reward", "terminated"]
+    table = ds.select_columns(columns).with_format("numpy", dtype=None)
+    out: dict[str, list] = {c: [] for c in columns}
+    for s, v in zip(starts, valid, strict=True):
+        rows = table[int(s) : int(s + v)]
+        for c in columns:
+            x = np.asarray(rows[c])
+            out[c].append(np.concatenate([x, np.zeros((length - v, *x.shape[1:]), x.dtype)]))
+    batch = {c: torch.from_numpy(np.stack(v)) for c, v in out.items()}
+    if frame_column == "codes":
+        batch["codes"] = batch["codes"].long()
+        return batch
+    frames = batch["observation"].flatten(0, 1)
+    codes = [
+        tokenizer.encode(frames[i : i + batch_size]).cpu()
+        for i in range(0, len(frames), batch_size)
+    ]
+    batch["codes"] = torch.cat(codes).view(*batch["observation"].shape[:2], -1)
+    return batch
+
+
+def reconstruct(tokenizer, codes: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Codes (..., K) -> uint8 frames (..., h, w, 3) decoded by the tokenizer."""
+    flat = codes.reshape(-1, codes.shape[-1])
+    frames = [
+        to_uint8(tokenizer.decode(flat[i : i + batch_size].to(tokenizer.device))).cpu()
+        for i in range(0, len(flat), batch_size)
+    ]
+    return torch.cat(frames).view(*codes.shape[:-1], *frames[0].shape[1:]).numpy()
+
+
+@torch.no_grad()
+def open_loop(
+    engine: ImaginationEngine,
+    tokenizer,
+    windows: dict,
+    valid,
+    context: int,
+    horizon: int,
+    batch_size: int = 32,
+) -> OpenLoop:
+    """Imagine `horizon` steps from each window's first `context` steps, replaying its actions."""
+    n = len(windows["codes"])
+    imagined: dict[str, list] = {"codes": [], "frames": [], "reward": [], "end": []}
+    for b in range(0, n, batch_size):
+        rows = {k: v[b : b + batch_size] for k, v in windows.items()}
+        engine.start({k: rows[k][:, :context] for k in ("codes", "action", "reward", "terminated")})
+        steps = [engine.step(rows["action"][:, context - 1 + t]) for t in range(horizon)]
+        imagined["codes"].append(torch.stack([s.codes.cpu() for s in steps], 1))
+        imagined["frames"].append(torch.stack([to_uint8(s.frames).cpu() for s in steps], 1))
+        imagined["reward"].append(torch.stack([s.reward.cpu() for s in steps], 1))
+        imagined["end"].append(torch.stack([s.terminated.cpu() for s in steps], 1))
+    im = {k: torch.cat(v).numpy() for k, v in imagined.items()}
+    t = np.arange(horizon)
+    valid = np.asarray(valid)[:, None]
+    real = windows.get("observation")
+    recon = reconstruct(tokenizer, windows["codes"][:, context - 1 : context + horizon])
+    return OpenLoop(
+        imagined_codes=im["codes"],
+        imagined_frames=im["frames"],
+        imagined_reward=im["reward"],
+        imagined_end=im["end"],
+        real_codes=windows["codes"][:, context : context + horizon].numpy(),
+        real_frames=None if real is None else real[:, context : context + horizon].numpy(),
+        reconstruction=recon[:, 1:],
+        real_reward=windows["reward"][:, context - 1 : context - 1 + horizon].float().numpy(),
+        real_end=windows["terminated"][:, context - 1 : context - 1 + horizon].bool().numpy(),
+        frame_valid=context + t < valid,
+        step_valid=context - 1 + t < valid,
+        start=recon[:, 0] if real is None else real[:, context - 1].numpy(),
+    )
+
+
+def _per_step(values: torch.Tensor, valid: np.ndarray) -> list[float | None]:
+    """(N, T) values -> per-step means over valid rows (None where no row is valid)."""
+    v = torch.from_numpy(valid)
+    sums = (values.double() * v).sum(0)
+    counts = v.sum(0)
+    return [float(s / c) if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+def _scores(a: np.ndarray, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 frames (N, T, h, w, 3) x2 -> PSNR (capped at PSNR_MAX) and SSIM, each (N, T)."""
+    n, t = a.shape[:2]
+    x, y = (torch.from_numpy(f).flatten(0, 1).permute(0, 3, 1, 2).float() / 255 for f in (a, b))
+    chunks = range(0, len(x), 256)  # SSIM works in float64: bound its memory
+    p = torch.cat([psnr(x[i : i + 256], y[i : i + 256]) for i in chunks])
+    s = torch.cat([ssim(x[i : i + 256], y[i : i + 256]) for i in chunks])
+    return p.clamp(max=PSNR_MAX).view(n, t), s.view(n, t)
+
+
+def compare_frames(imagined, reconstruction, real=None, valid=None) -> dict[str, list]:
+    """Per-step PSNR/SSIM of uint8 (N, T, h, w, 3) imagined frames vs reconstruction and real.
+
+    Means over the rows where `valid` (N, T) holds; keys `psnr_vs_reconstruction`,
+    `ssim_vs_reconstruction` and, with `real`, `psnr_vs_real`, `ssim_vs_real`, `tokenizer_psnr`,
+    `tokenizer_ssim` (reconstruction vs real).
+    """
+    valid = np.ones(imagined.shape[:2], bool) if valid is None else valid
+    pairs = {"vs_reconstruction": (imagined, reconstruction)}
+    if real is not None:
+        pairs.update({"vs_real": (imagined, real), "tokenizer": (reconstruction, real)})
+    out = {}
+    for name, (a, b) in pairs.items():
+        p, s = _scores(a, b)
+        prefix, suffix = ("", "_" + name) if name != "tokenizer" else ("tokenizer_", "")
+        out[f"{prefix}psnr{suffix}"] = _per_step(p, valid)
+        out[f"{prefix}ssim{suffix}"] = _per_step(s, valid)
+    return out
+
+
+def precision_recall(predicted: np.ndarray, actual: np.ndarray, hit: np.ndarray) -> dict:
+    """Event detection: precision = hits / predicted, recall = hits / actual (None if 0/0)."""
+    n_pred, n_true, n_hit = int(predicted.sum()), int(actual.sum()), int(hit.sum())
+    return {
+        "precision": n_hit / n_pred if n_pred else None,
+        "recall": n_hit / n_true if n_true else None,
+        "predicted": n_pred,
+        "actual": n_true,
+        "hits": n_hit,
+    }
+
+
+def score(rollouts: OpenLoop) -> dict:
+    """Per-step frame and token scores, and reward/end precision and recall, of rollouts."""
+    r, fv, sv = rollouts, rollouts.frame_valid, rollouts.step_valid
+    per_step = {
+        "horizon": list(range(1, fv.shape[1] + 1)),
+        "frames": fv.sum(0).tolist(),
+        **compare_frames(r.imagined_frames, r.reconstruction, r.real_frames, fv),
+        "token_accuracy": _per_step(
+            torch.from_numpy((r.imagined_codes == r.real_codes).mean(-1)), fv
+        ),
+    }
+    im_sign, real_sign = np.sign(r.imagined_reward), np.sign(r.real_reward)
+    reward = precision_recall(
+        (im_sign != 0) & sv, (real_sign != 0) & sv, (im_sign != 0) & (im_sign == real_sign) & sv
+    )
+    end = precision_recall(r.imagined_end & sv, r.real_end & sv, r.imagined_end & r.real_end & sv)
+    at = {
+        str(h): {k: per_step[k][h - 1] for k in per_step if k not in ("horizon", "frames")}
+        for h in REPORTED_HORIZONS
+        if h <= len(per_step["horizon"])
+    }
+    return {"per_step": per_step, "at_horizon": at, "reward": reward, "end": end}
+
+
+def evaluate_fidelity(
+    world_model,
+    tokenizer,
+    ds: datasets.Dataset,
+    context: int = 4,
+    horizon: int = 20,
+    windows: int = 64,
+    batch_size: int = 32,
+    sampling: SamplingConfig | None = None,
+    seed: int = 0,
+) -> tuple[dict, OpenLoop]:
+    """Open-loop fidelity of a world model on `ds`: (scores as in `score`, the rollouts).
+
+    Sampling is greedy unless `sampling` says otherwise: the model's most likely future.
+    """
+    sampling = sampling or SamplingConfig(greedy=True)
+    if context < 1 or horizon < 1 or windows < 1 or batch_size < 1:
+        raise TokWorldError("context, horizon, windows and batch size must be positive")
+    world_model.vocab.check_action_space(TrajectoryMeta.from_dataset(ds).space, "the dataset")
+    starts, valid = choose_windows(ds, context, horizon, windows)
+    data = load_windows(ds, starts, valid, context + horizon, tokenizer)
+    engine = ImaginationEngine(world_model, tokenizer.decode, sampling, seed)
+    rollouts = open_loop(engine, tokenizer, data, valid, context, horizon, batch_size)
+    result = {
+        "context": context,
+        "horizon": horizon,
+        "windows": len(starts),
+        "context_kept": min(context, world_model.config.context_steps),
+        "sampling": {
+            "greedy": sampling.greedy,
+            "temperature": sampling.temperature,
+            "top_k": sampling.top_k,
+            "seed": seed,
+        },
+        **score(rollouts),
+    }
+    return result, rollouts
+
+
+def held_out_dataset(run: str | Path, dataset: str | None = None) -> tuple[datasets.Dataset, str]:
+    """(episodes, description) to evaluate a run on.
+
+    With `dataset`, all of it; without, the episodes `tokworld pretrain` held out of the run's
+    training set (the split recorded in `RUN/pretrain.json` is recomputed).
+    """
+    import json
+
+    from tokworld.data import load_trajectories
+    from tokworld.training.tokenizer import split_episodes
+
+    if dataset is not None:
+        return load_trajectories(dataset), dataset
+    settings_file = Path(run) / "pretrain.json"
+    if not settings_file.exists():
+        raise TokWorldError(f"run {run} has no pretrain.json: pass --dataset")
+    settings = json.loads(settings_file.read_text())
+    if settings.get("eval_fraction", 0) <= 0:
+        raise TokWorldError(f"run {run} held out no episodes (eval_fraction 0): pass --dataset")
+    ds = load_trajectories(settings["dataset"])
+    held = split_episodes(ds, settings["eval_fraction"], settings.get("seed", 0))[1]
+    return held, f"{settings['dataset']} (episodes held out of training)"
+
+
+def plot_fidelity(result: dict, path: str | Path) -> Path:
+    """PNG: PSNR vs horizon (vs real, vs reconstruction, tokenizer alone) and token accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result["per_step"]
+    h = steps["horizon"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    lines = [
+        ("psnr_vs_real", "imagined vs real", "-"),
+        ("psnr_vs_reconstruction", "imagined vs tokenizer reconstruction", "-"),
+        ("tokenizer_psnr", "tokenizer reconstruction vs real", ":"),
+    ]
+    for key, label, style in lines:
+        if key in steps:
+            left.plot(h, [np.nan if v is None else v for v in steps[key]], style, label=label)
+    left.set(xlabel="imagined steps (horizon)", ylabel="PSNR (dB)", title="Frame fidelity")
+    left.legend(fontsize=8)
+    acc = [np.nan if v is None else v for v in steps["token_accuracy"]]
+    right.plot(h, acc, color="C3")
+    right.set(
+        xlabel="imagined steps (horizon)",
+        ylabel="fraction of codes",
+        ylim=(0, 1.02),
+        title="Frame-token accuracy",
+    )
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"open loop from {result['context']} real steps, {result['windows']} windows")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

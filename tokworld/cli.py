@@ -13,6 +13,7 @@ from tokworld.errors import TokWorldError
 COMMAND_MODULES = (
     "tokworld.cli",
     "tokworld.datacli",
+    "tokworld.eval_cli",
     "tokworld.imagine_cli",
     "tokworld.pretrain_cli",
     "tokworld.tokenizer_cli",

@@ -1,0 +1,310 @@
+"""`tokworld bench`: how fast a preset trains and imagines on this machine, and how much memory.
+
+One JSON (schema `SCHEMA`, keys stable; `tests/test_eval.py` pins them):
+
+- `machine`: CPU model, cores, GPU name, torch version, threads;
+- `tokenizer`: training frames/s (forward, backward, optimizer step), encode and decode frames/s;
+- `world_model`: training tokens/s on windows of `context_steps` steps, bare and through the
+  training loop (as `bench_world_model` times them);
+- `imagination`: imagined steps/s (with decoded frames) at batch sizes 1, 8 and 32;
+- each section's peak memory, and the process's overall peak.
+
+Models are randomly initialised (speed does not depend on the weights) and inputs are random.
+Every figure is `{"median", "min", "max", "runs"}` over `repeats` timed repetitions that follow
+`warmup` untimed ones. Memory: on CUDA the peak torch allocation of the section; on CPU the
+peak resident set size of the process during it; and the growth of either over its start.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import torch
+
+from tokworld.config import TokWorldConfig
+from tokworld.eval.bench_imagine import bench_imagine
+from tokworld.eval.bench_world_model import (
+    ACTIONS,
+    CODEBOOK,
+    TOKENS_PER_FRAME,
+    fixed_batch,
+    time_loop,
+)
+from tokworld.model import TokWorldModel
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.training.loop import TrainConfig, make_optimizer
+
+SCHEMA = 1
+IMAGINE_BATCHES = (1, 8, 32)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Sizes and repetitions of one suite run."""
+
+    repeats: int = 5
+    warmup: int = 2
+    tokenizer_batch: int = 32
+    encode_batch: int = 64
+    decode_batch: int = 32
+    world_model_batch: int = 8
+    imagine_steps: int = 20
+    imagine_batches: tuple[int, ...] = IMAGINE_BATCHES
+
+
+FULL = BenchSettings()
+QUICK = BenchSettings(
+    repeats=2,
+    warmup=1,
+    tokenizer_batch=2,
+    encode_batch=2,
+    decode_batch=2,
+    world_model_batch=1,
+    imagine_steps=3,
+)
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int, device: str) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn`, after `warmup` untimed calls."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def rate(work: float, seconds: list[float]) -> dict:
+    """`work` per second of each run, summarised: median, min, max and every run."""
+    runs = [work / s for s in seconds]
+    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}
+
+
+def _status_mib(field: str) -> float | None:
+    """A `VmRSS`/`VmHWM` line of /proc/self/status in MiB (None where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next((x for x in f if x.startswith(field + ":")), None)
+    except OSError:
+        return None
+    return None if line is None else int(line.split()[1]) / 1024
+
+
+class PeakMemory:
+    """Context manager: `.result` = {"peak_mib", "increase_mib"} of the code it wraps.
+
+    On CPU it resets the kernel's resident-set high-water mark (`/proc/self/clear_refs`) on
+    entry and reads it (`VmHWM`) on exit; where that is unavailable, the process's lifetime
+    peak (`ru_maxrss`) is reported.
+    """
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.result: dict[str, float] = {}
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated() / 2**20
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+        except OSError:
+            pass
+        self.start = _status_mib("VmRSS") or 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = _status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.result = {"peak_mib": peak, "increase_mib": peak - self.start}
+
+
+def machine(device: str) -> dict:
+    """What ran the benchmark: CPU, GPU, torch, threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _autocast(device: str):
+    """bf16 autocast on a GPU that supports it (as training uses), else nothing."""
+    on = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    return torch.autocast("cuda" if on else "cpu", dtype=torch.bfloat16, enabled=on)
+
+
+def _train_step(model: torch.nn.Module, optimizer, batch: dict, device: str) -> Callable:
+    def step():
+        with _autocast(device):
+            loss, _ = model.compute_loss(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_tokenizer(preset: str, s: BenchSettings, device: str) -> dict:
+    """Training, encode and decode frames/s of the preset's frame tokenizer."""
+    torch.manual_seed(0)
+    config = FrameTokenizerConfig.preset(preset)
+    tokenizer = FrameTokenizer(config).to(device)
+    size = config.frame_size
+    frames = torch.randint(0, 256, (s.tokenizer_batch, size, size, 3), dtype=torch.uint8)
+    optimizer = make_optimizer(tokenizer, TrainConfig(lr=1e-3))
+    with PeakMemory(device) as train_mem:
+        tokenizer.train()
+        step = _train_step(tokenizer, optimizer, {"observation": frames.to(device)}, device)
+        train = timed(step, s.repeats, s.warmup, device)
+    tokenizer.eval()
+    to_encode = torch.randint(0, 256, (s.encode_batch, size, size, 3), dtype=torch.uint8)
+    codes = torch.randint(0, config.codebook_size, (s.decode_batch, config.tokens_per_frame))
+    with PeakMemory(device) as infer_mem:
+        encode = timed(lambda: tokenizer.encode(to_encode), s.repeats, s.warmup, device)
+        decode = timed(lambda: tokenizer.decode(codes), s.repeats, s.warmup, device)
+    return {
+        "parameters": sum(p.numel() for p in tokenizer.parameters()),
+        "tokens_per_frame": config.tokens_per_frame,
+        "train_batch": s.tokenizer_batch,
+        "encode_batch": s.encode_batch,
+        "decode_batch": s.decode_batch,
+        "train_frames_per_s": rate(s.tokenizer_batch, train),
+        "encode_frames_per_s": rate(s.encode_batch, encode),
+        "decode_frames_per_s": rate(s.decode_batch, decode),
+        "train_memory": train_mem.result,
+        "inference_memory": infer_mem.result,
+    }
+
+
+def bench_world_model(preset: str, s: BenchSettings, device: str) -> dict:
+    """Training tokens/s of the preset's world model on windows of `context_steps` steps.
+
+    `train_tokens_per_s`: `compute_loss` + backward + AdamW on one fixed batch;
+    `loop_tokens_per_s`: batch to batch inside `train_world_model` (data loading, scheduler and
+    logging included). Batches and vocabulary are `bench_world_model`'s (Atari-like: 16 codes
+    of 512, 4 actions).
+    """
+    vocab = Vocabulary.from_spaces(gym.spaces.Discrete(ACTIONS), CODEBOOK, TOKENS_PER_FRAME)
+    torch.manual_seed(0)
+    model = TokWorldModel(TokWorldConfig.preset(preset, vocab)).to(device).train()
+    b, t = s.world_model_batch, model.config.context_steps
+    batch = {k: v.to(device) for k, v in fixed_batch(b, t).items()}
+    optimizer = make_optimizer(model, TrainConfig())
+    with PeakMemory(device) as mem:
+        seconds = timed(_train_step(model, optimizer, batch, device), s.repeats, s.warmup, device)
+    torch.manual_seed(0)
+    looped = TokWorldModel(TokWorldConfig.preset(preset, vocab)).to(device)
+    loop_seconds = time_loop(looped, b, s.warmup, s.repeats)
+    tokens = b * t * vocab.block_size
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": b,
+        "context_steps": t,
+        "tokens_per_batch": tokens,
+        "train_tokens_per_s": rate(tokens, seconds),
+        "loop_tokens_per_s": rate(tokens, loop_seconds),
+        "memory": mem.result,
+    }
+
+
+def bench_imagination(preset: str, s: BenchSettings, device: str) -> dict:
+    """Imagined steps/s (decoded frames included) per batch size, via `bench_imagine`."""
+    out = {}
+    for batch in s.imagine_batches:
+        with PeakMemory(device) as mem:
+            runs = [
+                bench_imagine(preset, batch, s.imagine_steps, s.imagine_steps, device=device)
+                for _ in range(s.repeats)
+            ]
+        per_s = [r["imagined_steps_per_s"] for r in runs]
+        out[f"batch_{batch}"] = {
+            "batch": batch,
+            "steps": s.imagine_steps,
+            "imagined_steps_per_s": {
+                "median": statistics.median(per_s),
+                "min": min(per_s),
+                "max": max(per_s),
+                "runs": per_s,
+            },
+            "decoder_share": statistics.median(r["decoder_share"] for r in runs),
+            "memory": mem.result,
+        }
+    return out
+
+
+def run_suite(
+    preset: str = "base", quick: bool = False, device: str = "cpu", threads: int | None = None
+) -> dict:
+    """The whole suite for `preset`; `quick` runs tiny batches twice (a smoke test).
+
+    `threads` sets torch's intra-op threads for the run (restored afterwards).
+    """
+    settings = QUICK if quick else FULL
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _suite(preset, quick, device, settings)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _suite(preset: str, quick: bool, device: str, settings: BenchSettings) -> dict:
+    start = time.perf_counter()
+    result = {
+        "schema": SCHEMA,
+        "preset": preset,
+        "quick": quick,
+        "machine": machine(device),
+        "settings": asdict(settings),
+        "tokenizer": bench_tokenizer(preset, settings, device),
+        "world_model": bench_world_model(preset, settings, device),
+        "imagination": bench_imagination(preset, settings, device),
+    }
+    sections = [
+        result["tokenizer"]["train_memory"],
+        result["tokenizer"]["inference_memory"],
+        result["world_model"]["memory"],
+        *(v["memory"] for v in result["imagination"].values()),
+    ]
+    result["peak_memory_mib"] = max(m["peak_mib"] for m in sections)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["seconds"] = time.perf_counter() - start
+    return result

@@ -1,0 +1,136 @@
+"""`tokworld eval-model`, `tokworld bench` and `tokworld report`: what a run is worth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from tokworld.errors import TokWorldError
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `eval-model`, `bench` (with `bench imagine`) and `report`."""
+    p = sub.add_parser("eval-model", help="open-loop fidelity of a run's world model per step")
+    p.add_argument("--run", required=True, help="run directory (tokenizer/ + world_model/)")
+    p.add_argument("--dataset", help="held-out trajectories (default: the run's held-out episodes)")
+    _add_fidelity_options(p)
+    p.add_argument("--json", help="write the figures here (and a PNG plot beside it)")
+    p.add_argument("--plot", help="PNG of PSNR vs horizon (default: the --json path, .png)")
+    p.set_defaults(func=_eval_model)
+
+    p = sub.add_parser("bench", help="throughput and memory benchmarks of a preset")
+    p.add_argument("--preset", default="base", choices=("tiny", "small", "base"))
+    p.add_argument("--quick", action="store_true", help="few, small repetitions (a smoke test)")
+    p.add_argument("--json", help="also write the JSON here")
+    p.add_argument("--device", default=DEVICE)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.set_defaults(func=_bench)
+    what = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    q = what.add_parser("imagine", help="imagined steps/s at one batch size, flat cost check")
+    q.add_argument("--preset", default="base", choices=("tiny", "small", "base"))
+    q.add_argument("--batch", type=int, default=32)
+    q.add_argument("--steps", type=int, default=40, help="steps timed for the throughput")
+    q.add_argument("--long-steps", type=int, default=400, help="rollout length for the flatness")
+    q.add_argument("--json", help="also write the JSON here")
+    q.add_argument("--device", default=DEVICE)
+    q.set_defaults(func=_bench_imagine)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--dataset", help="real trajectories (default: the run's held-out episodes)")
+    p.add_argument("--fidelity", help="reuse this `eval-model --json` output")
+    _add_fidelity_options(p, windows=32)
+    p.add_argument("--videos", type=int, default=4, help="imagined-vs-real episodes shown")
+    p.set_defaults(func=_report)
+
+
+def _add_fidelity_options(p: argparse.ArgumentParser, windows: int = 64) -> None:
+    p.add_argument("--context", type=int, default=4, help="real steps to condition on")
+    p.add_argument("--horizon", type=int, default=20, help="imagined steps per window")
+    p.add_argument("--windows", type=int, default=windows, help="real windows to imagine from")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=DEVICE)
+
+
+def _fidelity_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of `evaluate_fidelity` from the command line."""
+    from tokworld.imagine import SamplingConfig
+
+    if min(args.context, args.horizon, args.windows, args.batch_size) < 1:
+        raise TokWorldError("--context, --horizon, --windows and --batch-size must be positive")
+    if args.temperature < 0:
+        raise TokWorldError(f"--temperature must be >= 0, got {args.temperature}")
+    greedy = args.temperature == 0
+    sampling = SamplingConfig(args.temperature if not greedy else 1.0, args.top_k, greedy)
+    return {
+        "context": args.context,
+        "horizon": args.horizon,
+        "windows": args.windows,
+        "batch_size": args.batch_size,
+        "sampling": sampling,
+        "seed": args.seed,
+    }
+
+
+def _eval_model(args: argparse.Namespace) -> dict:
+    from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset, plot_fidelity
+    from tokworld.run import load_run
+
+    options = _fidelity_options(args)
+    world_model, tokenizer = load_run(args.run, args.device)
+    ds, described = held_out_dataset(args.run, args.dataset)
+    result, _ = evaluate_fidelity(world_model, tokenizer, ds, **options)
+    result = {"run": str(args.run), "dataset": described, **result}
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if plot:
+        result["plot"] = str(plot_fidelity(result, plot))
+    _write_json(result, args.json)
+    return result
+
+
+def _bench(args: argparse.Namespace) -> dict:
+    from tokworld.eval.bench import run_suite
+
+    if args.threads is not None and args.threads < 1:
+        raise TokWorldError(f"--threads must be >= 1, got {args.threads}")
+    result = run_suite(args.preset, args.quick, args.device, args.threads)
+    return _write_json(result, args.json)
+
+
+def _bench_imagine(args: argparse.Namespace) -> dict:
+    from tokworld.eval.bench_imagine import bench_imagine
+
+    if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
+        raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
+    result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device)
+    return _write_json(result, args.json)
+
+
+def _report(args: argparse.Namespace) -> dict:
+    from tokworld.eval.report import write_report
+
+    return write_report(
+        args.run,
+        args.out,
+        args.dataset,
+        args.fidelity,
+        args.videos,
+        args.device,
+        **_fidelity_options(args),
+    )
+
+
+def _write_json(result: dict, path: str | None) -> dict:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
+    return result

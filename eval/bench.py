@@ -161,6 +161,7 @@ def machine(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # others' work slows every figure
     }
 
 

@@ -158,7 +158,7 @@ def open_loop(
 def _per_step(values: torch.Tensor, valid: np.ndarray) -> list[float | None]:
     """(N, T) values -> per-step means over valid rows (None where no row is valid)."""
     v = torch.from_numpy(valid)
-    sums = (values.double() * v).sum(0)
+    sums = torch.where(v, values.double(), 0.0).sum(0)
     counts = v.sum(0)
     return [float(s / c) if c else None for s, c in zip(sums, counts, strict=True)]
 

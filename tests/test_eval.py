@@ -224,6 +224,7 @@ MACHINE_KEYS = {
     "torch_threads",
     "python",
     "platform",
+    "load_average",
 }
 FIGURE_KEYS = {"median", "min", "max", "runs"}
 MEMORY_KEYS = {"peak_mib", "increase_mib"}

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--long-steps", type=int, default=400, help="rollout length for the flatness")
     q.add_argument("--json", help="also write the JSON here")
     q.add_argument("--device", default=DEVICE)
+    q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     q.set_defaults(func=_bench_imagine)
 
     p = sub.add_parser("report", help="one self-contained HTML page about a run")
@@ -100,9 +101,7 @@ def _eval_model(args: argparse.Namespace) -> dict:
 def _bench(args: argparse.Namespace) -> dict:
     from tokworld.eval.bench import run_suite
 
-    if args.threads is not None and args.threads < 1:
-        raise TokWorldError(f"--threads must be >= 1, got {args.threads}")
-    result = run_suite(args.preset, args.quick, args.device, args.threads)
+    result = run_suite(args.preset, args.quick, args.device, _threads(args))
     return _write_json(result, args.json)
 
 
@@ -111,8 +110,17 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
 
     if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
+    if _threads(args):
+        torch.set_num_threads(args.threads)
     result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device)
     return _write_json(result, args.json)
+
+
+def _threads(args: argparse.Namespace) -> int | None:
+    """`--threads`, checked."""
+    if args.threads is not None and args.threads < 1:
+        raise TokWorldError(f"--threads must be >= 1, got {args.threads}")
+    return args.threads
 
 
 def _report(args: argparse.Namespace) -> dict:

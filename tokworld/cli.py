@@ -13,7 +13,9 @@ from tokworld.errors import TokWorldError
 COMMAND_MODULES = (
     "tokworld.cli",
     "tokworld.datacli",
+    "tokworld.demo",
     "tokworld.eval_cli",
+    "tokworld.finetune_cli",
     "tokworld.imagine_cli",
     "tokworld.pretrain_cli",
     "tokworld.tokenizer_cli",

@@ -199,8 +199,8 @@ def train_policy(
             f"{list(world_model.vocab.action.sizes)}"
         )
     accelerator = make_accelerator("auto", 1, str(out_dir / "logs"))
-    world_model.requires_grad_(False).to(accelerator.device)
-    tokenizer.requires_grad_(False).to(accelerator.device)
+    world_model.to(accelerator.device)  # frozen: run only under no_grad, never optimized
+    tokenizer.to(accelerator.device)
     module = ImaginationLoss(policy.train(), cfg)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     start, history = 0, []

@@ -1,0 +1,328 @@
+"""The online loop: collect real steps -> append -> tokenizer -> world model -> policy, per epoch.
+
+Epoch e collects real steps (uniformly random actions in epoch 0, the current policy with
+temperature and epsilon-greedy exploration after), appends them to the run's dataset, updates
+the frame tokenizer on all frames, re-tokenizes them, updates the world model on the codes and
+trains the policy in imagination (`training.imagination`); every `eval_every` epochs it plays
+real episodes. A run directory::
+
+    RUN/online.json            the run's settings (a resume must use the same ones)
+    RUN/data/chunk_XXX/        the real steps of epoch XXX; all chunks are the run's dataset
+    RUN/tokenizer/, RUN/world_model/, RUN/policy/
+                               the models after the last finished epoch
+    RUN/metrics.json           one entry per epoch: real env steps so far, stage metrics, returns
+    RUN/train_state/online/    checkpoint of the last finished epoch (models, policy optimizer)
+    RUN/train_state/work/      scratch of the running epoch
+
+Every epoch starts from seeds derived from (seed, epoch) and from the checkpoint of the epoch
+before, so a run killed anywhere and resumed ends with the same dataset and weights as one that
+never stopped: resuming drops the chunk and the work of the unfinished epoch and redoes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from tokworld.collect import collect
+from tokworld.config import PRESETS, TokWorldConfig
+from tokworld.data import TrajectoryMeta, load_trajectories
+from tokworld.errors import TokWorldError
+from tokworld.eval.real_env import evaluate
+from tokworld.model import TokWorldModel
+from tokworld.policy import ActorCritic, Agent, build_policy
+from tokworld.run import load_world_model
+from tokworld.tokenizer.frame import FrameTokenizer
+from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.training.accel import seed_everything
+from tokworld.training.imagination import ImaginationConfig, train_policy
+from tokworld.training.loop import TrainConfig, train
+from tokworld.training.tokenizer import FrameDataset, tokenize_dataset, train_tokenizer
+from tokworld.training.world_model import train_world_model
+
+MODELS = ("tokenizer", "world_model", "policy")
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """Settings of an online run. Stage step counts are per epoch; `imagination.steps` too."""
+
+    env_id: str
+    env_steps: int = 10000
+    initial_steps: int = 2000
+    steps_per_epoch: int = 1000
+    epsilon: float = 0.01
+    temperature: float = 1.0
+    preset: str = "small"  # sizes of models built from scratch
+    policy_input: str = "frames"
+    tokenizer_steps: int = 100
+    tokenizer_batch_size: int = 32
+    world_model_steps: int = 200
+    world_model_batch_size: int = 32
+    world_model_lr: float = 3e-4
+    imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
+    eval_every: int = 1
+    eval_episodes: int = 10
+    frame_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise TokWorldError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
+        for name in (
+            "env_steps",
+            "initial_steps",
+            "steps_per_epoch",
+            "eval_every",
+            "eval_episodes",
+        ):
+            if getattr(self, name) < 1:
+                raise TokWorldError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.world_model_steps < 1 or self.tokenizer_steps < 0:
+            raise TokWorldError("world_model_steps must be >= 1 and tokenizer_steps >= 0")
+        if not 0 <= self.epsilon <= 1:
+            raise TokWorldError(f"epsilon must lie in [0, 1], got {self.epsilon}")
+
+    @property
+    def epochs(self) -> int:
+        """Epoch 0 collects `initial_steps`, each later one up to `steps_per_epoch` more."""
+        rest = max(0, self.env_steps - self.initial_steps)
+        return 1 + -(-rest // self.steps_per_epoch)
+
+    def steps_in(self, epoch: int) -> int:
+        """Real steps epoch `epoch` collects: `env_steps` in all."""
+        if epoch == 0:
+            return min(self.initial_steps, self.env_steps)
+        done = self.initial_steps + (epoch - 1) * self.steps_per_epoch
+        return min(self.steps_per_epoch, self.env_steps - done)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class Models:
+    """What an epoch updates; None (only before epoch 0) means: build it from `preset`."""
+
+    tokenizer: FrameTokenizer | None = None
+    world_model: TokWorldModel | None = None
+    policy: ActorCritic | None = None
+
+
+def run_dataset(run: str | Path) -> datasets.Dataset:
+    """The run's real steps: its chunks in order, episode indices renumbered to stay unique."""
+    chunks = sorted((Path(run) / "data").glob("chunk_*"))
+    if not chunks:
+        raise TokWorldError(f"run {run} has no data/chunk_* datasets")
+    parts = [load_trajectories(str(c)) for c in chunks]
+    episodes, offset = [], 0
+    for part in parts:
+        ep = part.select_columns(["episode_index"]).with_format("numpy")[:]["episode_index"]
+        episodes.append(ep - ep.min() + offset)
+        offset = int(episodes[-1].max()) + 1
+    ds = datasets.concatenate_datasets(parts).remove_columns("episode_index")
+    ds = ds.add_column("episode_index", np.concatenate(episodes).astype(np.int64))
+    ds.info.description = parts[0].info.description
+    return ds
+
+
+def train_online(
+    cfg: OnlineConfig,
+    out: str | Path,
+    models: Models | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    source: dict | None = None,
+) -> dict:
+    """Run (or with `resume`, continue) the online loop in the run directory `out`.
+
+    `models` are the starting point (e.g. a pretrained tokenizer and a world model adapted to
+    this env's actions); missing ones are built from `cfg.preset` in epoch 0. `source` (JSON)
+    is recorded with the settings. Returns `RUN/metrics.json`.
+    """
+    out = Path(out)
+    models = models or Models()
+    _start(out, cfg, source, resume)
+    first, history = 0, []
+    snapshot = out / "train_state" / "online"
+    _recover(snapshot)
+    if resume and (snapshot / "state.json").exists():
+        state = json.loads((snapshot / "state.json").read_text())
+        first, history = state["epoch"] + 1, state["history"]
+        models = _load_models(snapshot)
+    for chunk in (out / "data").glob("chunk_*"):  # the unfinished epoch's data, if any
+        if int(chunk.name.split("_")[1]) >= first:
+            shutil.rmtree(chunk)
+    for epoch in range(first, cfg.epochs):
+        began = time.perf_counter()
+        entry = _epoch(cfg, out, epoch, models, progress)
+        entry["seconds"] = round(time.perf_counter() - began, 1)
+        history.append(entry)
+        _commit(out, epoch, models, history)
+    return _metrics(out, cfg, history)
+
+
+def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: bool) -> dict:
+    """One epoch; updates `models` in place (or builds them); returns its history entry."""
+    seed = cfg.seed * 1000 + epoch
+    seed_everything(seed)
+    work = out / "train_state" / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    entry: dict = {"epoch": epoch}
+
+    chunk = out / "data" / f"chunk_{epoch:03d}"
+    if models.policy is None:
+        actor = "random"
+    else:
+        actor = Agent(models.policy, models.tokenizer, False, cfg.temperature, cfg.epsilon, seed)
+    steps = cfg.steps_in(epoch)
+    collected = collect(cfg.env_id, steps, chunk, actor, seed, cfg.frame_size, progress=progress)
+    entry["collect"] = {"steps": collected.steps, "mean_return": collected.mean_return}
+    ds = run_dataset(out)
+    entry["env_steps"] = len(ds)
+    space = TrajectoryMeta.from_dataset(ds).space
+
+    if models.tokenizer is None:
+        models.tokenizer, result = train_tokenizer(
+            ds, work / "tokenizer", cfg.preset, steps=max(1, cfg.tokenizer_steps),
+            batch_size=cfg.tokenizer_batch_size, progress=progress, seed=seed,
+            checkpoint_every=max(1, cfg.tokenizer_steps),
+        )  # fmt: skip
+        entry["tokenizer"] = _short(result)
+    elif cfg.tokenizer_steps:
+        tcfg = TrainConfig(
+            steps=cfg.tokenizer_steps, batch_size=cfg.tokenizer_batch_size, lr=1e-3,
+            warmup_steps=min(100, cfg.tokenizer_steps // 10), checkpoint_every=cfg.tokenizer_steps,
+            seed=seed,
+        )  # fmt: skip
+        result = train(models.tokenizer.train(), FrameDataset(ds), tcfg, work / "tokenizer",
+                       name="tokenizer", progress=progress)  # fmt: skip
+        entry["tokenizer"] = _short(result)
+    tokenizer = models.tokenizer.eval()
+    codes = tokenize_dataset(tokenizer, ds, cache_file_name=str(work / "codes.arrow"))
+    codes = codes.remove_columns("observation")
+
+    if models.world_model is None:
+        vocab = Vocabulary.from_spaces(space, tokenizer.codebook_size, tokenizer.tokens_per_frame)
+        models.world_model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab))
+    wcfg = TrainConfig(
+        steps=cfg.world_model_steps, batch_size=cfg.world_model_batch_size, lr=cfg.world_model_lr,
+        warmup_steps=min(100, cfg.world_model_steps // 10),
+        checkpoint_every=cfg.world_model_steps, seed=seed,
+    )  # fmt: skip
+    result = train_world_model(models.world_model, codes, wcfg, work / "world_model",
+                               progress=progress)  # fmt: skip
+    entry["world_model"] = _short(result)
+
+    if models.policy is None:
+        action = models.world_model.vocab.action
+        models.policy = build_policy(cfg.preset, action, tokenizer, cfg.policy_input)
+    previous = out / "train_state" / "online" / "policy_state"
+    if epoch > 0 and previous.exists():
+        shutil.copytree(previous, work / "policy" / "train_state")
+    icfg = replace(cfg.imagination, steps=(epoch + 1) * cfg.imagination.steps, seed=seed)
+    result = train_policy(models.policy, models.world_model, tokenizer, codes, icfg,
+                          work / "policy", resume=epoch > 0, progress=progress)  # fmt: skip
+    entry["policy"] = _short(result)
+
+    if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        agent = Agent(models.policy, tokenizer, seed=seed)
+        episodes = evaluate(cfg.env_id, agent, cfg.eval_episodes, seed=10**6 + seed,
+                            frame_size=cfg.frame_size, progress=progress)  # fmt: skip
+        entry["eval"] = episodes.summary()
+    return entry
+
+
+def _short(result: dict) -> dict:
+    """Stage metrics worth keeping per epoch: numbers, not the accelerator description."""
+    skip = {"world_size", "distributed_type", "device", "mixed_precision"}
+    numbers = {k: v for k, v in result.items() if isinstance(v, int | float) and k not in skip}
+    return {k: round(v, 5) for k, v in numbers.items()}
+
+
+def _start(out: Path, cfg: OnlineConfig, source: dict | None, resume: bool) -> None:
+    """A new run needs an empty `out`; a resumed one the same settings. Record them."""
+    settings = {"config": cfg.to_dict(), "source": source}
+    recorded = out / "online.json"
+    if out.exists() and not out.is_dir():
+        raise TokWorldError(f"run directory {out} is a file")
+    if resume and recorded.exists():
+        saved = json.loads(recorded.read_text())
+        if saved != settings:
+            old, new = saved.get("config", {}), settings["config"]
+            changed = [k for k in new if old.get(k) != new[k]] or ["source"]
+            raise TokWorldError(
+                f"cannot resume {out}: it was started with other settings ({changed[0]})"
+            )
+    elif out.is_dir() and any(out.iterdir()):
+        raise TokWorldError(f"run directory {out} is not empty: pass --resume to continue it")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(settings, indent=2))
+
+
+def _recover(snapshot: Path) -> None:
+    """A kill between the two renames of `_swap` leaves only `.old`: put it back."""
+    old = snapshot.with_name(snapshot.name + ".old")
+    if old.exists() and not snapshot.exists():
+        old.rename(snapshot)
+
+
+def _swap(tmp: Path, final: Path) -> None:
+    """Replace `final` by the complete directory `tmp` (rename, never a half-written state)."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _commit(out: Path, epoch: int, models: Models, history: list[dict]) -> None:
+    """Checkpoint the finished epoch, then publish its models as RUN/tokenizer etc."""
+    snapshot = out / "train_state" / "online"
+    tmp = snapshot.with_name("online.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in MODELS:
+        getattr(models, name).save_pretrained(tmp / name)
+    shutil.copytree(out / "train_state" / "work" / "policy" / "train_state", tmp / "policy_state")
+    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
+    _swap(tmp, snapshot)
+    for name in MODELS:
+        partial = out / f"{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(snapshot / name, partial)
+        _swap(partial, out / name)
+
+
+def _load_models(snapshot: Path) -> Models:
+    """The models of a checkpointed epoch."""
+    return Models(
+        FrameTokenizer.from_pretrained(snapshot / "tokenizer"),
+        load_world_model(snapshot),
+        ActorCritic.from_pretrained(snapshot / "policy"),
+    )
+
+
+def _metrics(out: Path, cfg: OnlineConfig, history: list[dict]) -> dict:
+    """RUN/metrics.json: the per-epoch history and the learning curve (return vs env steps)."""
+    curve = [
+        {"env_steps": e["env_steps"], "return": e["eval"]["mean"]} for e in history if "eval" in e
+    ]
+    metrics = {
+        "env_id": cfg.env_id,
+        "epochs": len(history),
+        "env_steps": history[-1]["env_steps"] if history else 0,
+        "final_eval": next((e["eval"] for e in reversed(history) if "eval" in e), None),
+        "learning_curve": curve,
+        "history": history,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,7 +1,7 @@
 """Benchmark the frame tokenizer: train on a random-policy dataset, measure on held-out episodes.
 
     python -m tokworld.eval.bench_tokenizer --env ALE/Breakout-v5 --steps 20000 \\
-        --preset small --train-steps 1500 --json runs/bench_tokenizer/breakout.json
+        --preset small --train-steps 1500 --threads 1 --json runs/bench_tokenizer/breakout.json
 
 Collects (or reuses, under `--data-dir`) `--steps` random-policy steps, holds out a fraction of
 whole episodes, trains for exactly `--train-steps` optimizer steps, and prints one JSON: PSNR,
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
-from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
-from tokworld.training.tokenizer import split_episodes, train_tokenizer
 
 from tokworld.collect import collect
 from tokworld.data import load_trajectories
 from tokworld.errors import TokWorldError
+from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+from tokworld.training.tokenizer import split_episodes, train_tokenizer
 
 
 def dataset_for(env_id: str, steps: int, seed: int, data_dir: Path):
@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> dict:
         raise TokWorldError(f"{out / 'tokenizer'} exists: pick another --out or remove it")
     ds, path = dataset_for(args.env, args.steps, args.seed, Path(args.data_dir))
     train_ds, held = split_episodes(ds, args.holdout, args.seed)
-    overrides = {"tokens_per_frame": args.tokens_per_frame} if args.tokens_per_frame else {}
+    overrides = {"tokens_per_frame": args.tokens_per_frame, "quantizer": args.quantizer}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     config = FrameTokenizerConfig.preset(args.preset, **overrides)
     start = time.perf_counter()
     tokenizer, train_metrics = train_tokenizer(
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         "train_frames": len(train_ds),
         "held_out_frames": len(held),
         "preset": args.preset,
+        "quantizer": config.quantizer,
         "tokens_per_frame": config.tokens_per_frame,
         "codebook_size": config.codebook_size,
         "parameters": sum(p.numel() for p in tokenizer.parameters()),
@@ -120,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20000, help="dataset size (env steps)")
     p.add_argument("--preset", default="small")
     p.add_argument("--tokens-per-frame", type=int, help="override the preset's 16")
+    p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
     p.add_argument("--train-steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--holdout", type=float, default=0.05, help="fraction of episodes held out")
     p.add_argument("--seed", type=int, default=0)

@@ -7,21 +7,26 @@ One JSON (schema `SCHEMA`, keys stable; `tests/test_eval.py` pins them):
 - `world_model`: training tokens/s on windows of `context_steps` steps, bare and through the
   training loop (as `bench_world_model` times them);
 - `imagination`: imagined steps/s (with decoded frames) at batch sizes 1, 8 and 32;
-- each section's peak memory, and the process's overall peak.
+- each section's peak memory (`memory`), and the largest of them (`peak_memory_mib`).
 
 Models are randomly initialised (speed does not depend on the weights) and inputs are random.
 Every figure is `{"median", "min", "max", "runs"}` over `repeats` timed repetitions that follow
-`warmup` untimed ones. Memory: on CUDA the peak torch allocation of the section; on CPU the
-peak resident set size of the process during it; and the growth of either over its start.
+`warmup` untimed ones. Memory, `{"peak_mib", "increase_mib"}`: on CPU each section runs in a
+forked child of the suite (which has imported torch and tokworld and holds nothing else); the
+peak is the child's resident-set high-water mark (what it allocated and the library pages it
+used), the increase that minus its RSS when forked. On CUDA a section runs in process and both
+are read from torch's allocator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import multiprocessing
 import os
 import platform
-import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -104,40 +109,47 @@ def _status_mib(field: str) -> float | None:
     return None if line is None else int(line.split()[1]) / 1024
 
 
-class PeakMemory:
-    """Context manager: `.result` = {"peak_mib", "increase_mib"} of the code it wraps.
+def measured(fn: Callable[[], dict], device: str) -> dict:
+    """`fn()`'s figures with `memory` added (see the module docstring)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated() / 2**20
+        result = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    elif "fork" in multiprocessing.get_all_start_methods():
+        result, start, peak = _in_child(fn)
+    else:  # no fork, no per-section peak
+        start, peak, result = None, None, fn()
+    increase = None if peak is None or start is None else peak - start
+    return {**result, "memory": {"peak_mib": peak, "increase_mib": increase}}
 
-    On CPU it resets the kernel's resident-set high-water mark (`/proc/self/clear_refs`) on
-    entry and reads it (`VmHWM`) on exit; where that is unavailable, the process's lifetime
-    peak (`ru_maxrss`) is reported.
-    """
 
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-        self.result: dict[str, float] = {}
+def _in_child(fn: Callable[[], dict]) -> tuple[dict, float | None, float | None]:
+    """Run `fn` in a forked child: (its result, its RSS at the start and its peak, in MiB)."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
 
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated() / 2**20
-            return self
+    def child() -> None:
+        start = _status_mib("VmRSS")
         try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-        except OSError:
-            pass
-        self.start = _status_mib("VmRSS") or 0.0
-        return self
+            send.send((fn(), start, _status_mib("VmHWM"), None))
+        except BaseException as e:  # report any failure to the parent, then exit
+            send.send((None, None, None, f"{type(e).__name__}: {e}"))
 
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            peak = _status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        self.result = {"peak_mib": peak, "increase_mib": peak - self.start}
+    process = context.Process(target=child)
+    process.start()
+    send.close()
+    try:
+        result, start, peak, error = receive.recv()
+    except EOFError:
+        result, start, peak, error = None, None, None, "it died"
+    process.join()
+    if error is not None:
+        raise RuntimeError(f"benchmark section failed (exit code {process.exitcode}): {error}")
+    return result, start, peak
 
 
 def machine(device: str) -> dict:
@@ -190,16 +202,14 @@ def bench_tokenizer(preset: str, s: BenchSettings, device: str) -> dict:
     size = config.frame_size
     frames = torch.randint(0, 256, (s.tokenizer_batch, size, size, 3), dtype=torch.uint8)
     optimizer = make_optimizer(tokenizer, TrainConfig(lr=1e-3))
-    with PeakMemory(device) as train_mem:
-        tokenizer.train()
-        step = _train_step(tokenizer, optimizer, {"observation": frames.to(device)}, device)
-        train = timed(step, s.repeats, s.warmup, device)
+    tokenizer.train()
+    step = _train_step(tokenizer, optimizer, {"observation": frames.to(device)}, device)
+    train = timed(step, s.repeats, s.warmup, device)
     tokenizer.eval()
     to_encode = torch.randint(0, 256, (s.encode_batch, size, size, 3), dtype=torch.uint8)
     codes = torch.randint(0, config.codebook_size, (s.decode_batch, config.tokens_per_frame))
-    with PeakMemory(device) as infer_mem:
-        encode = timed(lambda: tokenizer.encode(to_encode), s.repeats, s.warmup, device)
-        decode = timed(lambda: tokenizer.decode(codes), s.repeats, s.warmup, device)
+    encode = timed(lambda: tokenizer.encode(to_encode), s.repeats, s.warmup, device)
+    decode = timed(lambda: tokenizer.decode(codes), s.repeats, s.warmup, device)
     return {
         "parameters": sum(p.numel() for p in tokenizer.parameters()),
         "tokens_per_frame": config.tokens_per_frame,
@@ -209,8 +219,6 @@ def bench_tokenizer(preset: str, s: BenchSettings, device: str) -> dict:
         "train_frames_per_s": rate(s.tokenizer_batch, train),
         "encode_frames_per_s": rate(s.encode_batch, encode),
         "decode_frames_per_s": rate(s.decode_batch, decode),
-        "train_memory": train_mem.result,
-        "inference_memory": infer_mem.result,
     }
 
 
@@ -228,11 +236,11 @@ def bench_world_model(preset: str, s: BenchSettings, device: str) -> dict:
     b, t = s.world_model_batch, model.config.context_steps
     batch = {k: v.to(device) for k, v in fixed_batch(b, t).items()}
     optimizer = make_optimizer(model, TrainConfig())
-    with PeakMemory(device) as mem:
-        seconds = timed(_train_step(model, optimizer, batch, device), s.repeats, s.warmup, device)
+    seconds = timed(_train_step(model, optimizer, batch, device), s.repeats, s.warmup, device)
     torch.manual_seed(0)
     looped = TokWorldModel(TokWorldConfig.preset(preset, vocab)).to(device)
-    loop_seconds = time_loop(looped, b, s.warmup, s.repeats)
+    with contextlib.redirect_stdout(sys.stderr):  # the loop announces itself on stdout
+        loop_seconds = time_loop(looped, b, s.warmup, s.repeats)
     tokens = b * t * vocab.block_size
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -241,33 +249,27 @@ def bench_world_model(preset: str, s: BenchSettings, device: str) -> dict:
         "tokens_per_batch": tokens,
         "train_tokens_per_s": rate(tokens, seconds),
         "loop_tokens_per_s": rate(tokens, loop_seconds),
-        "memory": mem.result,
     }
 
 
-def bench_imagination(preset: str, s: BenchSettings, device: str) -> dict:
-    """Imagined steps/s (decoded frames included) per batch size, via `bench_imagine`."""
-    out = {}
-    for batch in s.imagine_batches:
-        with PeakMemory(device) as mem:
-            runs = [
-                bench_imagine(preset, batch, s.imagine_steps, s.imagine_steps, device=device)
-                for _ in range(s.repeats)
-            ]
-        per_s = [r["imagined_steps_per_s"] for r in runs]
-        out[f"batch_{batch}"] = {
-            "batch": batch,
-            "steps": s.imagine_steps,
-            "imagined_steps_per_s": {
-                "median": statistics.median(per_s),
-                "min": min(per_s),
-                "max": max(per_s),
-                "runs": per_s,
-            },
-            "decoder_share": statistics.median(r["decoder_share"] for r in runs),
-            "memory": mem.result,
-        }
-    return out
+def bench_imagination(preset: str, batch: int, s: BenchSettings, device: str) -> dict:
+    """Imagined steps/s (decoded frames included) at `batch` rows, via `bench_imagine`."""
+    runs = [
+        bench_imagine(preset, batch, s.imagine_steps, s.imagine_steps, device=device)
+        for _ in range(s.repeats)
+    ]
+    per_s = [r["imagined_steps_per_s"] for r in runs]
+    return {
+        "batch": batch,
+        "steps": s.imagine_steps,
+        "imagined_steps_per_s": {
+            "median": statistics.median(per_s),
+            "min": min(per_s),
+            "max": max(per_s),
+            "runs": per_s,
+        },
+        "decoder_share": statistics.median(r["decoder_share"] for r in runs),
+    }
 
 
 def run_suite(
@@ -289,23 +291,22 @@ def run_suite(
 
 def _suite(preset: str, quick: bool, device: str, settings: BenchSettings) -> dict:
     start = time.perf_counter()
+
+    def imagination(batch: int) -> dict:
+        return measured(lambda: bench_imagination(preset, batch, settings, device), device)
+
     result = {
         "schema": SCHEMA,
         "preset": preset,
         "quick": quick,
         "machine": machine(device),
         "settings": asdict(settings),
-        "tokenizer": bench_tokenizer(preset, settings, device),
-        "world_model": bench_world_model(preset, settings, device),
-        "imagination": bench_imagination(preset, settings, device),
+        "tokenizer": measured(lambda: bench_tokenizer(preset, settings, device), device),
+        "world_model": measured(lambda: bench_world_model(preset, settings, device), device),
+        "imagination": {f"batch_{b}": imagination(b) for b in settings.imagine_batches},
     }
-    sections = [
-        result["tokenizer"]["train_memory"],
-        result["tokenizer"]["inference_memory"],
-        result["world_model"]["memory"],
-        *(v["memory"] for v in result["imagination"].values()),
-    ]
-    result["peak_memory_mib"] = max(m["peak_mib"] for m in sections)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sections = [result["tokenizer"], result["world_model"], *result["imagination"].values()]
+    peaks = [m["memory"]["peak_mib"] for m in sections if m["memory"]["peak_mib"] is not None]
+    result["peak_memory_mib"] = max(peaks, default=None)
     result["seconds"] = time.perf_counter() - start
     return result

@@ -12,10 +12,10 @@ One JSON (schema `SCHEMA`, keys stable; `tests/test_eval.py` pins them):
 Models are randomly initialised (speed does not depend on the weights) and inputs are random.
 Every figure is `{"median", "min", "max", "runs"}` over `repeats` timed repetitions that follow
 `warmup` untimed ones. Memory, `{"peak_mib", "increase_mib"}`: on CPU each section runs in a
-forked child of the suite (which has imported torch and tokworld and holds nothing else); the
-peak is the child's resident-set high-water mark (what it allocated and the library pages it
-used), the increase that minus its RSS when forked. On CUDA a section runs in process and both
-are read from torch's allocator.
+fresh child process (forked from a server that has imported torch and tokworld, nothing else);
+the peak is the child's resident-set high-water mark (what it allocated and the library pages
+it used), the increase that minus its RSS at its start. On CUDA a section runs in process and
+both are read from torch's allocator.
 """
 
 from __future__ import annotations
@@ -109,47 +109,55 @@ def _status_mib(field: str) -> float | None:
     return None if line is None else int(line.split()[1]) / 1024
 
 
-def measured(fn: Callable[[], dict], device: str) -> dict:
-    """`fn()`'s figures with `memory` added (see the module docstring)."""
-    gc.collect()
+def measured(section: Callable[..., dict], args: tuple, device: str) -> dict:
+    """`section(*args)`'s figures with `memory` added (see the module docstring)."""
     if device.startswith("cuda"):
+        gc.collect()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated() / 2**20
-        result = fn()
+        result = section(*args)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20
-    elif "fork" in multiprocessing.get_all_start_methods():
-        result, start, peak = _in_child(fn)
-    else:  # no fork, no per-section peak
-        start, peak, result = None, None, fn()
+    elif "forkserver" in multiprocessing.get_all_start_methods():
+        result, start, peak = _in_child(section, args)
+    else:  # no way to isolate a section: no per-section peak
+        start, peak, result = None, None, section(*args)
     increase = None if peak is None or start is None else peak - start
     return {**result, "memory": {"peak_mib": peak, "increase_mib": increase}}
 
 
-def _in_child(fn: Callable[[], dict]) -> tuple[dict, float | None, float | None]:
-    """Run `fn` in a forked child: (its result, its RSS at the start and its peak, in MiB)."""
-    context = multiprocessing.get_context("fork")
+def _in_child(section: Callable[..., dict], args: tuple) -> tuple[dict, float, float]:
+    """Run `section(*args)` in a child of a fork server: (its result, RSS at start, peak RSS).
+
+    The server has imported this module and run nothing, so its children start alike and
+    clean (a child forked from a process that has run OpenMP threads can hang in them).
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     receive, send = context.Pipe(duplex=False)
-
-    def child() -> None:
-        start = _status_mib("VmRSS")
-        try:
-            send.send((fn(), start, _status_mib("VmHWM"), None))
-        except BaseException as e:  # report any failure to the parent, then exit
-            send.send((None, None, None, f"{type(e).__name__}: {e}"))
-
-    process = context.Process(target=child)
-    process.start()
+    child = context.Process(
+        target=_child, args=(send, section, args, torch.get_num_threads()), daemon=True
+    )
+    child.start()
     send.close()
     try:
         result, start, peak, error = receive.recv()
     except EOFError:
         result, start, peak, error = None, None, None, "it died"
-    process.join()
+    child.join()
     if error is not None:
-        raise RuntimeError(f"benchmark section failed (exit code {process.exitcode}): {error}")
+        raise RuntimeError(f"benchmark section failed (exit code {child.exitcode}): {error}")
     return result, start, peak
+
+
+def _child(send, section: Callable[..., dict], args: tuple, threads: int) -> None:
+    torch.set_num_threads(threads)
+    start = _status_mib("VmRSS")
+    try:
+        send.send((section(*args), start, _status_mib("VmHWM"), None))
+    except BaseException as e:  # report any failure to the parent, then exit
+        send.send((None, None, None, f"{type(e).__name__}: {e}"))
 
 
 def machine(device: str) -> dict:
@@ -291,19 +299,18 @@ def run_suite(
 
 def _suite(preset: str, quick: bool, device: str, settings: BenchSettings) -> dict:
     start = time.perf_counter()
-
-    def imagination(batch: int) -> dict:
-        return measured(lambda: bench_imagination(preset, batch, settings, device), device)
-
     result = {
         "schema": SCHEMA,
         "preset": preset,
         "quick": quick,
         "machine": machine(device),
         "settings": asdict(settings),
-        "tokenizer": measured(lambda: bench_tokenizer(preset, settings, device), device),
-        "world_model": measured(lambda: bench_world_model(preset, settings, device), device),
-        "imagination": {f"batch_{b}": imagination(b) for b in settings.imagine_batches},
+        "tokenizer": measured(bench_tokenizer, (preset, settings, device), device),
+        "world_model": measured(bench_world_model, (preset, settings, device), device),
+        "imagination": {
+            f"batch_{b}": measured(bench_imagination, (preset, b, settings, device), device)
+            for b in settings.imagine_batches
+        },
     }
     sections = [result["tokenizer"], result["world_model"], *result["imagination"].values()]
     peaks = [m["memory"]["peak_mib"] for m in sections if m["memory"]["peak_mib"] is not None]

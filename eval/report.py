@@ -1,9 +1,10 @@
 """`tokworld report`: one self-contained HTML page showing what a run learned.
 
-Sections: the run's settings and final metrics; training curves from every `history.json` under
-the run (tokenizer, world model, policy: losses, accuracies, PSNR, and return against real env
-steps where a history logs `env_steps`); open-loop fidelity over the horizon; the tokenizer's
-reconstructions of held-out frames; imagined episodes side by side with the real ones, as GIFs.
+Sections: the run's settings and final metrics; training curves of every stage under the run
+(`history.json` files, and the histories checkpoints keep: tokenizer, world model, policy), and
+returns against real env steps (an online run's learning curve); open-loop fidelity over the
+horizon; the tokenizer's reconstructions of held-out frames; imagined episodes side by side
+with the real ones, as GIFs.
 Images are inline (base64), so the page is one file that opens anywhere, offline.
 """
 
@@ -22,6 +23,7 @@ from tokworld.errors import TokWorldError
 
 CONFIG_FILES = (
     "pretrain.json",
+    "online.json",
     "tokenizer/config.json",
     "world_model/config.json",
     "policy/config.json",
@@ -333,6 +335,7 @@ def _read_fidelity(path: str) -> dict:
         result = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise TokWorldError(f"cannot read fidelity JSON {path}: {e}") from None
-    if not {"per_step", "at_horizon", "context", "horizon"} <= result.keys():
+    needed = {"per_step", "at_horizon", "context", "horizon"}
+    if not isinstance(result, dict) or not needed <= result.keys():
         raise TokWorldError(f"{path} is not the output of `tokworld eval-model --json`")
     return result

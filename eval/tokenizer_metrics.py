@@ -1,11 +1,16 @@
 """How well a frame tokenizer sees: PSNR, SSIM, codebook usage and perplexity, and a PNG grid.
 
+PSNR over whole frames is dominated by the static background; `foreground_psnr` measures what
+moves (ball, paddle, agent): the PSNR over pixels that differ from the evaluated frames'
+per-pixel median (by more than the tokenizer's `foreground_threshold`).
+
 Frames are float (B, 3, H, W) in [0, 1] unless said otherwise. `evaluate_tokenizer` runs a
 tokenizer over held-out frames (encode -> decode, as the world model will use it).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import datasets
@@ -14,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from tokworld.tokenizer.frame import FrameTokenizer, to_uint8
 
 from tokworld.errors import TokWorldError
+from tokworld.tokenizer.frame import FrameTokenizer, foreground_mask, to_uint8
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -85,7 +90,7 @@ def evaluate_tokenizer(
     grid: str | Path | None = None,
     grid_frames: int = 16,
 ) -> dict:
-    """PSNR, SSIM, MSE (means over frames), codebook usage and perplexity on `ds`'s frames.
+    """PSNR, SSIM, MSE (means over frames), foreground PSNR, codebook usage and perplexity.
 
     With `max_frames`, an evenly spaced subset is used. With `grid`, a PNG of `grid_frames`
     evenly spaced originals over their reconstructions is written there.
@@ -97,8 +102,12 @@ def evaluate_tokenizer(
     if max_frames and len(ds) > max_frames:
         ds = ds.select(np.linspace(0, len(ds) - 1, max_frames).round().astype(int))
     frames = ds.select_columns(["observation"]).with_format("numpy", dtype=np.uint8)
+    sample = np.linspace(0, len(ds) - 1, min(256, len(ds))).round().astype(int)
+    sample = rearrange(torch.from_numpy(frames[sample]["observation"]), "b h w c -> b c h w")
+    background = sample.float().div(255).median(dim=0, keepdim=True).values
     tokenizer.eval()
     sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0}
+    fg_error, fg_pixels = 0.0, 0
     counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
     for start in range(0, len(ds), batch_size):
         batch = torch.from_numpy(frames[start : start + batch_size]["observation"])
@@ -109,6 +118,9 @@ def evaluate_tokenizer(
         sums["psnr"] += float((-10 * torch.log10(mse.clamp_min(1e-10))).sum())
         sums["ssim"] += float(ssim(recon, target).sum())
         sums["mse"] += float(mse.sum())
+        mask = foreground_mask(target, background, tokenizer.config.foreground_threshold)
+        fg_error += float(((recon - target).square() * mask).sum())
+        fg_pixels += 3 * int(mask.sum())
         counts += code_histogram(codes, tokenizer.codebook_size)
     if grid is not None:
         pick = np.linspace(0, len(ds) - 1, min(grid_frames, len(ds))).round().astype(int)
@@ -117,6 +129,8 @@ def evaluate_tokenizer(
     return {
         "frames": len(ds),
         **{k: v / len(ds) for k, v in sums.items()},
+        "foreground_psnr": -10 * math.log10(max(fg_error / max(fg_pixels, 1), 1e-10)),
+        "foreground_fraction": fg_pixels / (3 * len(ds) * background[0, 0].numel()),
         "codebook_usage": codebook_usage(counts),
         "perplexity": perplexity(counts),
         "codes_used": int((counts > 0).sum()),

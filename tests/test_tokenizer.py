@@ -8,18 +8,19 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+
+from tokworld.cli import main
+from tokworld.data import load_trajectories
+from tokworld.errors import TokWorldError
 from tokworld.eval.tokenizer_metrics import code_histogram, codebook_usage, perplexity, psnr, ssim
 from tokworld.tokenizer import FrameTokenizer, FrameTokenizerConfig, FrameTokenizerOutput, to_uint8
+from tokworld.tokenizer.frame import foreground_mask, foreground_weights
 from tokworld.training.tokenizer import (
     FrameDataset,
     split_episodes,
     tokenize_dataset,
     train_tokenizer,
 )
-
-from tokworld.cli import main
-from tokworld.data import load_trajectories
-from tokworld.errors import TokWorldError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -165,6 +166,12 @@ def test_metrics_known_values():
     flat = ssim(torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b))
     assert torch.allclose(flat, torch.tensor([(2 * a * b + c1) / (a * a + b * b + c1)]))
     assert ssim(x, (x + 0.2 * torch.randn_like(x)).clamp(0, 1)).max() < 0.9
+    frames = torch.zeros(4, 3, 8, 8)
+    frames[1, 0, 2, 3] = 0.5  # one pixel of one frame moves off the (black) background
+    background = frames.median(dim=0, keepdim=True).values
+    assert foreground_mask(frames, background, 0.05).nonzero().tolist() == [[1, 0, 2, 3]]
+    weights = foreground_weights(frames, 4.0, 0.05)
+    assert weights[1, 0, 2, 3] == 5 and weights.sum() == 4 * 64 + 4
     counts = code_histogram(torch.tensor([[0, 0, 1, 1]]), 4)
     assert codebook_usage(counts) == 0.5 and perplexity(counts) == pytest.approx(2.0)
 
@@ -180,6 +187,7 @@ def test_cli_train_eval_tokenize(tmp_path, pong_dataset, capsys):
     metrics = json.loads(report.read_text())
     assert metrics["frames"] == 24 and 0 < metrics["ssim"] <= 1 and metrics["psnr"] > 0
     assert 0 < metrics["codebook_usage"] <= 1 and metrics["perplexity"] >= 1
+    assert metrics["foreground_psnr"] > 0 and 0 <= metrics["foreground_fraction"] < 1
     assert iio.imread(grid).shape == (2 * 2 * 66, 8 * 66, 3)  # 16 frames: 2 x (originals/recon)
     before = sorted(p.name for p in Path(pong_dataset).iterdir())
     assert main(["tokenize", *args, "--out", str(out)]) == 0

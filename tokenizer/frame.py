@@ -239,16 +239,23 @@ def to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return rearrange(scaled, "b c h w -> b h w c")
 
 
+def foreground_mask(
+    frames: torch.Tensor, background: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """(B, 3, H, W), (1, 3, H, W) -> bool (B, 1, H, W): any channel off the background by more
+    than `threshold`."""
+    return (frames - background).abs().amax(dim=1, keepdim=True) > threshold
+
+
 def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> (B, 1, H, W): `1 + weight` where a pixel is not background.
 
     The background at a pixel is what most frames of the batch show there (the per-pixel median
-    over the batch): walls, bricks, the playfield. A pixel is foreground when any channel
-    differs from it by more than `threshold`: the ball, the paddle, the agent, changed bricks.
+    over the batch): walls, bricks, the playfield. Foreground is what differs from it: the ball,
+    the paddle, the agent, changed bricks.
     """
     background = target.median(dim=0, keepdim=True).values  # (1, 3, H, W)
-    diff = (target - background).abs().amax(dim=1, keepdim=True)
-    return 1 + weight * (diff > threshold).to(target.dtype)
+    return 1 + weight * foreground_mask(target, background, threshold).to(target.dtype)
 
 
 class FrameTokenizer(nn.Module):

@@ -21,19 +21,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from einops import rearrange
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
 from torch import nn
 from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from tokworld.errors import TokWorldError
+from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 # FSQ levels whose product is the codebook size (the FSQ paper's choices where they are exact).
 FSQ_LEVELS = {64: (4, 4, 4), 256: (8, 8, 4), 512: (8, 8, 8), 1024: (8, 8, 4, 4),
               4096: (8, 8, 8, 8)}  # fmt: skip
@@ -258,8 +255,10 @@ def foreground_weights(target: torch.Tensor, weight: float, threshold: float) ->
     return 1 + weight * foreground_mask(target, background, threshold).to(target.dtype)
 
 
-class FrameTokenizer(nn.Module):
+class FrameTokenizer(SafetensorsPretrained, nn.Module):
     """uint8 frames (B, H, W, 3) <-> codes (B, K); see the module docstring for the design."""
+
+    config_class, model_type, name = FrameTokenizerConfig, "frame_tokenizer", "tokenizer"
 
     def __init__(self, config: FrameTokenizerConfig):
         super().__init__()
@@ -357,33 +356,3 @@ class FrameTokenizer(nn.Module):
             "perplexity": entropy.exp(),
         }
         return loss, metrics
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write `config.json` and `model.safetensors` (weights and codebook buffers)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        payload = {"model_type": "frame_tokenizer", **self.config.to_dict()}
-        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
-        save_model(self, str(directory / WEIGHTS_NAME))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> FrameTokenizer:
-        """Load what `save_pretrained` wrote, bit-exactly, in eval mode."""
-        directory = Path(directory)
-        config_file, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not config_file.is_file():
-            raise TokWorldError(f"{directory} is not a tokenizer checkpoint: no {CONFIG_NAME}")
-        if not weights.is_file():
-            raise TokWorldError(f"tokenizer checkpoint {directory} has no {WEIGHTS_NAME}")
-        try:
-            data = json.loads(config_file.read_text())
-        except ValueError as e:
-            raise TokWorldError(f"cannot read {config_file}: {e}") from None
-        data.pop("model_type", None)
-        model = cls(FrameTokenizerConfig.from_dict(data))
-        try:
-            load_model(model, str(weights), device=device)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TokWorldError(f"cannot load weights {weights}: {first}") from None
-        return model.to(device).eval()

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import ActionCodec
+from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 INPUTS = ("frames", "tokens")
 State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, hidden)
 
@@ -162,8 +159,10 @@ class TokenEncoder(nn.Module):
         return F.relu(self.proj(x))
 
 
-class ActorCritic(nn.Module):
+class ActorCritic(SafetensorsPretrained, nn.Module):
     """Encoder -> LSTM -> (actor logits, critic value), stepped a frame or a sequence at a time."""
+
+    config_class, model_type, name = PolicyConfig, "tokworld_policy", "policy"
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
@@ -237,35 +236,6 @@ class ActorCritic(nn.Module):
                 f"the {cfg.policy_input} policy reads {shape} of {ndim} dims, got "
                 f"{str(obs.dtype).removeprefix('torch.')} of shape {tuple(obs.shape)}"
             )
-
-    # ---- save / load --------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write `config.json` and `model.safetensors`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        payload = {"model_type": "tokworld_policy", **self.config.to_dict()}
-        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
-        save_model(self, str(directory / WEIGHTS_NAME))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> ActorCritic:
-        """Load what `save_pretrained` wrote, bit-exactly, in eval mode."""
-        directory = Path(directory)
-        config_file, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not config_file.is_file() or not weights.is_file():
-            raise TokWorldError(f"{directory} is not a policy: no {CONFIG_NAME} + {WEIGHTS_NAME}")
-        try:
-            data = json.loads(config_file.read_text())
-        except ValueError as e:
-            raise TokWorldError(f"cannot read {config_file}: {e}") from None
-        data.pop("model_type", None)
-        model = cls(PolicyConfig.from_dict(data))
-        try:
-            load_model(model, str(weights), device=device)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TokWorldError(f"cannot load policy weights {weights}: {first}") from None
-        return model.to(device).eval()
 
 
 class Agent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import settings
 
 from tokworld.collect import collect
@@ -13,6 +14,15 @@ MINIGRID_STEPS = 300
 # Property tests: no per-example deadline (2 shared CPU cores jitter), 50 examples per test.
 settings.register_profile("tokworld", max_examples=50, deadline=None)
 settings.load_profile("tokworld")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on 2 shared cores a second thread mostly waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

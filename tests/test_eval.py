@@ -24,15 +24,6 @@ from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 EPISODES, LENGTH, CONTEXT, HORIZON = 3, 8, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class CopyModel(TokWorldModel):
     """A world model that predicts nothing changes: each frame code is the same code one block
     earlier, the reward is 0 and the episode goes on. Ignores the KV cache: it remembers the

@@ -36,15 +36,6 @@ CONFIG = OnlineConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one torch thread (and a busy machine's cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """An uninterrupted tiny online run of two epochs: (directory, metrics)."""

@@ -23,15 +23,6 @@ from tokworld.training.imagination import (
 from tokworld.training.tokenizer import tokenize_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one torch thread (and a busy machine's cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_lambda_returns_match_a_hand_computed_case():
     rewards = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 1.0]])
     values = torch.tensor([[0.5, 1.0, 2.0], [1.0, 1.0, 1.0]])  # of the state after each action

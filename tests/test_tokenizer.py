@@ -23,15 +23,6 @@ from tokworld.training.tokenizer import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores a second OpenMP thread mostly waits for the others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def frames(pong_dataset) -> torch.Tensor:
     """64 real ALE frames, uint8 (64, 64, 64, 3)."""

@@ -16,13 +16,13 @@ import datasets
 import numpy as np
 import torch
 from accelerate import PartialState
-from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
-from tokworld.training.accel import seed_everything
-from tokworld.training.loop import TrainConfig, train
 from torch.utils.data import Dataset
 
 from tokworld.data import episode_bounds, load_trajectories
 from tokworld.errors import TokWorldError
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+from tokworld.training.accel import seed_everything
+from tokworld.training.loop import TrainConfig, train
 
 
 class FrameDataset(Dataset):

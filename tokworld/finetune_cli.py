@@ -79,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("eval", help="real-environment returns of a run's policy, with GIFs")
@@ -89,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--greedy", action="store_true", help="take the most likely action")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=_eval)
 
 
@@ -144,7 +146,15 @@ def finetune(cfg, out: str | Path, run: str | None = None, resume=False, progres
     return train_online(cfg, out, models, resume=resume, progress=progress, source=source)
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise TokWorldError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def _finetune(args: argparse.Namespace) -> dict:
+    _set_threads(args.threads)
     metrics = finetune(online_config(args), args.out, args.run, args.resume)
     return {k: v for k, v in metrics.items() if k != "history"}
 
@@ -200,6 +210,7 @@ def evaluate_run(
 
 
 def _eval(args: argparse.Namespace) -> dict:
+    _set_threads(args.threads)
     summary = evaluate_run(
         args.run, args.env, args.episodes, args.json, args.greedy, args.temperature, args.seed
     )

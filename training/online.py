@@ -160,13 +160,15 @@ def train_online(
     for chunk in (out / "data").glob("chunk_*"):  # the unfinished epoch's data, if any
         if int(chunk.name.split("_")[1]) >= first:
             shutil.rmtree(chunk)
+    metrics = _metrics(out, cfg, history)
     for epoch in range(first, cfg.epochs):
         began = time.perf_counter()
         entry = _epoch(cfg, out, epoch, models, progress)
         entry["seconds"] = round(time.perf_counter() - began, 1)
         history.append(entry)
         _commit(out, epoch, models, history)
-    return _metrics(out, cfg, history)
+        metrics = _metrics(out, cfg, history)
+    return metrics
 
 
 def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: bool) -> dict:

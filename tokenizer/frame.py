@@ -127,8 +127,8 @@ PRESETS = {
         codebook_size=64, dim=32, enc_channels=(16, 16, 32), dec_channels=(16, 32, 32),
         dec_blocks=1,
     ),
-    # FSQ: at this preset's CPU budget (1000 steps x 32 Breakout frames) VQ had not learned the
-    # paddle (31.1 dB held-out PSNR) while FSQ had (35.0 dB); see the README's benchmark figures.
+    # FSQ: at this preset's CPU budget (1000 steps x 32 Breakout frames) VQ drew only a smear for
+    # the paddle (31.1 dB held-out PSNR), FSQ drew it (35.0 dB); see the README's benchmarks.
     "small": FrameTokenizerConfig(quantizer="fsq"),
     # IRIS-sized (ch 64, 4 downsamplings from full resolution, z 256 here), for GPUs.
     "base": FrameTokenizerConfig(

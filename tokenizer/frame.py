@@ -7,9 +7,11 @@ What makes small objects (Atari's ball) survive 16 tokens:
 
 - the decoder is stronger than the encoder (more channels and residual blocks per resolution):
   turning a code back into sharp pixels is the hard half;
-- `VectorQuantize` looks codes up by cosine similarity in a small space (`codebook_dim` < `dim`,
-  l2-normalised), with EMA updates, k-means init and dead-code replacement, so the codebook stays
-  in use;
+- the quantizer: `VectorQuantize` (the default) looks codes up by cosine similarity in a small
+  space (`codebook_dim` < `dim`, l2-normalised), with EMA updates, k-means init and dead-code
+  replacement, so the codebook stays in use; `FSQ` (the `small` preset) rounds a few bounded
+  latents to fixed levels, has no codebook to collapse, and learned Breakout's paddle much
+  sooner on a CPU budget;
 - the reconstruction loss up-weights foreground pixels: a pixel that differs by more than
   `foreground_threshold` from the batch's per-pixel median frame (the static background) counts
   `1 + foreground_weight` times. A 2-pixel ball is ~0.05% of a frame; without the weight,

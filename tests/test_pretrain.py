@@ -121,6 +121,6 @@ def test_bad_input_is_one_line(run, minigrid_dataset, tmp_path, capsys):
     assert "unknown dataset spec prefix" in _error(_argv("foo:bar", tmp_path / "a"), capsys)
     assert not (tmp_path / "a").exists()
     err = _error(_argv(minigrid_dataset, tmp_path / "b", tokenizer=tmp_path), capsys)
-    assert "not a tokenizer checkpoint" in err
+    assert "is not a tokenizer" in err
     assert "batch_size must be >= 1" in _error(_argv(minigrid_dataset, tmp_path / "c",
                                                      batch_size=0), capsys)  # fmt: skip

@@ -4,10 +4,11 @@ Each real window of a held-out dataset gives C context steps; the world model th
 steps while replaying the window's real actions, and every imagined step is compared with the
 real one it should match:
 
-- frames: PSNR and SSIM of the decoded imagined frame vs the real frame, and vs the tokenizer's
-  own reconstruction of the real frame (decode(encode(real))). The second isolates the world
-  model's dynamics error: a model that predicts every code right scores `PSNR_MAX` there however
-  blurry the tokenizer is; `tokenizer_psnr` (reconstruction vs real) is the tokenizer's share;
+- frames: PSNR (of the mean squared error over the windows) and mean SSIM of the decoded
+  imagined frame vs the real frame, and vs the tokenizer's own reconstruction of the real frame
+  (decode(encode(real))). The second isolates the world model's dynamics error: a model that
+  predicts every code right scores `PSNR_MAX` there however blurry the tokenizer is;
+  `tokenizer_psnr` (reconstruction vs real) is the tokenizer's share;
 - frame tokens: the fraction of imagined codes equal to the codes of the real frame;
 - rewards and episode ends: precision and recall of nonzero rewards (a hit needs the same sign)
   and of terminal steps, over all compared steps.
@@ -19,6 +20,7 @@ steps past it are left out. Index t of a per-step list is horizon t + 1: the fra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import torch
 
 from tokworld.data import TrajectoryMeta, episode_bounds
 from tokworld.errors import TokWorldError
-from tokworld.eval.tokenizer_metrics import psnr, ssim
+from tokworld.eval.tokenizer_metrics import ssim
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.tokenizer.frame import to_uint8
 
@@ -163,22 +165,31 @@ def _per_step(values: torch.Tensor, valid: np.ndarray) -> list[float | None]:
     return [float(s / c) if c else None for s, c in zip(sums, counts, strict=True)]
 
 
+def _psnr_per_step(mse: torch.Tensor, valid: np.ndarray) -> list[float | None]:
+    """(N, T) per-frame MSE -> per-step PSNR of the mean MSE, capped at PSNR_MAX."""
+    return [
+        None if m is None else min(PSNR_MAX, -10 * math.log10(m) if m > 0 else math.inf)
+        for m in _per_step(mse, valid)
+    ]
+
+
 def _scores(a: np.ndarray, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 frames (N, T, h, w, 3) x2 -> PSNR (capped at PSNR_MAX) and SSIM, each (N, T)."""
+    """uint8 frames (N, T, h, w, 3) x2 -> per-frame MSE (pixels in [0, 1]) and SSIM, (N, T)."""
     n, t = a.shape[:2]
     x, y = (torch.from_numpy(f).flatten(0, 1).permute(0, 3, 1, 2).float() / 255 for f in (a, b))
+    mse = (x.double() - y.double()).square().flatten(1).mean(1)
     chunks = range(0, len(x), 256)  # SSIM works in float64: bound its memory
-    p = torch.cat([psnr(x[i : i + 256], y[i : i + 256]) for i in chunks])
     s = torch.cat([ssim(x[i : i + 256], y[i : i + 256]) for i in chunks])
-    return p.clamp(max=PSNR_MAX).view(n, t), s.view(n, t)
+    return mse.view(n, t), s.view(n, t)
 
 
 def compare_frames(imagined, reconstruction, real=None, valid=None) -> dict[str, list]:
     """Per-step PSNR/SSIM of uint8 (N, T, h, w, 3) imagined frames vs reconstruction and real.
 
-    Means over the rows where `valid` (N, T) holds; keys `psnr_vs_reconstruction`,
-    `ssim_vs_reconstruction` and, with `real`, `psnr_vs_real`, `ssim_vs_real`, `tokenizer_psnr`,
-    `tokenizer_ssim` (reconstruction vs real).
+    Over the rows where `valid` (N, T) holds: PSNR of the mean squared error (so frames that
+    match exactly count as an error of 0, not as an infinite PSNR; all exact: `PSNR_MAX`), mean
+    SSIM. Keys `psnr_vs_reconstruction`, `ssim_vs_reconstruction` and, with `real`,
+    `psnr_vs_real`, `ssim_vs_real`, `tokenizer_psnr`, `tokenizer_ssim` (reconstruction vs real).
     """
     valid = np.ones(imagined.shape[:2], bool) if valid is None else valid
     pairs = {"vs_reconstruction": (imagined, reconstruction)}
@@ -186,9 +197,9 @@ def compare_frames(imagined, reconstruction, real=None, valid=None) -> dict[str,
         pairs.update({"vs_real": (imagined, real), "tokenizer": (reconstruction, real)})
     out = {}
     for name, (a, b) in pairs.items():
-        p, s = _scores(a, b)
+        mse, s = _scores(a, b)
         prefix, suffix = ("", "_" + name) if name != "tokenizer" else ("tokenizer_", "")
-        out[f"{prefix}psnr{suffix}"] = _per_step(p, valid)
+        out[f"{prefix}psnr{suffix}"] = _psnr_per_step(mse, valid)
         out[f"{prefix}ssim{suffix}"] = _per_step(s, valid)
     return out
 

@@ -77,7 +77,7 @@ def bench_imagine(
         per_step.append(time.perf_counter() - start)
     first = per_step[:steps]
     decode_share = decoder.seconds / sum(per_step)
-    window = 5
+    window = min(20, steps)  # medians over 20 steps: single steps jitter by +-15% here
     early = statistics.median(per_step[max(0, steps - window) : steps])
     late = statistics.median(per_step[-window:])
     return {

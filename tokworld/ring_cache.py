@@ -58,7 +58,8 @@ class RingCache(Cache):
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
         """Claim the slots of stream `positions` (q,) for the next forward; return its mask.
 
-        The mask (B, 1, q, window) is True where query i may attend to a slot.
+        The mask (B, 1, q, window) is additive: 0 where query i may attend to a slot, -inf where
+        not. Built once per forward, it serves every layer.
         """
         self.write_slots = positions % self.window
         self.slot_position[self.write_slots] = positions
@@ -66,7 +67,7 @@ class RingCache(Cache):
         held = self.slot_position.unsqueeze(0)  # (1, window)
         query = positions.unsqueeze(1)  # (q, 1)
         visible = (held >= 0) & (held <= query) & (held > query - self.window)  # (q, window)
-        return (visible.unsqueeze(0) & self.valid.unsqueeze(1)).unsqueeze(1)
+        return additive((visible.unsqueeze(0) & self.valid.unsqueeze(1)).unsqueeze(1))
 
     def copy_rows(self, rows: torch.Tensor, other: RingCache) -> None:
         """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same window)."""
@@ -76,19 +77,27 @@ class RingCache(Cache):
         self.valid[rows] = other.valid
 
 
+def additive(allowed: torch.Tensor) -> torch.Tensor:
+    """Boolean mask (True: may attend) -> float mask of 0 and -inf, to add to the scores."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
 def ring_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     """Attention over ring slots: masked, and grouped-query without copying keys per head.
 
-    query (B, H, q, D); key, value (B, Hkv, S, D); attention_mask (B, 1, q, S) bool. Without a
-    mask (training: plain causal) it is SDPA. Returns (B, q, H, D) as transformers expects.
+    query (B, H, q, D); key, value (B, Hkv, S, D); attention_mask (B, 1, q, S), additive as
+    `RingCache.prepare` makes it, or boolean (True: may attend). Without a mask (training: plain
+    causal) it is SDPA. Returns (B, q, H, D) as transformers expects.
     """
     if attention_mask is None:
         return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
+    if attention_mask.dtype == torch.bool:
+        attention_mask = additive(attention_mask)
     groups = query.shape[1] // key.shape[1]
     q = rearrange(query, "b (k g) q d -> b k (g q) d", g=groups)
     scores = torch.matmul(q, key.transpose(-1, -2)) * scaling  # (B, Hkv, g*q, S)
-    mask = attention_mask.repeat(1, 1, groups, 1)  # (B, 1, g*q, S)
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    scores = rearrange(scores, "b k (g q) s -> b k g q s", g=groups) + attention_mask.unsqueeze(2)
+    probs = rearrange(scores.softmax(-1), "b k g q s -> b k (g q) s")
     out = torch.matmul(probs, value)  # (B, Hkv, g*q, D)
     return rearrange(out, "b k (g q) d -> b q (k g) d", g=groups), None
 

@@ -171,29 +171,58 @@ def test_imagine_cli_writes_gifs_grid_and_a_valid_dataset(run_dir, minigrid_data
     assert (tmp_path / "ol" / "real_vs_imagined_000.gif").exists()
 
 
+def _policy_run(run_dir, path, actions: int, favourite: int) -> str:
+    """A run dir holding only a tokens policy for Discrete(`actions`) that always picks
+    `favourite`."""
+    from tokworld.policy import build_policy
+    from tokworld.run import load_tokenizer
+    from tokworld.tokenizer.codecs import ActionCodec
+
+    codec = ActionCodec.from_space(gym.spaces.Discrete(actions))
+    policy = build_policy("tiny", codec, load_tokenizer(run_dir), "tokens")
+    with torch.no_grad():
+        policy.actor.weight.zero_()
+        policy.actor.bias.fill_(-50.0)[favourite] = 50.0
+    policy.save_pretrained(path / "policy")
+    return str(path)
+
+
+def test_imagine_cli_acts_with_a_trained_policy(run_dir, minigrid_dataset, tmp_path):
+    policy = _policy_run(run_dir, tmp_path / "policy_run", actions=7, favourite=4)
+    out = tmp_path / "imagined"
+    code = main(["imagine", "--run", run_dir, "--dataset", minigrid_dataset, "--episodes", "3",
+                 "--steps", "4", "--context", "2", "--policy", policy, "--out", str(out)])  # fmt: skip
+    assert code == 0
+    actions = load_trajectories(str(out / "dataset")).with_format("numpy")[:]["action"]
+    assert len(actions) >= 3 and (actions == 4).all()  # every imagined step: the policy's action
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
         ("no_tokenizer", "has no tokenizer/"),
         ("other_actions", "does not match"),
         ("zero_steps", "must be positive"),
+        ("policy_other_actions", "acts in Discrete [6]"),
     ],
 )
 def test_imagine_bad_input_is_one_line(case, message, run_dir, minigrid_dataset, pong_dataset,
                                        tmp_path, capsys):  # fmt: skip
     import shutil
 
-    run, dataset, steps = run_dir, minigrid_dataset, "3"
+    run, dataset, steps, policy = run_dir, minigrid_dataset, "3", "random"
     if case == "no_tokenizer":
         run = str(tmp_path / "run")
         shutil.copytree(run_dir, run)
         shutil.rmtree(f"{run}/tokenizer")
     elif case == "other_actions":
         dataset = pong_dataset  # Discrete(6) vs the run's Discrete(7)
+    elif case == "policy_other_actions":
+        policy = _policy_run(run_dir, tmp_path / "pong_policy", actions=6, favourite=0)
     else:
         steps = "0"
     code = main(["imagine", "--run", run, "--dataset", dataset, "--steps", steps,
-                 "--out", str(tmp_path / "out")])  # fmt: skip
+                 "--policy", policy, "--out", str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
 

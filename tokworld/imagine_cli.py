@@ -12,8 +12,9 @@ from tokworld.data import TrajectoryMeta, load_trajectories, write_trajectories
 from tokworld.dream import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
-from tokworld.run import load_run
+from tokworld.run import load_policy, load_run
 from tokworld.tokenizer.codecs import space_to_dict
 
 
@@ -24,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=4)
     p.add_argument("--steps", type=int, default=40, help="imagined steps per episode")
     p.add_argument("--out", required=True)
-    p.add_argument("--policy", default="random", help="'random'")
+    p.add_argument("--policy", default="random",
+                   help="'random', or a run directory with policy/ (e.g. from finetune): it acts "
+                   "on the frames imagined by --run")  # fmt: skip
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--greedy", action="store_true")
@@ -46,8 +49,10 @@ def run_imagine(args: argparse.Namespace) -> dict:
     ds = load_trajectories(args.dataset)
     meta = TrajectoryMeta.from_dataset(ds)
     world_model.vocab.check_action_space(meta.space, f"dataset {args.dataset}")
-    if args.policy != "random":
-        raise TokWorldError(f"unknown policy {args.policy!r}: use 'random'")
+    if args.policy == "random":
+        policy = random_batch_policy(meta.space, args.seed)
+    else:
+        policy = Agent(load_policy(args.policy, meta.space, args.device), tokenizer, seed=args.seed)
     sampling = SamplingConfig(args.temperature, args.top_k, args.greedy)
     engine = ImaginationEngine(world_model, tokenizer.decode, sampling, args.seed)
     length = args.context + (args.steps if args.open_loop else 0)
@@ -57,7 +62,6 @@ def run_imagine(args: argparse.Namespace) -> dict:
         actions = windows["action"][:, args.context - 1 : -1]
         episodes = imagine_episodes(engine, context, args.steps, actions=actions)
     else:
-        policy = random_batch_policy(meta.space, args.seed)
         episodes = imagine_episodes(engine, context, args.steps, policy=policy)
     summary = _write(out, episodes, meta, args)
     if args.open_loop:

@@ -108,6 +108,24 @@ def test_minari_import_keeps_steps_actions_rewards_and_ends(minari_pixels, tmp_p
     assert meta.source["conversion"] == "none"
 
 
+def test_pretrain_takes_a_minari_spec_and_keeps_its_provenance(
+    minari_pixels, tmp_path, monkeypatch
+):
+    path, recorded = minari_pixels
+    monkeypatch.setenv("TOKWORLD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = ["pretrain", "--dataset", f"minari:{path}", "--out", str(out), "--preset", "tiny",
+            "--tokenizer-steps", "2", "--world-model-steps", "2", "--batch-size", "2",
+            "--eval-fraction", "0"]  # fmt: skip
+    assert main(argv) == 0
+    dataset = json.loads((out / "metrics.json").read_text())["dataset"]
+    assert dataset["path"] == f"minari:{path}"
+    assert dataset["steps"] == sum(len(ep["actions"]) for ep in recorded)
+    assert dataset["source"]["spec"] == f"minari:{path}"
+    assert dataset["source"]["conversion"] == "resized 40x40 -> 64x64 (cv2.INTER_AREA)"
+    assert (out / "world_model" / "model.safetensors").exists()
+
+
 def test_minari_frames_are_resized_with_inter_area(minari_pixels, tmp_path):
     path, recorded = minari_pixels
     spec = f"minari:{path}"

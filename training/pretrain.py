@@ -104,6 +104,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
         "steps": len(ds),
         "episodes": len(episode_bounds(ds)[0]),
         "held_out_episodes": 0 if eval_ds is None else len(episode_bounds(eval_ds)[0]),
+        "source": meta.source,  # provenance: collect settings, or the import's spec and conversion
     }
 
     tokenizer = _tokenizer_stage(

@@ -191,7 +191,8 @@ def test_imagine_cli_acts_with_a_trained_policy(run_dir, minigrid_dataset, tmp_p
     policy = _policy_run(run_dir, tmp_path / "policy_run", actions=7, favourite=4)
     out = tmp_path / "imagined"
     code = main(["imagine", "--run", run_dir, "--dataset", minigrid_dataset, "--episodes", "3",
-                 "--steps", "4", "--context", "2", "--policy", policy, "--out", str(out)])  # fmt: skip
+                 "--steps", "4", "--context", "2", "--policy", policy,
+                 "--out", str(out)])  # fmt: skip
     assert code == 0
     actions = load_trajectories(str(out / "dataset")).with_format("numpy")[:]["action"]
     assert len(actions) >= 3 and (actions == 4).all()  # every imagined step: the policy's action

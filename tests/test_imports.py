@@ -361,3 +361,13 @@ def test_data_info_and_card(tmp_path, capsys):
     reread = DatasetCard(text).data
     assert "tokworld" in reread.tags
     assert reread["tokworld"]["source"]["conversion"].startswith("last frame of each 4-frame")
+
+    # A pushed repo is parquet plus this card: loading it reads the metadata back from the card.
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    load_trajectories(str(out)).to_parquet(repo / "data" / "train-00000-of-00001.parquet")
+    assert not TrajectoryMeta.from_dataset(load_trajectories(str(repo))).source
+    card.save(repo / "README.md")
+    meta = TrajectoryMeta.from_dataset(load_trajectories(str(repo)))
+    assert meta.source["spec"] == f"hf:{src}"
+    assert meta == TrajectoryMeta.from_dataset(load_trajectories(str(out)))

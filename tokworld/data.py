@@ -183,7 +183,11 @@ def _write_shards(
 def load_trajectories(
     path_or_id: str, split: str = "train", revision: str | None = None
 ) -> datasets.Dataset:
-    """Load a trajectory dataset from a local directory (saved or parquet) or a Hub id."""
+    """Load a trajectory dataset from a local directory (saved or parquet) or a Hub id.
+
+    Parquet data (a Hub repo, or a local copy of one) carries no `info.description`; the
+    `TrajectoryMeta` that `tokworld data push` wrote into the dataset card is read back instead.
+    """
     path = Path(path_or_id)
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
@@ -194,15 +198,34 @@ def load_trajectories(
         files = sorted(str(p) for p in path.rglob("*.parquet"))
         if not files:
             raise TokWorldError(f"{path} holds neither a saved dataset nor parquet files")
-        return datasets.load_dataset("parquet", data_files=files, split=split)
+        ds = datasets.load_dataset("parquet", data_files=files, split=split)
+        card = path / "README.md"
+        return _with_card_meta(ds, str(card)) if card.exists() else ds
     if path.exists() or path_or_id.startswith((".", "/")):
         raise TokWorldError(f"dataset {path_or_id} is not a directory")
     try:
-        return datasets.load_dataset(path_or_id, split=split, revision=revision)
+        ds = datasets.load_dataset(path_or_id, split=split, revision=revision)
     except Exception as e:  # the Hub raises many types; a script-based repo has a parquet export
         if revision is None and "script" in str(e).lower():
             return datasets.load_dataset(path_or_id, split=split, revision="refs/convert/parquet")
         raise TokWorldError(f"cannot load dataset {path_or_id!r}: {e}") from None
+    return _with_card_meta(ds, path_or_id)
+
+
+def _with_card_meta(ds: datasets.Dataset, card: str) -> datasets.Dataset:
+    """`ds` with the `tokworld` entry of dataset card `card` (a Hub id or a README.md path) as
+    its description, when the card has one and the dataset has none."""
+    from huggingface_hub import DatasetCard
+
+    if ds.info.description:
+        return ds
+    try:
+        entry = DatasetCard.load(card).data.get("tokworld")
+    except Exception:  # no card, no network: the metadata is inferred from the columns instead
+        return ds
+    if entry:
+        ds.info.description = json.dumps(entry)
+    return ds
 
 
 def validate_trajectories(ds: datasets.Dataset) -> None:

@@ -309,6 +309,7 @@ def plot_fidelity(result: dict, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = result["per_step"]
     h = steps["horizon"]
@@ -333,7 +334,12 @@ def plot_fidelity(result: dict, path: str | Path) -> Path:
     )
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    fig.suptitle(f"open loop from {result['context']} real steps, {result['windows']} windows")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    sampling = result["sampling"]
+    how = "greedy" if sampling["greedy"] else f"sampled at temperature {sampling['temperature']}"
+    fig.suptitle(
+        f"open loop from {result['context']} real steps, {result['windows']} windows, {how}"
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

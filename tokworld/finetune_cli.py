@@ -68,11 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=1000)
     p.add_argument("--tokenizer-steps", type=int, default=100, help="per epoch (0: frozen)")
     p.add_argument("--world-model-steps", type=int, default=200, help="per epoch")
+    p.add_argument("--world-model-lr", type=float, default=3e-4)
     p.add_argument("--policy-steps", type=int, default=100, help="imagination updates per epoch")
     p.add_argument("--batch-size", type=int, default=32, help="imagined rollouts per update")
     p.add_argument("--horizon", type=int, default=20, help="imagined steps per rollout")
     p.add_argument("--context", type=int, default=4, help="real steps before imagining")
     p.add_argument("--policy-lr", type=float, default=1e-4)
+    p.add_argument("--imagine-temperature", type=float, default=1.0, help="world-model sampling")
     p.add_argument("--epsilon", type=float, default=0.01, help="random actions when collecting")
     p.add_argument("--temperature", type=float, default=1.0, help="policy temperature, collecting")
     p.add_argument("--eval-every", type=int, default=1, help="epochs between real evaluations")
@@ -105,6 +107,7 @@ def online_config(args: argparse.Namespace):
         horizon=args.horizon,
         context_steps=args.context,
         lr=args.policy_lr,
+        temperature=args.imagine_temperature,
     )
     return OnlineConfig(
         env_id=args.env,
@@ -117,6 +120,7 @@ def online_config(args: argparse.Namespace):
         policy_input=args.policy_input,
         tokenizer_steps=args.tokenizer_steps,
         world_model_steps=args.world_model_steps,
+        world_model_lr=args.world_model_lr,
         imagination=imagination,
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
@@ -173,24 +177,16 @@ def evaluate_run(
     from tokworld.envs import make_env
     from tokworld.eval.media import write_gif
     from tokworld.eval.real_env import evaluate
-    from tokworld.policy import ActorCritic, Agent
-    from tokworld.run import load_tokenizer
-    from tokworld.tokenizer.codecs import ActionCodec
+    from tokworld.policy import Agent
+    from tokworld.run import load_policy, load_tokenizer
 
     if episodes < 1:
         raise TokWorldError(f"--episodes must be >= 1, got {episodes}")
-    policy = ActorCritic.from_pretrained(Path(run) / "policy")
     tokenizer = load_tokenizer(run)
     env = make_env(env_id, frame_size=tokenizer.config.frame_size)
     space = env.action_space
     env.close()
-    codec = policy.codec
-    bins = codec.sizes[0] if codec.kind == "Box" else 32
-    if ActionCodec.from_space(space, bins=bins) != codec:
-        raise TokWorldError(
-            f"the policy of {run} acts in {codec.kind} {list(codec.sizes)}, not in {env_id}'s "
-            f"{space}"
-        )
+    policy = load_policy(run, space)
     agent = Agent(policy, tokenizer, greedy, temperature, seed=seed)
     result = evaluate(env_id, agent, episodes, seed=seed, progress=progress,
                       frame_size=tokenizer.config.frame_size)  # fmt: skip

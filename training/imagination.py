@@ -53,6 +53,7 @@ class ImaginationConfig:
     target_decay: float = 0.98
     return_scale_decay: float = 0.99
     temperature: float = 1.0  # world-model sampling
+    top_k: int | None = None
     log_every: int = 10
     seed: int = 0
 
@@ -213,7 +214,7 @@ def train_policy(
     rank_seed = cfg.seed + 1000 * accelerator.process_index
     context = RealContext(ds, cfg.context_steps, tokenizer, seed=rank_seed + start)
     decoder = tokenizer.decode if policy.frames_input else None
-    sampling = SamplingConfig(temperature=cfg.temperature)
+    sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k)
     module.engine = ImaginationEngine(world_model, decoder, sampling, seed=rank_seed + start)
     module.generator = torch.Generator(accelerator.device).manual_seed(rank_seed + start)
     if accelerator.is_main_process:

@@ -258,3 +258,16 @@ def test_beyond_the_window_the_cache_equals_sliding_window_attention(run_dir, mi
     # The engine saw the same (masked) distributions as the sliding-window transformer.
     expected = logits[:, [p - 1 for p in produced]]
     torch.testing.assert_close(torch.stack(seen, 1), expected, atol=1e-3, rtol=1e-3)
+
+
+def test_sampling_draws_from_the_tempered_top_k_softmax(run_dir):
+    engine, _ = _engine(run_dir, greedy=False)
+    logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf"), -1.0]]).expand(20000, -1)
+    for temperature, top_k in [(1.0, None), (0.5, None), (1.0, 2)]:
+        engine.sampling = SamplingConfig(temperature=temperature, top_k=top_k)
+        drawn = engine._sample(logits)[:, 0]
+        kept = logits[0] if top_k is None else logits[0].masked_fill(logits[0] < 1.0, -torch.inf)
+        expected = torch.softmax(kept / temperature, -1)
+        frequency = torch.bincount(drawn, minlength=5).float() / len(drawn)
+        torch.testing.assert_close(frequency, expected, atol=0.015, rtol=0)
+        assert not (drawn == 3).any()  # a masked token is never drawn

@@ -59,15 +59,18 @@ def bench_imagine(
     long_steps: int = 400,
     context: int = 4,
     device: str = "cpu",
+    compile: bool = False,
 ) -> dict:
     """Figures of imagination at `batch` rows; see the module docstring."""
     model, tokenizer = build(preset, device=device)
     decoder = _TimedDecoder(tokenizer)
-    engine = ImaginationEngine(model, decoder, SamplingConfig(), seed=0)
+    engine = ImaginationEngine(model, decoder, SamplingConfig(), seed=0, compile=compile)
     actions = torch.randint(0, model.vocab.action.sizes[0], (long_steps, batch))
     engine.start(random_context(model, batch, context))
-    for t in range(3):  # warm-up
+    warmup = time.perf_counter()
+    for t in range(3):
         engine.step(actions[t])
+    warmup = time.perf_counter() - warmup
     engine.start(random_context(model, batch, context))
     decoder.seconds = 0.0
     per_step = []
@@ -85,6 +88,8 @@ def bench_imagine(
         "batch": batch,
         "device": device,
         "threads": torch.get_num_threads(),
+        "compile": compile,
+        "warmup_s": warmup,  # 3 steps, torch.compile's compilation included
         "imagined_steps_per_s": batch * len(first) / sum(first),
         "batch_steps_per_s": len(first) / sum(first),
         "decoder_share": decode_share,

@@ -271,3 +271,19 @@ def test_sampling_draws_from_the_tempered_top_k_softmax(run_dir):
         frequency = torch.bincount(drawn, minlength=5).float() / len(drawn)
         torch.testing.assert_close(frequency, expected, atol=0.015, rtol=0)
         assert not (drawn == 3).any()  # a masked token is never drawn
+
+
+def test_compiled_steps_give_the_eager_tokens(run_dir, minigrid_dataset):
+    context = _context(run_dir, minigrid_dataset, n=3, steps=2)
+    fresh = _context(run_dir, minigrid_dataset, n=1, steps=2, seed=1)
+    actions = torch.tensor([1, 2, 0])
+    rollouts = []
+    for compile in (False, True):
+        engine, tokenizer = _engine(run_dir)
+        engine = ImaginationEngine(engine.model, tokenizer.decode, engine.sampling, compile=compile)
+        engine.start(context)
+        steps = [engine.step(actions) for _ in range(3)]
+        engine.restart_rows(torch.tensor([1]), fresh)  # eager, between compiled steps
+        steps += [engine.step(actions) for _ in range(3)]
+        rollouts.append(torch.stack([s.codes for s in steps]))
+    assert torch.equal(rollouts[0], rollouts[1])

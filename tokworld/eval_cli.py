@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", help="also write the JSON here")
     q.add_argument("--device", default=DEVICE)
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    q.add_argument("--compile", action="store_true", help="torch.compile the per-token forward")
     q.set_defaults(func=_bench_imagine)
 
     p = sub.add_parser("report", help="one self-contained HTML page about a run")
@@ -112,7 +113,8 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
     if _threads(args):
         torch.set_num_threads(args.threads)
-    result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device)
+    result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
+                           compile=args.compile)  # fmt: skip
     return _write_json(result, args.json)
 
 

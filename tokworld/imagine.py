@@ -56,9 +56,14 @@ class ImaginationEngine:
         decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
         sampling: SamplingConfig = SamplingConfig(),
         seed: int = 0,
+        compile: bool = False,
     ):
         self.model = world_model.eval()
         self.model.backbone.set_attn_implementation(ATTENTION)
+        # torch.compile of the per-token forward (two graphs: 2 and 1 new tokens at the batch
+        # size of `start`): ~1.7x faster steps on CPU after a one-time warm-up of about a minute.
+        # Starts and row restarts, whose shapes vary, stay eager.
+        self.step_model = torch.compile(self.model, dynamic=False) if compile else self.model
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling
@@ -149,10 +154,10 @@ class ImaginationEngine:
         layers = self.model.config.num_hidden_layers
         return RingCache(layers, batch, self.window, self.device)
 
-    def _forward(self, cache: RingCache, tokens: torch.Tensor, positions: torch.Tensor):
+    def _forward(self, cache: RingCache, tokens: torch.Tensor, positions: torch.Tensor, model=None):
         """Run `tokens` (B, q) at stream `positions` (q,) on `cache`; return last logits (B, V)."""
         mask = cache.prepare(positions)
-        out = self.model(
+        out = (self.model if model is None else model)(
             tokens,
             position_ids=positions.unsqueeze(0),
             cache=cache,
@@ -165,7 +170,7 @@ class ImaginationEngine:
         """Append `tokens` (B, q) to every row's stream; return the logits after them."""
         positions = torch.arange(self.pos, self.pos + tokens.shape[1], device=self.device)
         self.pos += tokens.shape[1]
-        return self._forward(self.cache, tokens, positions)
+        return self._forward(self.cache, tokens, positions, self.step_model)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) masked logits -> (B, 1) token ids."""

@@ -54,6 +54,7 @@ class ImaginationConfig:
     return_scale_decay: float = 0.99
     temperature: float = 1.0  # world-model sampling
     top_k: int | None = None
+    compile: bool = False  # torch.compile the engine's per-token forward (long runs amortise it)
     log_every: int = 10
     seed: int = 0
 
@@ -215,7 +216,9 @@ def train_policy(
     context = RealContext(ds, cfg.context_steps, tokenizer, seed=rank_seed + start)
     decoder = tokenizer.decode if policy.frames_input else None
     sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k)
-    module.engine = ImaginationEngine(world_model, decoder, sampling, seed=rank_seed + start)
+    module.engine = ImaginationEngine(
+        world_model, decoder, sampling, seed=rank_seed + start, compile=cfg.compile
+    )
     module.generator = torch.Generator(accelerator.device).manual_seed(rank_seed + start)
     if accelerator.is_main_process:
         accelerator.init_trackers("policy", config=asdict(cfg))

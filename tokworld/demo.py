@@ -50,7 +50,9 @@ class DemoConfig:
     # Sampling the world model a little cold: a young model's reward head keeps a flat tail over
     # its 33 bins, and rare sampled outliers (+-5) drown the policy gradient.
     imagine_temperature: float = 0.7
+    horizon: int = 20  # imagined steps per policy rollout
     context_steps: int = 1  # MiniGrid is fully observed: imagine from any single real frame
+    online_eval_episodes: int = 20  # real episodes after each online epoch (the learning curve)
     eval_episodes: int = 100
     imagine_episodes: int = 4
     seed: int = 0
@@ -109,14 +111,14 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     imagination = ImaginationConfig(
         steps=cfg.policy_steps, batch_size=cfg.policy_batch_size, lr=cfg.policy_lr,
         entropy_weight=cfg.entropy_weight, temperature=cfg.imagine_temperature,
-        context_steps=cfg.context_steps, seed=cfg.seed,
+        horizon=cfg.horizon, context_steps=cfg.context_steps, seed=cfg.seed,
     )  # fmt: skip
     online_cfg = OnlineConfig(
         env_id=cfg.env_id, env_steps=cfg.online_steps, initial_steps=cfg.steps_per_epoch,
         steps_per_epoch=cfg.steps_per_epoch, preset="tiny", policy_input="tokens",
         tokenizer_steps=cfg.online_tokenizer_steps,
         world_model_steps=cfg.online_world_model_steps, world_model_lr=cfg.world_model_lr,
-        imagination=imagination, eval_episodes=20, seed=cfg.seed,
+        imagination=imagination, eval_episodes=cfg.online_eval_episodes, seed=cfg.seed,
     )  # fmt: skip
     metrics = finetune(online_cfg, online, str(pretrained), resume=online.exists())
 
@@ -205,7 +207,7 @@ def _imagine(run: Path, cfg: DemoConfig, out: Path) -> list[str]:
     sampling = SamplingConfig(temperature=cfg.imagine_temperature)
     engine = ImaginationEngine(world_model, tokenizer.decode, sampling, seed=cfg.seed)
     agent = Agent(policy, tokenizer, seed=cfg.seed)
-    episodes = imagine_episodes(engine, context, 20, policy=agent)
+    episodes = imagine_episodes(engine, context, cfg.horizon, policy=agent)
     gifs = [
         str(write_gif(episodes.frames[e, : n + 1], out / f"episode_{e:03d}.gif"))
         for e, n in enumerate(episodes.lengths)

@@ -1,0 +1,40 @@
+"""`tokworld demo` end to end on a micro budget: every stage runs and the summary adds up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokworld.demo import DemoConfig, run_demo
+
+MICRO = DemoConfig(
+    offline_steps=120,
+    codebook_size=64,
+    tokenizer_steps=2,
+    world_model_steps=2,
+    online_steps=40,
+    steps_per_epoch=20,
+    online_world_model_steps=1,
+    policy_steps=1,
+    policy_batch_size=4,
+    horizon=3,
+    online_eval_episodes=1,
+    eval_episodes=2,
+    imagine_episodes=2,
+)
+
+
+def test_demo_runs_every_stage_and_reports_the_real_steps_it_used(tmp_path, capsys):
+    summary = run_demo(MICRO, tmp_path / "demo")
+    assert summary == json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert (
+        summary["real_env_steps"] == 120 + 40 == summary["offline_steps"] + summary["online_steps"]
+    )
+    assert summary["trained_return"]["episodes"] == summary["random_return"]["episodes"] == 2
+    assert [p["env_steps"] for p in summary["learning_curve"]] == [0, 140, 160]
+    gifs = summary["gifs"]
+    for path in [gifs["best_real"], gifs["worst_real"], *gifs["imagined"]]:
+        assert Path(path).stat().st_size > 0
+    assert len(gifs["imagined"]) == 2 and Path(summary["learning_curve_png"]).exists()
+    table = capsys.readouterr().out
+    assert "trained in imagination" in table and "real env steps used        160" in table

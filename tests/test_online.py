@@ -144,7 +144,7 @@ def test_finetune_onto_six_actions_keeps_every_row_but_the_actions():
         (["finetune", "--run", "/nonexistent", "--env", ENV, "--env-steps", "10", "--out", "X"],
          "has no world_model"),
         (["finetune", "--env", ENV, "--env-steps", "0", "--out", "X"], "env_steps must be >= 1"),
-        (["eval", "--run", "/nonexistent", "--env", ENV, "--json", "x.json"], "is not a policy"),
+        (["eval", "--run", "/nonexistent", "--env", ENV, "--json", "x.json"], "has no tokenizer/"),
     ],
 )  # fmt: skip
 def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys, monkeypatch):

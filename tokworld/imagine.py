@@ -61,7 +61,8 @@ class ImaginationEngine:
         self.model = world_model.eval()
         self.model.backbone.set_attn_implementation(ATTENTION)
         # torch.compile of the per-token forward (two graphs: 2 and 1 new tokens at the batch
-        # size of `start`): ~1.7x faster steps on CPU after a one-time warm-up of about a minute.
+        # size of `start`): on CPU the transformer's share of a step runs ~1.7x faster after a
+        # one-time warm-up of about a minute.
         # Starts and row restarts, whose shapes vary, stay eager.
         self.step_model = torch.compile(self.model, dynamic=False) if compile else self.model
         self.vocab = world_model.vocab

@@ -69,12 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="tokworld-demo", help="where everything goes")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest for tiny "
                    "models, and on a busy machine)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seeds collection, training and eval")
     p.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    return run_demo(DemoConfig(), args.out)
+    return run_demo(DemoConfig(seed=args.seed), args.out)
 
 
 def _stage(i: int, text: str) -> None:

@@ -134,7 +134,7 @@ PRESETS = {
     "small": FrameTokenizerConfig(quantizer="fsq"),
     # 7.9M parameters (IRIS-sized), computed on the 16x16 grid of 4x4 patches rather
     # than at full resolution: a full-resolution decoder of this size capped imagination at ~31
-    # decoded frames/s on 2 CPU threads, this one decodes ~450/s.
+    # decoded frames/s on 2 CPU threads, this one decodes 300-450/s.
     "base": FrameTokenizerConfig(
         quantizer="fsq", dim=256, enc_channels=(96, 128, 192), dec_channels=(96, 192, 256),
         enc_blocks=2, dec_blocks=2,

@@ -88,6 +88,15 @@ class ActionCodec:
         )
 
     @property
+    def bins(self) -> int:
+        """Bins per Box dimension; for discrete codecs, `from_space`'s default."""
+        return self.sizes[0] if self.kind == "Box" else 32
+
+    def matches(self, space: gym.Space) -> bool:
+        """Whether `space` gives this very codec (Box spaces binned as this codec bins them)."""
+        return ActionCodec.from_space(space, bins=self.bins) == self
+
+    @property
     def tokens_per_step(self) -> int:
         return len(self.sizes)
 

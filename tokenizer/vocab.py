@@ -94,12 +94,11 @@ class Vocabulary:
 
     def check_action_space(self, action_space: gym.Space, what: str = "the dataset") -> None:
         """Raise TokWorldError unless `action_space` is the one this vocabulary encodes."""
-        bins = self.action.sizes[0] if self.action.kind == "Box" else 32
         try:
-            codec = ActionCodec.from_space(action_space, bins=bins)
+            same = self.action.matches(action_space)
         except TokWorldError as e:
             raise TokWorldError(f"action space of {what} is unusable: {e}") from None
-        if codec != self.action:
+        if not same:
             raise TokWorldError(
                 f"action space of {what} ({action_space}) does not match the model's "
                 f"vocabulary ({self.action.kind} {list(self.action.sizes)})"

@@ -28,8 +28,7 @@ def adapt_world_model(model: TokWorldModel, action_space: gym.Space, seed: int =
     Returns `model` itself when the action space is already its own.
     """
     old = model.vocab
-    bins = old.action.sizes[0] if old.action.kind == "Box" else 32
-    vocab = old.with_action_space(action_space, bins=bins)
+    vocab = old.with_action_space(action_space, bins=old.action.bins)
     if vocab == old:
         return model
     config = copy.deepcopy(model.config)

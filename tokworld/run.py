@@ -55,14 +55,11 @@ def load_policy(run: str | Path, space=None, device: str | torch.device = "cpu")
     """The run's actor-critic (`RUN/policy`), in eval mode; with `space` (a gymnasium action
     space), checked to act in it."""
     from tokworld.policy import ActorCritic
-    from tokworld.tokenizer.codecs import ActionCodec
 
-    policy = ActorCritic.from_pretrained(_model_dir(run, "policy")).to(device).eval()
+    policy = ActorCritic.from_pretrained(_model_dir(run, "policy"), device=str(device))
     codec = policy.codec
-    if space is not None:
-        bins = codec.sizes[0] if codec.kind == "Box" else 32
-        if ActionCodec.from_space(space, bins=bins) != codec:
-            raise TokWorldError(
-                f"the policy of {run} acts in {codec.kind} {list(codec.sizes)}, not in {space}"
-            )
+    if space is not None and not codec.matches(space):
+        raise TokWorldError(
+            f"the policy of {run} acts in {codec.kind} {list(codec.sizes)}, not in {space}"
+        )
     return policy

@@ -61,12 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; print its result as JSON; bad input exits 2 with one line."""
     args = build_parser().parse_args(argv)
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         import datasets
         import transformers
 
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+        if getattr(args, "threads", None) is not None:  # every command's `--threads`
+            if args.threads < 1:
+                raise TokWorldError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
         result = args.func(args)
     except TokWorldError as e:
         print(f"tokworld {args.command}: error: {e}", file=sys.stderr)
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tokworld {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
     if result is not None:
         print(json.dumps(result, indent=2))
     return 0

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ENV = "MiniGrid-Empty-5x5-v0"
 
@@ -74,7 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
     return run_demo(DemoConfig(seed=args.seed), args.out)
 
 

@@ -102,7 +102,7 @@ def _eval_model(args: argparse.Namespace) -> dict:
 def _bench(args: argparse.Namespace) -> dict:
     from tokworld.eval.bench import run_suite
 
-    result = run_suite(args.preset, args.quick, args.device, _threads(args))
+    result = run_suite(args.preset, args.quick, args.device)
     return _write_json(result, args.json)
 
 
@@ -111,18 +111,9 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
 
     if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
-    if _threads(args):
-        torch.set_num_threads(args.threads)
     result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
                            compile=args.compile)  # fmt: skip
     return _write_json(result, args.json)
-
-
-def _threads(args: argparse.Namespace) -> int | None:
-    """`--threads`, checked."""
-    if args.threads is not None and args.threads < 1:
-        raise TokWorldError(f"--threads must be >= 1, got {args.threads}")
-    return args.threads
 
 
 def _report(args: argparse.Namespace) -> dict:

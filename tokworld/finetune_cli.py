@@ -153,15 +153,7 @@ def finetune(cfg, out: str | Path, run: str | None = None, resume=False, progres
     return train_online(cfg, out, models, resume=resume, progress=progress, source=source)
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        if threads < 1:
-            raise TokWorldError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
 def _finetune(args: argparse.Namespace) -> dict:
-    _set_threads(args.threads)
     metrics = finetune(online_config(args), args.out, args.run, args.resume)
     return {k: v for k, v in metrics.items() if k != "history"}
 
@@ -209,7 +201,6 @@ def evaluate_run(
 
 
 def _eval(args: argparse.Namespace) -> dict:
-    _set_threads(args.threads)
     summary = evaluate_run(
         args.run, args.env, args.episodes, args.json, args.greedy, args.temperature, args.seed
     )

@@ -178,10 +178,10 @@ def _short(result: dict) -> dict:
 
 def _random_returns(cfg: DemoConfig) -> dict:
     """The same evaluation with uniformly random actions."""
-    from tokworld.envs import make_env
+    from tokworld.envs import action_space
     from tokworld.eval.real_env import evaluate
 
-    space = make_env(cfg.env_id).action_space
+    space = action_space(cfg.env_id)
     space.seed(cfg.seed)
     agent = lambda frames: np.array([space.sample() for _ in frames])  # noqa: E731
     return evaluate(cfg.env_id, agent, cfg.eval_episodes, seed=cfg.seed).summary()

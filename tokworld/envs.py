@@ -59,6 +59,15 @@ def make_env(
     return env
 
 
+def action_space(env_id: str) -> gym.Space:
+    """The action space of `env_id` (the env is made and closed again)."""
+    env = make_env(env_id)
+    try:
+        return env.action_space
+    finally:
+        env.close()
+
+
 def _is_frame_space(space: gym.Space) -> bool:
     return (
         isinstance(space, gym.spaces.Box)

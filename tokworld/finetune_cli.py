@@ -133,16 +133,14 @@ def online_config(args: argparse.Namespace):
 
 def finetune(cfg, out: str | Path, run: str | None = None, resume=False, progress=True) -> dict:
     """The online loop in `out`, from the tokenizer and world model of `run` (or from scratch)."""
-    from tokworld.envs import make_env
+    from tokworld.envs import action_space
     from tokworld.run import load_run
     from tokworld.training.online import Models, train_online
 
     models = Models()
     if run is not None:
         world_model, tokenizer = load_run(run)
-        env = make_env(cfg.env_id, frame_size=tokenizer.config.frame_size)
-        space = env.action_space
-        env.close()
+        space = action_space(cfg.env_id)
         if tokenizer.config.frame_size != cfg.frame_size:
             raise TokWorldError(
                 f"run {run} was trained on {tokenizer.config.frame_size}px frames, not "
@@ -169,19 +167,14 @@ def evaluate_run(
     progress: bool = True,
 ) -> dict:
     """Play `episodes` real episodes with the run's policy; write the JSON and two GIFs."""
-    from tokworld.envs import make_env
+    from tokworld.envs import action_space
     from tokworld.eval.media import write_gif
     from tokworld.eval.real_env import evaluate
     from tokworld.policy import Agent
     from tokworld.run import load_policy, load_tokenizer
 
-    if episodes < 1:
-        raise TokWorldError(f"--episodes must be >= 1, got {episodes}")
     tokenizer = load_tokenizer(run)
-    env = make_env(env_id, frame_size=tokenizer.config.frame_size)
-    space = env.action_space
-    env.close()
-    policy = load_policy(run, space)
+    policy = load_policy(run, action_space(env_id))
     agent = Agent(policy, tokenizer, greedy, temperature, seed=seed)
     result = evaluate(env_id, agent, episodes, seed=seed, progress=progress,
                       frame_size=tokenizer.config.frame_size)  # fmt: skip

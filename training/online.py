@@ -37,7 +37,7 @@ from tokworld.errors import TokWorldError
 from tokworld.eval.real_env import evaluate
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic, Agent, build_policy
-from tokworld.run import load_world_model
+from tokworld.run import load_policy, load_tokenizer, load_world_model
 from tokworld.tokenizer.frame import FrameTokenizer
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.accel import seed_everything
@@ -306,11 +306,7 @@ def _commit(out: Path, epoch: int, models: Models, history: list[dict]) -> None:
 
 def _load_models(snapshot: Path) -> Models:
     """The models of a checkpointed epoch."""
-    return Models(
-        FrameTokenizer.from_pretrained(snapshot / "tokenizer"),
-        load_world_model(snapshot),
-        ActorCritic.from_pretrained(snapshot / "policy"),
-    )
+    return Models(load_tokenizer(snapshot), load_world_model(snapshot), load_policy(snapshot))
 
 
 def _metrics(out: Path, cfg: OnlineConfig, history: list[dict]) -> dict:

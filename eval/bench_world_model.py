@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -33,94 +32,22 @@ import datasets
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from tokworld.config import TokWorldConfig
 from tokworld.data import TrajectoryMeta
+from tokworld.eval.iris_reference import (
+    ACTIONS,
+    CODEBOOK,
+    IRIS_TOKENS_PER_STEP,
+    TOKENS_PER_FRAME,
+    IrisReference,
+)
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.codecs import space_to_dict
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.loop import TrainConfig
 from tokworld.training.world_model import train_world_model
-
-CODEBOOK, TOKENS_PER_FRAME, ACTIONS = 512, 16, 4
-IRIS_TOKENS_PER_STEP = TOKENS_PER_FRAME + 1
-
-
-class IrisBlock(nn.Module):
-    """One GPT block as IRIS writes it: explicit causal attention, GELU MLP, dropout 0.1."""
-
-    def __init__(self, width: int, heads: int, max_tokens: int, dropout: float = 0.1):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
-        self.proj = nn.Linear(width, width)
-        self.attn_drop, self.resid_drop = nn.Dropout(dropout), nn.Dropout(dropout)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout)
-        )
-        self.register_buffer("mask", torch.tril(torch.ones(max_tokens, max_tokens)))
-
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[1]
-        q, k, v = (
-            rearrange(f(x), "b t (h e) -> b h t e", h=self.heads)
-            for f in (self.query, self.key, self.value)
-        )
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])  # (B, H, T, T)
-        att = att.masked_fill(self.mask[:length, :length] == 0, float("-inf"))
-        y = self.attn_drop(F.softmax(att, dim=-1)) @ v
-        return self.resid_drop(self.proj(rearrange(y, "b h t e -> b t (h e)")))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
-
-
-class IrisReference(nn.Module):
-    """IRIS's world model for timing: embeddings, GPT blocks, frame/reward/end heads, losses."""
-
-    def __init__(self, layers: int, width: int, heads: int, steps: int):
-        super().__init__()
-        k, n = TOKENS_PER_FRAME, IRIS_TOKENS_PER_STEP
-        self.obs_emb, self.act_emb = nn.Embedding(CODEBOOK, width), nn.Embedding(ACTIONS, width)
-        self.pos_emb = nn.Embedding(steps * n, width)
-        self.drop = nn.Dropout(0.1)
-        self.blocks = nn.Sequential(*(IrisBlock(width, heads, steps * n) for _ in range(layers)))
-        self.ln = nn.LayerNorm(width)
-
-        def head(out: int) -> nn.Module:
-            return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out))
-
-        self.head_obs, self.head_rewards, self.head_ends = head(CODEBOOK), head(3), head(2)
-        position = torch.arange(n)
-        self.register_buffer("is_action", position == k)
-        self.register_buffer("predicts_obs", position != k - 1)
-
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        codes, action = batch["codes"], batch["action"]  # (B, T, K), (B, T)
-        b, t, k = codes.shape
-        mask = rearrange(self.is_action, "n -> 1 1 n")
-        emb = torch.where(
-            rearrange(mask, "1 1 n -> 1 1 n 1"),
-            rearrange(self.act_emb(action), "b t e -> b t 1 e"),
-            F.pad(self.obs_emb(codes), (0, 0, 0, 1)),
-        )  # (B, T, K + 1, E)
-        x = rearrange(emb, "b t n e -> b (t n) e")
-        x = self.ln(self.blocks(self.drop(x + self.pos_emb.weight[: x.shape[1]])))
-        x = rearrange(x, "b (t n) e -> b t n e", t=t)
-        obs = rearrange(x[:, :, self.predicts_obs], "b t n e -> b (t n) e")[:, :-1]
-        labels = rearrange(codes, "b t k -> b (t k)")[:, 1:]
-        act = x[:, :, k]  # (B, T, E)
-        rewards, ends = (batch["reward"].sign() + 1).long(), batch["terminated"].long()
-        return (
-            F.cross_entropy(rearrange(self.head_obs(obs), "b l v -> (b l) v"), labels.reshape(-1))
-            + F.cross_entropy(self.head_rewards(act).flatten(0, 1), rewards.flatten())
-            + F.cross_entropy(self.head_ends(act).flatten(0, 1), ends.flatten())
-        )
 
 
 def synthetic_codes(steps: int, episode_len: int = 200, seed: int = 0) -> datasets.Dataset:

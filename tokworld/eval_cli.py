@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default=DEVICE)
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     q.add_argument("--compile", action="store_true", help="torch.compile the per-token forward")
+    q.add_argument(
+        "--iris",
+        action="store_true",
+        help="also time IRIS's imagination at the same size, interleaved with ours",
+    )
     q.set_defaults(func=_bench_imagine)
 
     p = sub.add_parser("report", help="one self-contained HTML page about a run")
@@ -112,7 +117,7 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
     if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
     result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
-                           compile=args.compile)  # fmt: skip
+                           compile=args.compile, iris=args.iris)  # fmt: skip
     return _write_json(result, args.json)
 
 

@@ -2,7 +2,10 @@
 
 PSNR over whole frames is dominated by the static background; `foreground_psnr` measures what
 moves (ball, paddle, agent): the PSNR over pixels that differ from the evaluated frames'
-per-pixel median (by more than the tokenizer's `foreground_threshold`).
+per-pixel median (by more than the tokenizer's `foreground_threshold`). `small_object_recall`
+asks whether the smallest things survive (Breakout's ball, score digits' strokes): of the
+foreground's connected blobs of at most `SMALL_OBJECT_PIXELS` pixels, the fraction that the
+reconstruction draws, i.e. where its error is under half the blob's contrast to the background.
 
 Frames are float (B, 3, H, W) in [0, 1] unless said otherwise. `evaluate_tokenizer` runs a
 tokenizer over held-out frames (encode -> decode, as the world model will use it).
@@ -19,9 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from scipy import ndimage
 
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.frame import FrameTokenizer, foreground_mask, to_uint8
+
+SMALL_OBJECT_PIXELS = 4
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -81,6 +87,26 @@ def perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
 
 
+def small_objects(
+    target: torch.Tensor, recon: torch.Tensor, background: torch.Tensor, threshold: float
+) -> tuple[int, int]:
+    """(drawn, total) foreground blobs (8-connected) of <= `SMALL_OBJECT_PIXELS` pixels."""
+    mask = foreground_mask(target, background, threshold)[:, 0].cpu().numpy()
+    contrast = (target - background).abs().mean(1).cpu().numpy()  # (B, H, W)
+    error = (recon - target).abs().mean(1).cpu().numpy()
+    drawn = total = 0
+    for i in range(len(mask)):
+        labels, n = ndimage.label(mask[i], structure=np.ones((3, 3)))
+        flat = labels.ravel()
+        size = np.bincount(flat, minlength=n + 1)[1:]
+        small = size <= SMALL_OBJECT_PIXELS
+        err = np.bincount(flat, error[i].ravel(), minlength=n + 1)[1:]
+        con = np.bincount(flat, contrast[i].ravel(), minlength=n + 1)[1:]
+        drawn += int((small & (err < 0.5 * con)).sum())
+        total += int(small.sum())
+    return drawn, total
+
+
 @torch.no_grad()
 def evaluate_tokenizer(
     tokenizer: FrameTokenizer,
@@ -90,7 +116,8 @@ def evaluate_tokenizer(
     grid: str | Path | None = None,
     grid_frames: int = 16,
 ) -> dict:
-    """PSNR, SSIM, MSE (means over frames), foreground PSNR, codebook usage and perplexity.
+    """PSNR, SSIM, MSE (means over frames), foreground PSNR, small-object recall, codebook usage
+    and perplexity.
 
     With `max_frames`, an evenly spaced subset is used. With `grid`, a PNG of `grid_frames`
     evenly spaced originals over their reconstructions is written there.
@@ -107,7 +134,7 @@ def evaluate_tokenizer(
     background = sample.float().div(255).median(dim=0, keepdim=True).values
     tokenizer.eval()
     sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0}
-    fg_error, fg_pixels = 0.0, 0
+    fg_error, fg_pixels, small_drawn, small_total = 0.0, 0, 0, 0
     counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
     for start in range(0, len(ds), batch_size):
         batch = torch.from_numpy(frames[start : start + batch_size]["observation"])
@@ -118,9 +145,12 @@ def evaluate_tokenizer(
         sums["psnr"] += float((-10 * torch.log10(mse.clamp_min(1e-10))).sum())
         sums["ssim"] += float(ssim(recon, target).sum())
         sums["mse"] += float(mse.sum())
-        mask = foreground_mask(target, background, tokenizer.config.foreground_threshold)
+        threshold = tokenizer.config.foreground_threshold
+        mask = foreground_mask(target, background, threshold)
         fg_error += float(((recon - target).square() * mask).sum())
         fg_pixels += 3 * int(mask.sum())
+        drawn, total = small_objects(target, recon, background, threshold)
+        small_drawn, small_total = small_drawn + drawn, small_total + total
         counts += code_histogram(codes, tokenizer.codebook_size)
     if grid is not None:
         pick = np.linspace(0, len(ds) - 1, min(grid_frames, len(ds))).round().astype(int)
@@ -131,6 +161,8 @@ def evaluate_tokenizer(
         **{k: v / len(ds) for k, v in sums.items()},
         "foreground_psnr": -10 * math.log10(max(fg_error / max(fg_pixels, 1), 1e-10)),
         "foreground_fraction": fg_pixels / (3 * len(ds) * background[0, 0].numel()),
+        "small_objects": small_total,
+        "small_object_recall": small_drawn / small_total if small_total else None,
         "codebook_usage": codebook_usage(counts),
         "perplexity": perplexity(counts),
         "codes_used": int((counts > 0).sum()),

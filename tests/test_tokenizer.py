@@ -12,7 +12,14 @@ import torch
 from tokworld.cli import main
 from tokworld.data import load_trajectories
 from tokworld.errors import TokWorldError
-from tokworld.eval.tokenizer_metrics import code_histogram, codebook_usage, perplexity, psnr, ssim
+from tokworld.eval.tokenizer_metrics import (
+    code_histogram,
+    codebook_usage,
+    perplexity,
+    psnr,
+    small_objects,
+    ssim,
+)
 from tokworld.tokenizer import FrameTokenizer, FrameTokenizerConfig, FrameTokenizerOutput, to_uint8
 from tokworld.tokenizer.frame import foreground_mask, foreground_weights
 from tokworld.training.tokenizer import (
@@ -167,6 +174,18 @@ def test_metrics_known_values():
     assert codebook_usage(counts) == 0.5 and perplexity(counts) == pytest.approx(2.0)
 
 
+def test_small_objects_counts_the_blobs_a_reconstruction_draws():
+    background = torch.zeros(1, 3, 16, 16)
+    target = torch.zeros(3, 3, 16, 16)
+    target[:, :, 3, 3:5] = 0.8  # a 2-pixel ball in every frame
+    target[:, :, 12, 2:10] = 0.8  # an 8-pixel paddle: not a small object
+    recon = target.clone()
+    recon[1, :, 3, 3:5] = 0.5  # frame 1: the ball drawn at 5/8 of its contrast (error 0.3)
+    recon[2, :, 3, 3:5] = 0.3  # frame 2: under half its contrast (error 0.5): not drawn
+    recon[:, :, 12, 2:10] = 0.0  # losing the paddle does not count
+    assert small_objects(target, recon, background, 0.05) == (2, 3)
+
+
 def test_cli_train_eval_tokenize(tmp_path, pong_dataset, capsys):
     tok_dir, out = tmp_path / "tok", tmp_path / "coded"
     train = ["train-tokenizer", "--dataset", pong_dataset, "--out", str(tok_dir)]
@@ -179,6 +198,8 @@ def test_cli_train_eval_tokenize(tmp_path, pong_dataset, capsys):
     assert metrics["frames"] == 24 and 0 < metrics["ssim"] <= 1 and metrics["psnr"] > 0
     assert 0 < metrics["codebook_usage"] <= 1 and metrics["perplexity"] >= 1
     assert metrics["foreground_psnr"] > 0 and 0 <= metrics["foreground_fraction"] < 1
+    recall = metrics["small_object_recall"]
+    assert metrics["small_objects"] > 0 and 0 <= recall <= 1  # Pong's ball
     assert iio.imread(grid).shape == (2 * 2 * 66, 8 * 66, 3)  # 16 frames: 2 x (originals/recon)
     before = sorted(p.name for p in Path(pong_dataset).iterdir())
     assert main(["tokenize", *args, "--out", str(out)]) == 0

@@ -3,9 +3,10 @@
 PSNR over whole frames is dominated by the static background; `foreground_psnr` measures what
 moves (ball, paddle, agent): the PSNR over pixels that differ from the evaluated frames'
 per-pixel median (by more than the tokenizer's `foreground_threshold`). `small_object_recall`
-asks whether the smallest things survive (Breakout's ball, score digits' strokes): of the
-foreground's connected blobs of at most `SMALL_OBJECT_PIXELS` pixels, the fraction that the
-reconstruction draws, i.e. where its error is under half the blob's contrast to the background.
+asks whether small moving things survive (Breakout's ball): of the foreground's connected blobs
+of at most `SMALL_OBJECT_PIXELS` pixels that moved (some pixel differs from the episode's
+previous frame; score digits mostly do not), the fraction that the reconstruction draws, i.e.
+where its error is under half the blob's contrast to the background.
 
 Frames are float (B, 3, H, W) in [0, 1] unless said otherwise. `evaluate_tokenizer` runs a
 tokenizer over held-out frames (encode -> decode, as the world model will use it).
@@ -88,10 +89,18 @@ def perplexity(counts: torch.Tensor) -> float:
 
 
 def small_objects(
-    target: torch.Tensor, recon: torch.Tensor, background: torch.Tensor, threshold: float
+    target: torch.Tensor,
+    recon: torch.Tensor,
+    previous: torch.Tensor,
+    background: torch.Tensor,
+    threshold: float,
 ) -> tuple[int, int]:
-    """(drawn, total) foreground blobs (8-connected) of <= `SMALL_OBJECT_PIXELS` pixels."""
+    """(drawn, total) moving foreground blobs (8-connected) of <= `SMALL_OBJECT_PIXELS` pixels.
+
+    `previous` holds the frame before each of `target` in its episode.
+    """
     mask = foreground_mask(target, background, threshold)[:, 0].cpu().numpy()
+    moved = foreground_mask(target, previous, threshold)[:, 0].cpu().numpy()
     contrast = (target - background).abs().mean(1).cpu().numpy()  # (B, H, W)
     error = (recon - target).abs().mean(1).cpu().numpy()
     drawn = total = 0
@@ -99,7 +108,7 @@ def small_objects(
         labels, n = ndimage.label(mask[i], structure=np.ones((3, 3)))
         flat = labels.ravel()
         size = np.bincount(flat, minlength=n + 1)[1:]
-        small = size <= SMALL_OBJECT_PIXELS
+        small = (size <= SMALL_OBJECT_PIXELS) & (np.bincount(flat, moved[i].ravel(), n + 1)[1:] > 0)
         err = np.bincount(flat, error[i].ravel(), minlength=n + 1)[1:]
         con = np.bincount(flat, contrast[i].ravel(), minlength=n + 1)[1:]
         drawn += int((small & (err < 0.5 * con)).sum())
@@ -129,6 +138,10 @@ def evaluate_tokenizer(
     if max_frames and len(ds) > max_frames:
         ds = ds.select(np.linspace(0, len(ds) - 1, max_frames).round().astype(int))
     frames = ds.select_columns(["observation"]).with_format("numpy", dtype=np.uint8)
+    order = ds.select_columns(["episode_index", "frame_index"]).with_format("numpy")[:]
+    # Row r follows row r - 1 in its episode: the frames whose motion is known.
+    follows = np.zeros(len(ds), dtype=bool)
+    follows[1:] = (np.diff(order["episode_index"]) == 0) & (np.diff(order["frame_index"]) == 1)
     sample = np.linspace(0, len(ds) - 1, min(256, len(ds))).round().astype(int)
     sample = rearrange(torch.from_numpy(frames[sample]["observation"]), "b h w c -> b c h w")
     background = sample.float().div(255).median(dim=0, keepdim=True).values
@@ -137,7 +150,9 @@ def evaluate_tokenizer(
     fg_error, fg_pixels, small_drawn, small_total = 0.0, 0, 0, 0
     counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
     for start in range(0, len(ds), batch_size):
-        batch = torch.from_numpy(frames[start : start + batch_size]["observation"])
+        n = min(batch_size, len(ds) - start)
+        window = torch.from_numpy(frames[max(start - 1, 0) : start + n]["observation"])
+        batch, previous = window[-n:], torch.cat([window[:1], window[:-1]])[-n:]  # rows r, r - 1
         codes = tokenizer.encode(batch)
         recon = tokenizer.decode(codes).cpu()
         target = rearrange(batch, "b h w c -> b c h w").float() / 255
@@ -149,7 +164,9 @@ def evaluate_tokenizer(
         mask = foreground_mask(target, background, threshold)
         fg_error += float(((recon - target).square() * mask).sum())
         fg_pixels += 3 * int(mask.sum())
-        drawn, total = small_objects(target, recon, background, threshold)
+        keep = torch.from_numpy(follows[start : start + n])
+        before = rearrange(previous[keep], "b h w c -> b c h w").float() / 255
+        drawn, total = small_objects(target[keep], recon[keep], before, background, threshold)
         small_drawn, small_total = small_drawn + drawn, small_total + total
         counts += code_histogram(codes, tokenizer.codebook_size)
     if grid is not None:

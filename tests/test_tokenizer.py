@@ -21,7 +21,7 @@ from tokworld.eval.tokenizer_metrics import (
     ssim,
 )
 from tokworld.tokenizer import FrameTokenizer, FrameTokenizerConfig, FrameTokenizerOutput, to_uint8
-from tokworld.tokenizer.frame import foreground_mask, foreground_weights
+from tokworld.tokenizer.frame import foreground_mask, foreground_weights, masked_mean
 from tokworld.training.tokenizer import (
     FrameDataset,
     split_episodes,
@@ -83,8 +83,9 @@ def test_save_load_is_bit_exact(tmp_path, frames):
     assert torch.equal(loaded.decode(codes), tok.decode(codes))
 
 
-def test_loss_falls_on_a_fixed_batch_of_real_frames(frames):
-    tok = _tiny().train()
+@pytest.mark.parametrize("foreground_loss", ["weighted", "balanced"])
+def test_loss_falls_on_a_fixed_batch_of_real_frames(frames, foreground_loss):
+    tok = _tiny(foreground_loss=foreground_loss).train()
     batch = {"observation": frames[:32]}
     opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
     losses = []
@@ -174,6 +175,15 @@ def test_metrics_known_values():
     assert codebook_usage(counts) == 0.5 and perplexity(counts) == pytest.approx(2.0)
 
 
+def test_balanced_loss_weighs_a_frames_foreground_like_its_background():
+    pixel = torch.ones(2, 1, 4, 4)  # per-pixel losses
+    fg = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    fg[0, 0, 0, 0] = True  # one foreground pixel in 32
+    pixel[0, 0, 0, 0] = 3.0
+    assert masked_mean(pixel, fg) == 3.0 and masked_mean(pixel, ~fg) == 1.0
+    assert masked_mean(pixel, torch.zeros_like(fg)) == 0.0
+
+
 def test_small_objects_counts_the_blobs_a_reconstruction_draws():
     background = torch.zeros(1, 3, 16, 16)
     target = torch.zeros(3, 3, 16, 16)
@@ -203,6 +213,7 @@ def test_cli_train_eval_tokenize(tmp_path, pong_dataset, capsys):
     assert metrics["foreground_psnr"] > 0 and 0 <= metrics["foreground_fraction"] < 1
     recall = metrics["small_object_recall"]
     assert metrics["small_objects"] > 0 and 0 <= recall <= 1  # Pong's ball, moving
+    assert 0 <= metrics["ghost_pixels_per_frame"] < 64 * 64
     assert iio.imread(grid).shape == (2 * 2 * 66, 8 * 66, 3)  # 16 frames: 2 x (originals/recon)
     before = sorted(p.name for p in Path(pong_dataset).iterdir())
     assert main(["tokenize", *args, "--out", str(out)]) == 0
@@ -221,6 +232,8 @@ def test_bad_input_is_one_clear_error(tmp_path, frames, pong_dataset, capsys):
         tok.decode(torch.full((1, 16), 64))
     with pytest.raises(TokWorldError, match="tokens_per_frame must be a square"):
         FrameTokenizerConfig.preset("tiny", tokens_per_frame=15)
+    with pytest.raises(TokWorldError, match="foreground_loss must be 'weighted' or 'balanced'"):
+        FrameTokenizerConfig.preset("tiny", foreground_loss="focal")
 
     tok.save_pretrained(tmp_path / "no_weights")
     (tmp_path / "no_weights" / "model.safetensors").unlink()

@@ -68,6 +68,10 @@ class FrameTokenizerConfig:
     l2_weight: float = 1.0
     foreground_weight: float = 4.0
     foreground_threshold: float = 0.05
+    # "weighted": a foreground pixel counts 1 + foreground_weight times in the mean over pixels;
+    # "balanced": mean over background pixels + foreground_weight x mean over foreground pixels,
+    # so a frame's few foreground pixels weigh as much as its background, however few they are.
+    foreground_loss: str = "weighted"
 
     def __post_init__(self):
         side = math.isqrt(self.tokens_per_frame)
@@ -85,6 +89,10 @@ class FrameTokenizerConfig:
             )
         if any(c % 8 for c in self.enc_channels + self.dec_channels):
             raise TokWorldError("channel widths must be multiples of 8 (GroupNorm of 8 groups)")
+        if self.foreground_loss not in ("weighted", "balanced"):
+            raise TokWorldError(
+                f"foreground_loss must be 'weighted' or 'balanced', got {self.foreground_loss!r}"
+            )
         if self.quantizer not in ("vq", "fsq"):
             raise TokWorldError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
         if self.quantizer == "fsq" and self.codebook_size not in FSQ_LEVELS:
@@ -260,6 +268,11 @@ def foreground_weights(target: torch.Tensor, weight: float, threshold: float) ->
     return 1 + weight * foreground_mask(target, background, threshold).to(target.dtype)
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` holds (0 where it never does)."""
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
 class FrameTokenizer(SafetensorsPretrained, nn.Module):
     """uint8 frames (B, H, W, 3) <-> codes (B, K); see the module docstring for the design."""
 
@@ -344,9 +357,15 @@ class FrameTokenizer(SafetensorsPretrained, nn.Module):
         out = self(batch["observation"])
         target = self._pixels(batch["observation"])
         err = out.reconstruction.float() - target
-        w = foreground_weights(target, cfg.foreground_weight, cfg.foreground_threshold)
-        l1, l2 = (w * err.abs()).mean(), (w * err.square()).mean()
-        loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + out.commitment_loss
+        pixel = (cfg.l1_weight * err.abs() + cfg.l2_weight * err.square()).mean(1, keepdim=True)
+        if cfg.foreground_loss == "balanced":
+            background = target.median(dim=0, keepdim=True).values
+            fg = foreground_mask(target, background, cfg.foreground_threshold)
+            recon = masked_mean(pixel, ~fg) + cfg.foreground_weight * masked_mean(pixel, fg)
+        else:
+            w = foreground_weights(target, cfg.foreground_weight, cfg.foreground_threshold)
+            recon = (w * pixel).mean()
+        loss = recon + out.commitment_loss
         with torch.no_grad():
             mse = err.clamp(-1, 1).square().mean()
             counts = torch.bincount(out.codes.flatten(), minlength=self.codebook_size).float()

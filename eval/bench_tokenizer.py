@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> dict:
         raise TokWorldError(f"{out / 'tokenizer'} exists: pick another --out or remove it")
     ds, path = dataset_for(args.env, args.steps, args.seed, Path(args.data_dir))
     train_ds, held = split_episodes(ds, args.holdout, args.seed)
-    overrides = {"tokens_per_frame": args.tokens_per_frame, "quantizer": args.quantizer}
+    overrides = {"tokens_per_frame": args.tokens_per_frame, "quantizer": args.quantizer,
+                 "foreground_loss": args.foreground_loss,
+                 "foreground_weight": args.foreground_weight}  # fmt: skip
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = FrameTokenizerConfig.preset(args.preset, **overrides)
     start = time.perf_counter()
@@ -98,6 +100,8 @@ def run(args: argparse.Namespace) -> dict:
         "held_out_frames": len(held),
         "preset": args.preset,
         "quantizer": config.quantizer,
+        "foreground_loss": config.foreground_loss,
+        "foreground_weight": config.foreground_weight,
         "tokens_per_frame": config.tokens_per_frame,
         "codebook_size": config.codebook_size,
         "parameters": sum(p.numel() for p in tokenizer.parameters()),
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--tokens-per-frame", type=int, help="override the preset's 16")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
+    p.add_argument("--foreground-loss", choices=("weighted", "balanced"), help="override it")
+    p.add_argument("--foreground-weight", type=float, help="override the preset's 4")
     p.add_argument("--train-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)

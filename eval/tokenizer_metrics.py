@@ -6,7 +6,9 @@ per-pixel median (by more than the tokenizer's `foreground_threshold`). `small_o
 asks whether small moving things survive (Breakout's ball): of the foreground's connected blobs
 of at most `SMALL_OBJECT_PIXELS` pixels that moved (some pixel differs from the episode's
 previous frame; score digits mostly do not), the fraction that the reconstruction draws, i.e.
-where its error is under half the blob's contrast to the background.
+where its error is under half the blob's contrast to the background. Its counterpart,
+`ghost_pixels_per_frame`, counts pixels the reconstruction draws off the background where the
+real frame shows background (a hedging decoder smears faint balls along likely paths).
 
 Frames are float (B, 3, H, W) in [0, 1] unless said otherwise. `evaluate_tokenizer` runs a
 tokenizer over held-out frames (encode -> decode, as the world model will use it).
@@ -147,7 +149,7 @@ def evaluate_tokenizer(
     background = sample.float().div(255).median(dim=0, keepdim=True).values
     tokenizer.eval()
     sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0}
-    fg_error, fg_pixels, small_drawn, small_total = 0.0, 0, 0, 0
+    fg_error, fg_pixels, small_drawn, small_total, ghosts = 0.0, 0, 0, 0, 0
     counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
     for start in range(0, len(ds), batch_size):
         n = min(batch_size, len(ds) - start)
@@ -164,6 +166,7 @@ def evaluate_tokenizer(
         mask = foreground_mask(target, background, threshold)
         fg_error += float(((recon - target).square() * mask).sum())
         fg_pixels += 3 * int(mask.sum())
+        ghosts += int((foreground_mask(recon, background, threshold) & ~mask).sum())
         keep = torch.from_numpy(follows[start : start + n])
         before = rearrange(previous[keep], "b h w c -> b c h w").float() / 255
         drawn, total = small_objects(target[keep], recon[keep], before, background, threshold)
@@ -180,6 +183,7 @@ def evaluate_tokenizer(
         "foreground_fraction": fg_pixels / (3 * len(ds) * background[0, 0].numel()),
         "small_objects": small_total,
         "small_object_recall": small_drawn / small_total if small_total else None,
+        "ghost_pixels_per_frame": ghosts / len(ds),
         "codebook_usage": codebook_usage(counts),
         "perplexity": perplexity(counts),
         "codes_used": int((counts > 0).sum()),

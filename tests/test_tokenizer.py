@@ -202,7 +202,9 @@ def test_small_objects_counts_the_blobs_a_reconstruction_draws():
 def test_cli_train_eval_tokenize(tmp_path, pong_dataset, capsys):
     tok_dir, out = tmp_path / "tok", tmp_path / "coded"
     train = ["train-tokenizer", "--dataset", pong_dataset, "--out", str(tok_dir)]
-    assert main([*train, "--preset", "tiny", "--steps", "3", "--batch-size", "8"]) == 0
+    options = ["--preset", "tiny", "--steps", "3", "--batch-size", "8"]
+    assert main([*train, *options, "--foreground-loss", "balanced"]) == 0
+    assert FrameTokenizer.from_pretrained(tok_dir).config.foreground_loss == "balanced"
     report, grid = tmp_path / "eval.json", tmp_path / "grid.png"
     args = ["--tokenizer", str(tok_dir), "--dataset", pong_dataset]
     evaluate = ["eval-tokenizer", *args, "--json", str(report), "--grid", str(grid)]

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens-per-frame", type=int, help="16 (4x4, default) or 64 (8x8)")
     p.add_argument("--codebook-size", type=int, help="codes in the codebook (default 512)")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="vq (default) or fsq")
+    p.add_argument("--foreground-loss", choices=("weighted", "balanced"),
+                   help="weighted (default): foreground pixels count 5x; balanced: foreground "
+                   "mean + background mean (draws small objects more, ghosts more)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--holdout", type=float, default=0.0, help="fraction of episodes to evaluate")
     p.add_argument("--seed", type=int, default=0)
@@ -55,6 +58,7 @@ def _train(args: argparse.Namespace) -> dict:
         "tokens_per_frame": args.tokens_per_frame,
         "codebook_size": args.codebook_size,
         "quantizer": args.quantizer,
+        "foreground_loss": args.foreground_loss,
     }
     config = FrameTokenizerConfig.preset(
         args.preset, **{k: v for k, v in overrides.items() if v is not None}

@@ -287,3 +287,17 @@ def test_compiled_steps_give_the_eager_tokens(run_dir, minigrid_dataset):
         steps += [engine.step(actions) for _ in range(3)]
         rollouts.append(torch.stack([s.codes for s in steps]))
     assert torch.equal(rollouts[0], rollouts[1])
+
+
+def test_imagine_cli_and_dream_env_compile_on_request(run_dir, minigrid_dataset, tmp_path):
+    episodes = []
+    for flags in ([], ["--compile"]):
+        out = tmp_path / f"imagined{len(flags)}"
+        code = main(["imagine", "--run", run_dir, "--dataset", minigrid_dataset, "--greedy",
+                     "--episodes", "3", "--steps", "3", "--context", "2", "--out", str(out),
+                     *flags])  # fmt: skip
+        assert code == 0
+        episodes.append(load_trajectories(str(out / "dataset")).with_format("numpy")[:])
+    assert np.array_equal(episodes[0]["observation"], episodes[1]["observation"])
+    env = DreamVectorEnv(run_dir, minigrid_dataset, num_envs=2, compile=True)
+    assert env.engine.step_model is not env.engine.model  # the torch.compile wrapper

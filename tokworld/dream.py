@@ -83,6 +83,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         seed: int = 0,
         device: str = "cpu",
         render_mode: str | None = None,
+        compile: bool = False,
     ):
         world_model, self.tokenizer = load_run(run, device)
         ds = load_trajectories(dataset) if isinstance(dataset, str) else dataset
@@ -90,7 +91,9 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         world_model.vocab.check_action_space(meta.space, "the dataset")
         self.context = RealContext(ds, context_steps, self.tokenizer, seed)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k)
-        self.engine = ImaginationEngine(world_model, self.tokenizer.decode, sampling, seed)
+        self.engine = ImaginationEngine(
+            world_model, self.tokenizer.decode, sampling, seed, compile=compile
+        )
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
         self.render_mode = render_mode
         size = meta.frame_size

@@ -26,6 +26,8 @@ from einops import rearrange
 from torch import nn
 from torch.distributions import Categorical
 
+from tokworld.tokenizer.frame import ResBlock
+
 CODEBOOK, TOKENS_PER_FRAME, ACTIONS = 512, 16, 4
 IRIS_TOKENS_PER_STEP = TOKENS_PER_FRAME + 1
 
@@ -140,18 +142,6 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=1e-6)
 
 
-class _ResBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-        )  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
 class _AttnBlock(nn.Module):
     """Single-head self-attention over the pixels of a feature map (1x1 convs q, k, v, out)."""
 
@@ -174,11 +164,11 @@ class IrisDecoder(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(CODEBOOK, z)
         layers: list[nn.Module] = [nn.Conv2d(z, z, 1), nn.Conv2d(z, ch, 3, padding=1)]
-        layers += [_ResBlock(ch), _AttnBlock(ch), _ResBlock(ch)]
+        layers += [ResBlock(ch, _norm), _AttnBlock(ch), ResBlock(ch, _norm)]
         resolution = 4
         for level in range(levels):
             for _ in range(blocks):
-                layers.append(_ResBlock(ch))
+                layers.append(ResBlock(ch, _norm))
                 if resolution in attention_at:
                     layers.append(_AttnBlock(ch))
             if level < levels - 1:

@@ -151,25 +151,27 @@ def evaluate_tokenizer(
     sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0}
     fg_error, fg_pixels, small_drawn, small_total, ghosts = 0.0, 0, 0, 0, 0
     counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+    threshold = tokenizer.config.foreground_threshold
     for start in range(0, len(ds), batch_size):
         n = min(batch_size, len(ds) - start)
         window = torch.from_numpy(frames[max(start - 1, 0) : start + n]["observation"])
-        batch, previous = window[-n:], torch.cat([window[:1], window[:-1]])[-n:]  # rows r, r - 1
+        batch = window[-n:]
         codes = tokenizer.encode(batch)
         recon = tokenizer.decode(codes).cpu()
-        target = rearrange(batch, "b h w c -> b c h w").float() / 255
+        pixels = rearrange(window, "b h w c -> b c h w").float() / 255
+        target, previous = pixels[-n:], torch.cat([pixels[:1], pixels[:-1]])[-n:]  # rows r, r - 1
         mse = (recon - target).square().flatten(1).mean(1)
         sums["psnr"] += float((-10 * torch.log10(mse.clamp_min(1e-10))).sum())
         sums["ssim"] += float(ssim(recon, target).sum())
         sums["mse"] += float(mse.sum())
-        threshold = tokenizer.config.foreground_threshold
         mask = foreground_mask(target, background, threshold)
         fg_error += float(((recon - target).square() * mask).sum())
         fg_pixels += 3 * int(mask.sum())
         ghosts += int((foreground_mask(recon, background, threshold) & ~mask).sum())
         keep = torch.from_numpy(follows[start : start + n])
-        before = rearrange(previous[keep], "b h w c -> b c h w").float() / 255
-        drawn, total = small_objects(target[keep], recon[keep], before, background, threshold)
+        drawn, total = small_objects(
+            target[keep], recon[keep], previous[keep], background, threshold
+        )
         small_drawn, small_total = small_drawn + drawn, small_total + total
         counts += code_histogram(codes, tokenizer.codebook_size)
     if grid is not None:

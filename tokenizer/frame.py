@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -167,13 +168,13 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv3x3, twice, plus the input."""
+    """GroupNorm (made by `norm`) -> SiLU -> conv3x3, twice, plus the input."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm: Callable[[int], nn.Module] = _norm):
         super().__init__()
         self.body = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,15 +260,19 @@ def foreground_mask(
     return (frames - background).abs().amax(dim=1, keepdim=True) > threshold
 
 
-def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W): `1 + weight` where a pixel is not background.
+def batch_foreground(target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> bool (B, 1, H, W): where a pixel is not background.
 
     The background at a pixel is what most frames of the batch show there (the per-pixel median
     over the batch): walls, bricks, the playfield. Foreground is what differs from it: the ball,
     the paddle, the agent, changed bricks.
     """
-    background = target.median(dim=0, keepdim=True).values  # (1, 3, H, W)
-    return 1 + weight * foreground_mask(target, background, threshold).to(target.dtype)
+    return foreground_mask(target, target.median(dim=0, keepdim=True).values, threshold)
+
+
+def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W): `1 + weight` on `batch_foreground`, else 1."""
+    return 1 + weight * batch_foreground(target, threshold).to(target.dtype)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -361,8 +366,7 @@ class FrameTokenizer(SafetensorsPretrained, nn.Module):
         err = out.reconstruction.float() - target
         pixel = (cfg.l1_weight * err.abs() + cfg.l2_weight * err.square()).mean(1, keepdim=True)
         if cfg.foreground_loss == "balanced":
-            background = target.median(dim=0, keepdim=True).values
-            fg = foreground_mask(target, background, cfg.foreground_threshold)
+            fg = batch_foreground(target, cfg.foreground_threshold)
             recon = masked_mean(pixel, ~fg) + cfg.foreground_weight * masked_mean(pixel, fg)
         else:
             w = foreground_weights(target, cfg.foreground_weight, cfg.foreground_threshold)

@@ -21,7 +21,13 @@ from tokworld.eval.tokenizer_metrics import (
     ssim,
 )
 from tokworld.tokenizer import FrameTokenizer, FrameTokenizerConfig, FrameTokenizerOutput, to_uint8
-from tokworld.tokenizer.frame import foreground_mask, foreground_weights, masked_mean
+from tokworld.tokenizer.frame import (
+    FOREGROUND_LOSSES,
+    batch_foreground,
+    foreground_mask,
+    foreground_weights,
+    masked_mean,
+)
 from tokworld.training.tokenizer import (
     FrameDataset,
     split_episodes,
@@ -83,7 +89,7 @@ def test_save_load_is_bit_exact(tmp_path, frames):
     assert torch.equal(loaded.decode(codes), tok.decode(codes))
 
 
-@pytest.mark.parametrize("foreground_loss", ["weighted", "balanced"])
+@pytest.mark.parametrize("foreground_loss", FOREGROUND_LOSSES)
 def test_loss_falls_on_a_fixed_batch_of_real_frames(frames, foreground_loss):
     tok = _tiny(foreground_loss=foreground_loss).train()
     batch = {"observation": frames[:32]}
@@ -184,6 +190,18 @@ def test_balanced_loss_weighs_a_frames_foreground_like_its_background():
     assert masked_mean(pixel, torch.zeros_like(fg)) == 0.0
 
 
+def test_symmetric_foreground_holds_what_the_reconstruction_draws_off_the_background():
+    target = torch.zeros(3, 3, 4, 4)
+    target[0, :, 1, 1] = 0.8  # a ball in frame 0
+    recon = target.clone()
+    recon[0, :, 1, 1] = 0.0  # missed
+    recon[2, :, 3, 0] = 0.5  # a ghost in frame 2
+    recon[1, :, 2, 2] = 0.03  # a smear under the threshold
+    assert batch_foreground(target, 0.05).nonzero().tolist() == [[0, 0, 1, 1]]
+    both = batch_foreground(target, 0.05, recon.requires_grad_())
+    assert both.nonzero().tolist() == [[0, 0, 1, 1], [2, 0, 3, 0]]
+
+
 def test_small_objects_counts_the_blobs_a_reconstruction_draws():
     background = torch.zeros(1, 3, 16, 16)
     target = torch.zeros(3, 3, 16, 16)
@@ -234,7 +252,7 @@ def test_bad_input_is_one_clear_error(tmp_path, frames, pong_dataset, capsys):
         tok.decode(torch.full((1, 16), 64))
     with pytest.raises(TokWorldError, match="tokens_per_frame must be a square"):
         FrameTokenizerConfig.preset("tiny", tokens_per_frame=15)
-    with pytest.raises(TokWorldError, match="foreground_loss must be 'weighted' or 'balanced'"):
+    with pytest.raises(TokWorldError, match="foreground_loss must be one of weighted, balanced"):
         FrameTokenizerConfig.preset("tiny", foreground_loss="focal")
 
     tok.save_pretrained(tmp_path / "no_weights")

@@ -37,6 +37,7 @@ from tokworld.errors import TokWorldError
 from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
 # FSQ levels whose product is the codebook size (the FSQ paper's choices where they are exact).
+FOREGROUND_LOSSES = ("weighted", "balanced", "symmetric")
 FSQ_LEVELS = {64: (4, 4, 4), 256: (8, 8, 4), 512: (8, 8, 8), 1024: (8, 8, 4, 4),
               4096: (8, 8, 8, 8)}  # fmt: skip
 
@@ -73,7 +74,9 @@ class FrameTokenizerConfig:
     foreground_threshold: float = 0.05
     # "weighted": a foreground pixel counts 1 + foreground_weight times in the mean over pixels;
     # "balanced": mean over background pixels + foreground_weight x mean over foreground pixels,
-    # so a frame's few foreground pixels weigh as much as its background, however few they are.
+    # so a frame's few foreground pixels weigh as much as its background, however few they are;
+    # "symmetric": "balanced", where the foreground also holds every pixel the reconstruction
+    # draws off the background, so a false ball costs what a missed one does (no hedging).
     foreground_loss: str = "weighted"
 
     def __post_init__(self):
@@ -92,9 +95,10 @@ class FrameTokenizerConfig:
             )
         if any(c % 8 for c in self.enc_channels + self.dec_channels):
             raise TokWorldError("channel widths must be multiples of 8 (GroupNorm of 8 groups)")
-        if self.foreground_loss not in ("weighted", "balanced"):
+        if self.foreground_loss not in FOREGROUND_LOSSES:
             raise TokWorldError(
-                f"foreground_loss must be 'weighted' or 'balanced', got {self.foreground_loss!r}"
+                f"foreground_loss must be one of {', '.join(FOREGROUND_LOSSES)}, "
+                f"got {self.foreground_loss!r}"
             )
         if self.quantizer not in ("vq", "fsq"):
             raise TokWorldError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
@@ -260,14 +264,20 @@ def foreground_mask(
     return (frames - background).abs().amax(dim=1, keepdim=True) > threshold
 
 
-def batch_foreground(target: torch.Tensor, threshold: float) -> torch.Tensor:
+def batch_foreground(
+    target: torch.Tensor, threshold: float, reconstruction: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> bool (B, 1, H, W): where a pixel is not background.
 
     The background at a pixel is what most frames of the batch show there (the per-pixel median
     over the batch): walls, bricks, the playfield. Foreground is what differs from it: the ball,
-    the paddle, the agent, changed bricks.
+    the paddle, the agent, changed bricks; with `reconstruction`, also wherever it does.
     """
-    return foreground_mask(target, target.median(dim=0, keepdim=True).values, threshold)
+    background = target.median(dim=0, keepdim=True).values
+    mask = foreground_mask(target, background, threshold)
+    if reconstruction is not None:
+        mask |= foreground_mask(reconstruction.detach(), background, threshold)
+    return mask
 
 
 def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
@@ -365,8 +375,9 @@ class FrameTokenizer(SafetensorsPretrained, nn.Module):
         target = self._pixels(batch["observation"])
         err = out.reconstruction.float() - target
         pixel = (cfg.l1_weight * err.abs() + cfg.l2_weight * err.square()).mean(1, keepdim=True)
-        if cfg.foreground_loss == "balanced":
-            fg = batch_foreground(target, cfg.foreground_threshold)
+        if cfg.foreground_loss != "weighted":
+            drawn = out.reconstruction.float() if cfg.foreground_loss == "symmetric" else None
+            fg = batch_foreground(target, cfg.foreground_threshold, drawn)
             recon = masked_mean(pixel, ~fg) + cfg.foreground_weight * masked_mean(pixel, fg)
         else:
             w = foreground_weights(target, cfg.foreground_weight, cfg.foreground_threshold)

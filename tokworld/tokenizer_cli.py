@@ -23,9 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens-per-frame", type=int, help="16 (4x4, default) or 64 (8x8)")
     p.add_argument("--codebook-size", type=int, help="codes in the codebook (default 512)")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="vq (default) or fsq")
-    p.add_argument("--foreground-loss", choices=("weighted", "balanced"),
+    p.add_argument("--foreground-loss", choices=("weighted", "balanced", "symmetric"),
                    help="weighted (default): foreground pixels count 5x; balanced: foreground "
-                   "mean + background mean (draws small objects more, ghosts more)")  # fmt: skip
+                   "mean + background mean (draws small objects more, ghosts more); symmetric: "
+                   "balanced, what the reconstruction draws counts as foreground too")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--holdout", type=float, default=0.0, help="fraction of episodes to evaluate")
     p.add_argument("--seed", type=int, default=0)

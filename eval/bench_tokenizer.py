@@ -24,8 +24,9 @@ import torch
 from tokworld.collect import collect
 from tokworld.data import load_trajectories
 from tokworld.errors import TokWorldError
+from tokworld.eval.iris_tokenizer import train_iris_tokenizer
 from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
-from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+from tokworld.tokenizer.frame import FOREGROUND_LOSSES, FrameTokenizer, FrameTokenizerConfig
 from tokworld.training.tokenizer import split_episodes, train_tokenizer
 
 
@@ -64,6 +65,20 @@ def throughput(tokenizer: FrameTokenizer, frames: torch.Tensor, repeats: int = 5
     }
 
 
+def _train_ours(args: argparse.Namespace, train_ds, out: Path, schedule: dict):
+    """Train our tokenizer: the preset with the command line's overrides."""
+    overrides = {"tokens_per_frame": args.tokens_per_frame, "quantizer": args.quantizer,
+                 "foreground_loss": args.foreground_loss,
+                 "foreground_weight": args.foreground_weight}  # fmt: skip
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    config = FrameTokenizerConfig.preset(args.preset, **overrides)
+    tokenizer, metrics = train_tokenizer(train_ds, out, config=config, **schedule)
+    described = {"tokenizer": "tokworld", "preset": args.preset, "quantizer": config.quantizer,
+                 "foreground_loss": config.foreground_loss,
+                 "foreground_weight": config.foreground_weight}  # fmt: skip
+    return tokenizer, metrics, described
+
+
 def run(args: argparse.Namespace) -> dict:
     """Collect/reuse, split, train, evaluate; return the figures."""
     if args.threads:
@@ -73,24 +88,19 @@ def run(args: argparse.Namespace) -> dict:
         raise TokWorldError(f"{out / 'tokenizer'} exists: pick another --out or remove it")
     ds, path = dataset_for(args.env, args.steps, args.seed, Path(args.data_dir))
     train_ds, held = split_episodes(ds, args.holdout, args.seed)
-    overrides = {"tokens_per_frame": args.tokens_per_frame, "quantizer": args.quantizer,
-                 "foreground_loss": args.foreground_loss,
-                 "foreground_weight": args.foreground_weight}  # fmt: skip
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    config = FrameTokenizerConfig.preset(args.preset, **overrides)
+    schedule = {"steps": args.train_steps, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed, "checkpoint_every": max(500, args.train_steps)}  # fmt: skip
     start = time.perf_counter()
-    tokenizer, train_metrics = train_tokenizer(
-        train_ds,
-        out / "tokenizer",
-        config=config,
-        steps=args.train_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        checkpoint_every=max(500, args.train_steps),
-    )
+    if args.iris:
+        tokenizer, train_metrics = train_iris_tokenizer(train_ds, out / "tokenizer", **schedule)
+        described = {"tokenizer": "iris reference (no LPIPS)"}
+    else:
+        tokenizer, train_metrics, described = _train_ours(
+            args, train_ds, out / "tokenizer", schedule
+        )
     seconds = time.perf_counter() - start
-    held_metrics = evaluate_tokenizer(tokenizer, held, grid=out / "grid.png")
+    threshold = FrameTokenizerConfig.foreground_threshold  # the same for both tokenizers
+    held_metrics = evaluate_tokenizer(tokenizer, held, grid=out / "grid.png", threshold=threshold)
     frames = held.select(range(min(64, len(held)))).select_columns(["observation"])
     frames = torch.from_numpy(frames.with_format("numpy", dtype=np.uint8)[:]["observation"])
     return {
@@ -98,12 +108,9 @@ def run(args: argparse.Namespace) -> dict:
         "dataset": str(path),
         "train_frames": len(train_ds),
         "held_out_frames": len(held),
-        "preset": args.preset,
-        "quantizer": config.quantizer,
-        "foreground_loss": config.foreground_loss,
-        "foreground_weight": config.foreground_weight,
-        "tokens_per_frame": config.tokens_per_frame,
-        "codebook_size": config.codebook_size,
+        **described,
+        "tokens_per_frame": tokenizer.tokens_per_frame,
+        "codebook_size": tokenizer.codebook_size,
         "parameters": sum(p.numel() for p in tokenizer.parameters()),
         "train_steps": args.train_steps,
         "batch_size": args.batch_size,
@@ -127,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--tokens-per-frame", type=int, help="override the preset's 16")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
-    p.add_argument("--foreground-loss", choices=("weighted", "balanced"), help="override it")
+    p.add_argument("--foreground-loss", choices=FOREGROUND_LOSSES, help="override it")
     p.add_argument("--foreground-weight", type=float, help="override the preset's 4")
+    p.add_argument("--iris", action="store_true",
+                   help="train the IRIS tokenizer re-implementation (no LPIPS)")  # fmt: skip
     p.add_argument("--train-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)

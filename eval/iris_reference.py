@@ -138,16 +138,17 @@ class IrisReference(nn.Module):
         )
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+def iris_norm(channels: int) -> nn.GroupNorm:
+    """IRIS's normalisation layer: GroupNorm of 32 groups, eps 1e-6."""
     return nn.GroupNorm(32, channels, eps=1e-6)
 
 
-class _AttnBlock(nn.Module):
+class AttnBlock(nn.Module):
     """Single-head self-attention over the pixels of a feature map (1x1 convs q, k, v, out)."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = iris_norm(channels)
         self.qkv, self.out = nn.Conv2d(channels, 3 * channels, 1), nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,18 +165,18 @@ class IrisDecoder(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(CODEBOOK, z)
         layers: list[nn.Module] = [nn.Conv2d(z, z, 1), nn.Conv2d(z, ch, 3, padding=1)]
-        layers += [ResBlock(ch, _norm), _AttnBlock(ch), ResBlock(ch, _norm)]
+        layers += [ResBlock(ch, iris_norm), AttnBlock(ch), ResBlock(ch, iris_norm)]
         resolution = 4
         for level in range(levels):
             for _ in range(blocks):
-                layers.append(ResBlock(ch, _norm))
+                layers.append(ResBlock(ch, iris_norm))
                 if resolution in attention_at:
-                    layers.append(_AttnBlock(ch))
+                    layers.append(AttnBlock(ch))
             if level < levels - 1:
                 layers += [nn.Upsample(scale_factor=2.0, mode="nearest"),
                            nn.Conv2d(ch, ch, 3, padding=1)]  # fmt: skip
                 resolution *= 2
-        layers += [_norm(ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
+        layers += [iris_norm(ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:

@@ -126,12 +126,15 @@ def evaluate_tokenizer(
     max_frames: int | None = None,
     grid: str | Path | None = None,
     grid_frames: int = 16,
+    threshold: float | None = None,
 ) -> dict:
     """PSNR, SSIM, MSE (means over frames), foreground PSNR, small-object recall, codebook usage
     and perplexity.
 
     With `max_frames`, an evenly spaced subset is used. With `grid`, a PNG of `grid_frames`
-    evenly spaced originals over their reconstructions is written there.
+    evenly spaced originals over their reconstructions is written there. `threshold` (default:
+    the tokenizer config's `foreground_threshold`) is how far from the background a pixel must
+    be to count as foreground.
     """
     if "observation" not in ds.column_names:
         raise TokWorldError("dataset has no 'observation' column")
@@ -151,7 +154,7 @@ def evaluate_tokenizer(
     sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0}
     fg_error, fg_pixels, small_drawn, small_total, ghosts = 0.0, 0, 0, 0, 0
     counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
-    threshold = tokenizer.config.foreground_threshold
+    threshold = tokenizer.config.foreground_threshold if threshold is None else threshold
     for start in range(0, len(ds), batch_size):
         n = min(batch_size, len(ds) - start)
         window = torch.from_numpy(frames[max(start - 1, 0) : start + n]["observation"])

@@ -1,8 +1,15 @@
 """The IRIS reference that imagination speed is compared against behaves as IRIS does."""
 
+import json
+
+import numpy as np
+import pytest
 import torch
 
+from tokworld.data import load_trajectories
+from tokworld.errors import TokWorldError
 from tokworld.eval.bench_imagine import bench_imagine
+from tokworld.eval.bench_tokenizer import main as bench_tokenizer
 from tokworld.eval.iris_reference import (
     IRIS_TOKENS_PER_STEP,
     TOKENS_PER_FRAME,
@@ -10,6 +17,7 @@ from tokworld.eval.iris_reference import (
     IrisImagination,
     IrisReference,
 )
+from tokworld.eval.iris_tokenizer import IrisTokenizer
 
 
 def _world_model(steps: int = 3) -> IrisReference:
@@ -51,3 +59,40 @@ def test_bench_imagine_reports_the_speedup_over_iris():
     assert len(result["speedup_vs_iris_per_block"]) == 1
     expected = result["imagined_steps_per_s"] / result["iris_imagined_steps_per_s"]
     assert abs(result["speedup_vs_iris"] - expected) < 1e-9
+
+
+def test_iris_tokenizer_learns_a_fixed_batch_of_real_frames(pong_dataset):
+    ds = load_trajectories(pong_dataset).select_columns(["observation"])
+    frames = torch.from_numpy(ds.with_format("numpy", dtype=np.uint8)[:16]["observation"])
+    torch.manual_seed(0)
+    tok = IrisTokenizer(ch=32, z=64)
+    codes = tok.encode(frames)
+    assert codes.shape == (16, TOKENS_PER_FRAME) and 0 <= codes.min() and codes.max() < 512
+    decoded = tok.decode(codes)
+    assert decoded.shape == (16, 3, 64, 64) and 0 <= decoded.min() and decoded.max() <= 1
+    opt = torch.optim.Adam(tok.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss, metrics = tok.compute_loss({"observation": frames})
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+    assert {"psnr", "usage", "commitment"} <= metrics.keys()
+    with pytest.raises(TokWorldError, match=r"uint8 \(B, 64, 64, 3\), got \(2, 32, 32, 3\)"):
+        tok.encode(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("which", [["--preset", "tiny"], ["--iris"]])
+def test_bench_tokenizer_trains_and_measures_ours_or_iris(tmp_path, which, capsys):
+    report = tmp_path / "report.json"
+    args = ["--env", "MiniGrid-Empty-5x5-v0", "--steps", "300", "--train-steps", "2",
+            "--batch-size", "4", "--holdout", "0.2", "--data-dir", str(tmp_path / "data"),
+            "--out", str(tmp_path / "run"), "--json", str(report)]  # fmt: skip
+    assert bench_tokenizer([*args, *which]) == 0
+    result = json.loads(report.read_text())
+    assert result["tokenizer"] == ("iris reference (no LPIPS)" if "--iris" in which else "tokworld")
+    assert result["train_steps"] == 2 and result["tokens_per_frame"] == 16
+    assert 0 < result["held_out"]["ssim"] <= 1 and result["decode_ms_batch32"] > 0
+    assert (tmp_path / "run" / "grid.png").exists()

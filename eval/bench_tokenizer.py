@@ -7,7 +7,8 @@ Collects (or reuses, under `--data-dir`) `--steps` random-policy steps, holds ou
 whole episodes, trains for exactly `--train-steps` optimizer steps, and prints one JSON: PSNR,
 SSIM, codebook usage and perplexity on the held-out frames, training frames/s, encode+decode
 frames/s at batch 64, and the time to decode a batch of 32 frames (one imagined step of 32
-parallel episodes).
+parallel episodes). With `--iris`, the same for IRIS's tokenizer (`iris_tokenizer.py`), trained
+with the same schedule on the same frames in the same order.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
             k: train_metrics[k] for k in ("loss", "psnr", "usage") if k in train_metrics
         },
         "held_out": held_metrics,
-        **throughput(tokenizer, frames),
+        **throughput(tokenizer, frames, args.repeats),
         "torch_threads": torch.get_num_threads(),
         "tokenizer_dir": str(out / "tokenizer"),
         "grid": str(out / "grid.png"),
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--holdout", type=float, default=0.05, help="fraction of episodes held out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each speed figure")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--data-dir", default="data/bench", help="where datasets are cached")
     p.add_argument("--out", help="run directory (default runs/bench_tokenizer/ENV)")

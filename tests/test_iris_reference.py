@@ -63,16 +63,16 @@ def test_bench_imagine_reports_the_speedup_over_iris():
 
 def test_iris_tokenizer_learns_a_fixed_batch_of_real_frames(pong_dataset):
     ds = load_trajectories(pong_dataset).select_columns(["observation"])
-    frames = torch.from_numpy(ds.with_format("numpy", dtype=np.uint8)[:16]["observation"])
+    frames = torch.from_numpy(ds.with_format("numpy", dtype=np.uint8)[:4]["observation"])
     torch.manual_seed(0)
     tok = IrisTokenizer(ch=32, z=64)
     codes = tok.encode(frames)
-    assert codes.shape == (16, TOKENS_PER_FRAME) and 0 <= codes.min() and codes.max() < 512
+    assert codes.shape == (4, TOKENS_PER_FRAME) and 0 <= codes.min() and codes.max() < 512
     decoded = tok.decode(codes)
-    assert decoded.shape == (16, 3, 64, 64) and 0 <= decoded.min() and decoded.max() <= 1
+    assert decoded.shape == (4, 3, 64, 64) and 0 <= decoded.min() and decoded.max() <= 1
     opt = torch.optim.Adam(tok.parameters(), lr=1e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(20):
         loss, metrics = tok.compute_loss({"observation": frames})
         loss.backward()
         opt.step()
@@ -89,7 +89,7 @@ def test_bench_tokenizer_trains_and_measures_ours_or_iris(tmp_path, which, capsy
     report = tmp_path / "report.json"
     args = ["--env", "MiniGrid-Empty-5x5-v0", "--steps", "300", "--train-steps", "2",
             "--batch-size", "4", "--holdout", "0.2", "--data-dir", str(tmp_path / "data"),
-            "--out", str(tmp_path / "run"), "--json", str(report)]  # fmt: skip
+            "--out", str(tmp_path / "run"), "--json", str(report), "--repeats", "1"]  # fmt: skip
     assert bench_tokenizer([*args, *which]) == 0
     result = json.loads(report.read_text())
     assert result["tokenizer"] == ("iris reference (no LPIPS)" if "--iris" in which else "tokworld")

@@ -221,8 +221,10 @@ def test_cli_train_eval_tokenize(tmp_path, pong_dataset, capsys):
     tok_dir, out = tmp_path / "tok", tmp_path / "coded"
     train = ["train-tokenizer", "--dataset", pong_dataset, "--out", str(tok_dir)]
     options = ["--preset", "tiny", "--steps", "3", "--batch-size", "8"]
-    assert main([*train, *options, "--foreground-loss", "balanced"]) == 0
-    assert FrameTokenizer.from_pretrained(tok_dir).config.foreground_loss == "balanced"
+    loss = ["--foreground-loss", "balanced", "--foreground-weight", "0.5"]
+    assert main([*train, *options, *loss]) == 0
+    config = FrameTokenizer.from_pretrained(tok_dir).config
+    assert (config.foreground_loss, config.foreground_weight) == ("balanced", 0.5)
     report, grid = tmp_path / "eval.json", tmp_path / "grid.png"
     args = ["--tokenizer", str(tok_dir), "--dataset", pong_dataset]
     evaluate = ["eval-tokenizer", *args, "--json", str(report), "--grid", str(grid)]

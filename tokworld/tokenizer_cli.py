@@ -24,9 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codebook-size", type=int, help="codes in the codebook (default 512)")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="vq (default) or fsq")
     p.add_argument("--foreground-loss", choices=("weighted", "balanced", "symmetric"),
-                   help="weighted (default): foreground pixels count 5x; balanced: foreground "
-                   "mean + background mean (draws small objects more, ghosts more); symmetric: "
-                   "balanced, what the reconstruction draws counts as foreground too")  # fmt: skip
+                   help="the preset's by default. weighted: foreground pixels count 5x; balanced: "
+                   "foreground mean + background mean (draws small objects more, ghosts more); "
+                   "symmetric: balanced, what the reconstruction draws counts as foreground too "
+                   "(the small preset's)")  # fmt: skip
+    p.add_argument("--foreground-weight", type=float,
+                   help="weight of the foreground (the preset's: small 1, others 4)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--holdout", type=float, default=0.0, help="fraction of episodes to evaluate")
     p.add_argument("--seed", type=int, default=0)
@@ -60,6 +63,7 @@ def _train(args: argparse.Namespace) -> dict:
         "codebook_size": args.codebook_size,
         "quantizer": args.quantizer,
         "foreground_loss": args.foreground_loss,
+        "foreground_weight": args.foreground_weight,
     }
     config = FrameTokenizerConfig.preset(
         args.preset, **{k: v for k, v in overrides.items() if v is not None}

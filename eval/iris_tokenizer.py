@@ -81,9 +81,11 @@ class IrisTokenizer(nn.Module):
         nn.init.uniform_(self.decoder.embedding.weight, -1 / CODEBOOK, 1 / CODEBOOK)
 
     def _pixels(self, frames) -> torch.Tensor:
-        frames = torch.as_tensor(np.asarray(frames) if not torch.is_tensor(frames) else frames)
+        frames = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1:] != (64, 64, 3):
-            raise TokWorldError(f"frames must be uint8 (B, 64, 64, 3), got {tuple(frames.shape)}")
+            raise TokWorldError(
+                f"frames must be uint8 (B, 64, 64, 3), got {frames.dtype} {tuple(frames.shape)}"
+            )
         device = self.decoder.embedding.weight.device
         return rearrange(frames.to(device), "b h w c -> b c h w").float() / 255 * 2 - 1
 

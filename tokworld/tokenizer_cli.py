@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the preset's by default. weighted: foreground pixels count 5x; balanced: "
                    "foreground mean + background mean (draws small objects more, ghosts more); "
                    "symmetric: balanced, what the reconstruction draws counts as foreground too "
-                   "(the small preset's)")  # fmt: skip
+                   "(fewest ghosts)")  # fmt: skip
     p.add_argument("--foreground-weight", type=float,
-                   help="weight of the foreground (the preset's: small 1, others 4)")  # fmt: skip
+                   help="weight of the foreground (the preset's: 4)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--holdout", type=float, default=0.0, help="fraction of episodes to evaluate")
     p.add_argument("--seed", type=int, default=0)

@@ -19,7 +19,8 @@ What makes small objects (Atari's ball) survive 16 tokens:
   `foreground_loss="balanced"` draws it most of the time, but only by hedging: where the code
   does not pin the ball down, the decoder paints copies along its likely path, since a missed
   ball costs more than a false one. `"symmetric"` charges both the same: it removes the ghosts
-  and draws the ball only where the code knows it (figures in the README).
+  and draws the ball only where the code knows it, but on MiniGrid it loses the agent, so no
+  preset uses it (figures in the README).
 """
 
 from __future__ import annotations

@@ -39,8 +39,9 @@ from vector_quantize_pytorch import FSQ, VectorQuantize
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
-# FSQ levels whose product is the codebook size (the FSQ paper's choices where they are exact).
+# The reconstruction losses of `FrameTokenizerConfig.foreground_loss`.
 FOREGROUND_LOSSES = ("weighted", "balanced", "symmetric")
+# FSQ levels whose product is the codebook size (the FSQ paper's choices where they are exact).
 FSQ_LEVELS = {64: (4, 4, 4), 256: (8, 8, 4), 512: (8, 8, 8), 1024: (8, 8, 4, 4),
               4096: (8, 8, 8, 8)}  # fmt: skip
 

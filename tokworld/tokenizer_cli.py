@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codebook-size", type=int, help="codes in the codebook (default 512)")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="vq (default) or fsq")
     p.add_argument("--foreground-loss", choices=("weighted", "balanced", "symmetric"),
-                   help="the preset's by default. weighted: foreground pixels count 5x; balanced: "
+                   help="the preset's by default. weighted: foreground pixels count 1+W; balanced: "
                    "foreground mean + background mean (draws small objects more, ghosts more); "
                    "symmetric: balanced, what the reconstruction draws counts as foreground too "
                    "(fewest ghosts)")  # fmt: skip

@@ -157,6 +157,37 @@ class AttnBlock(nn.Module):
         return x + self.out(rearrange(y, "b (h w) c -> b c h w", h=x.shape[2]))
 
 
+def iris_middle(ch: int) -> list[nn.Module]:
+    """The VQGAN's middle at the token grid: residual block, attention, residual block."""
+    return [ResBlock(ch, iris_norm), AttnBlock(ch), ResBlock(ch, iris_norm)]
+
+
+def iris_levels(
+    ch: int, levels: int, blocks: int, attention_at: tuple[int, ...], down: bool
+) -> list[nn.Module]:
+    """The VQGAN's resolution levels: `blocks` residual blocks each, with attention after each
+    at the resolutions in `attention_at`, and a 2x resample between levels: down from 64x64 in
+    the encoder (`down`, IRIS's asymmetric pad + stride-2 conv), up from 4x4 in the decoder
+    (nearest + conv)."""
+    resolution = 64 if down else 4
+    layers: list[nn.Module] = []
+    for level in range(levels):
+        for _ in range(blocks):
+            layers.append(ResBlock(ch, iris_norm))
+            if resolution in attention_at:
+                layers.append(AttnBlock(ch))
+        if level == levels - 1:
+            break
+        if down:
+            layers += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(ch, ch, 3, stride=2)]
+            resolution //= 2
+        else:
+            layers += [nn.Upsample(scale_factor=2.0, mode="nearest"),
+                       nn.Conv2d(ch, ch, 3, padding=1)]  # fmt: skip
+            resolution *= 2
+    return layers
+
+
 class IrisDecoder(nn.Module):
     """Codes (B, 16) -> frames (B, 3, 64, 64): IRIS's tokenizer decoder with its embedding."""
 
@@ -165,17 +196,8 @@ class IrisDecoder(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(CODEBOOK, z)
         layers: list[nn.Module] = [nn.Conv2d(z, z, 1), nn.Conv2d(z, ch, 3, padding=1)]
-        layers += [ResBlock(ch, iris_norm), AttnBlock(ch), ResBlock(ch, iris_norm)]
-        resolution = 4
-        for level in range(levels):
-            for _ in range(blocks):
-                layers.append(ResBlock(ch, iris_norm))
-                if resolution in attention_at:
-                    layers.append(AttnBlock(ch))
-            if level < levels - 1:
-                layers += [nn.Upsample(scale_factor=2.0, mode="nearest"),
-                           nn.Conv2d(ch, ch, 3, padding=1)]  # fmt: skip
-                resolution *= 2
+        layers += iris_middle(ch)
+        layers += iris_levels(ch, levels, blocks, attention_at, down=False)
         layers += [iris_norm(ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 

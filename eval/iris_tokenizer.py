@@ -29,11 +29,12 @@ from tokworld.errors import TokWorldError
 from tokworld.eval.iris_reference import (
     CODEBOOK,
     TOKENS_PER_FRAME,
-    AttnBlock,
     IrisDecoder,
+    iris_levels,
+    iris_middle,
     iris_norm,
 )
-from tokworld.tokenizer.frame import FrameTokenizerOutput, ResBlock
+from tokworld.tokenizer.frame import FrameTokenizerOutput
 from tokworld.training.accel import seed_everything
 from tokworld.training.loop import TrainConfig, train
 from tokworld.training.tokenizer import FrameDataset
@@ -48,16 +49,8 @@ class IrisEncoder(nn.Module):
                  attention_at: tuple[int, ...] = (8, 16)):  # fmt: skip
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(3, ch, 3, padding=1)]
-        resolution = 64
-        for level in range(levels):
-            for _ in range(blocks):
-                layers.append(ResBlock(ch, iris_norm))
-                if resolution in attention_at:
-                    layers.append(AttnBlock(ch))
-            if level < levels - 1:
-                layers += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(ch, ch, 3, stride=2)]
-                resolution //= 2
-        layers += [ResBlock(ch, iris_norm), AttnBlock(ch), ResBlock(ch, iris_norm)]
+        layers += iris_levels(ch, levels, blocks, attention_at, down=True)
+        layers += iris_middle(ch)
         layers += [iris_norm(ch), nn.SiLU(), nn.Conv2d(ch, z, 3, padding=1), nn.Conv2d(z, z, 1)]
         self.net = nn.Sequential(*layers)
 

@@ -27,7 +27,8 @@ from tokworld.data import load_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.eval.iris_tokenizer import train_iris_tokenizer
 from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
-from tokworld.tokenizer.frame import FOREGROUND_LOSSES, FrameTokenizer, FrameTokenizerConfig
+from tokworld.tokenizer.foreground import FOREGROUND_LOSSES
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.training.tokenizer import split_episodes, train_tokenizer
 
 

@@ -28,7 +28,8 @@ from einops import rearrange
 from scipy import ndimage
 
 from tokworld.errors import TokWorldError
-from tokworld.tokenizer.frame import FrameTokenizer, foreground_mask, to_uint8
+from tokworld.tokenizer.foreground import foreground_mask
+from tokworld.tokenizer.frame import FrameTokenizer, to_uint8
 
 SMALL_OBJECT_PIXELS = 4
 

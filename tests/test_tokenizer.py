@@ -21,7 +21,7 @@ from tokworld.eval.tokenizer_metrics import (
     ssim,
 )
 from tokworld.tokenizer import FrameTokenizer, FrameTokenizerConfig, FrameTokenizerOutput, to_uint8
-from tokworld.tokenizer.frame import (
+from tokworld.tokenizer.foreground import (
     FOREGROUND_LOSSES,
     batch_foreground,
     foreground_mask,

@@ -37,10 +37,9 @@ from torch import nn
 from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from tokworld.errors import TokWorldError
+from tokworld.tokenizer.foreground import FOREGROUND_LOSSES, foreground_loss
 from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
-# The reconstruction losses of `FrameTokenizerConfig.foreground_loss`.
-FOREGROUND_LOSSES = ("weighted", "balanced", "symmetric")
 # FSQ levels whose product is the codebook size (the FSQ paper's choices where they are exact).
 FSQ_LEVELS = {64: (4, 4, 4), 256: (8, 8, 4), 512: (8, 8, 8), 1024: (8, 8, 4, 4),
               4096: (8, 8, 8, 8)}  # fmt: skip
@@ -76,12 +75,7 @@ class FrameTokenizerConfig:
     l2_weight: float = 1.0
     foreground_weight: float = 4.0
     foreground_threshold: float = 0.05
-    # "weighted": a foreground pixel counts 1 + foreground_weight times in the mean over pixels;
-    # "balanced": mean over background pixels + foreground_weight x mean over foreground pixels,
-    # so a frame's few foreground pixels weigh as much as its background, however few they are;
-    # "symmetric": "balanced", where the foreground also holds every pixel the reconstruction
-    # draws off the background, so a false ball costs what a missed one does (no hedging).
-    foreground_loss: str = "weighted"
+    foreground_loss: str = "weighted"  # one of FOREGROUND_LOSSES: see tokenizer/foreground.py
 
     def __post_init__(self):
         side = math.isqrt(self.tokens_per_frame)
@@ -262,40 +256,6 @@ def to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return rearrange(scaled, "b c h w -> b h w c")
 
 
-def foreground_mask(
-    frames: torch.Tensor, background: torch.Tensor, threshold: float
-) -> torch.Tensor:
-    """(B, 3, H, W), (1, 3, H, W) -> bool (B, 1, H, W): any channel off the background by more
-    than `threshold`."""
-    return (frames - background).abs().amax(dim=1, keepdim=True) > threshold
-
-
-def batch_foreground(
-    target: torch.Tensor, threshold: float, reconstruction: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> bool (B, 1, H, W): where a pixel is not background.
-
-    The background at a pixel is what most frames of the batch show there (the per-pixel median
-    over the batch): walls, bricks, the playfield. Foreground is what differs from it: the ball,
-    the paddle, the agent, changed bricks; with `reconstruction`, also wherever it does.
-    """
-    background = target.median(dim=0, keepdim=True).values
-    mask = foreground_mask(target, background, threshold)
-    if reconstruction is not None:
-        mask |= foreground_mask(reconstruction.detach(), background, threshold)
-    return mask
-
-
-def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W): `1 + weight` on `batch_foreground`, else 1."""
-    return 1 + weight * batch_foreground(target, threshold).to(target.dtype)
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` where `mask` holds (0 where it never does)."""
-    return (values * mask).sum() / mask.sum().clamp_min(1)
-
-
 class FrameTokenizer(SafetensorsPretrained, nn.Module):
     """uint8 frames (B, H, W, 3) <-> codes (B, K); see the module docstring for the design."""
 
@@ -379,15 +339,13 @@ class FrameTokenizer(SafetensorsPretrained, nn.Module):
         cfg = self.config
         out = self(batch["observation"])
         target = self._pixels(batch["observation"])
-        err = out.reconstruction.float() - target
+        reconstruction = out.reconstruction.float()
+        err = reconstruction - target
         pixel = (cfg.l1_weight * err.abs() + cfg.l2_weight * err.square()).mean(1, keepdim=True)
-        if cfg.foreground_loss != "weighted":
-            drawn = out.reconstruction.float() if cfg.foreground_loss == "symmetric" else None
-            fg = batch_foreground(target, cfg.foreground_threshold, drawn)
-            recon = masked_mean(pixel, ~fg) + cfg.foreground_weight * masked_mean(pixel, fg)
-        else:
-            w = foreground_weights(target, cfg.foreground_weight, cfg.foreground_threshold)
-            recon = (w * pixel).mean()
+        recon = foreground_loss(
+            pixel, target, reconstruction, cfg.foreground_loss,
+            cfg.foreground_weight, cfg.foreground_threshold,
+        )  # fmt: skip
         loss = recon + out.commitment_loss
         with torch.no_grad():
             mse = err.clamp(-1, 1).square().mean()

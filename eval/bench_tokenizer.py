@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokworld.collect import collect
-from tokworld.data import load_trajectories
+from tokworld.data.collect import collect
+from tokworld.data.format import load_trajectories
+from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
 from tokworld.eval.iris_tokenizer import train_iris_tokenizer
 from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
 from tokworld.tokenizer.foreground import FOREGROUND_LOSSES
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
-from tokworld.training.tokenizer import split_episodes, train_tokenizer
+from tokworld.training.tokenizer import train_tokenizer
 
 
 def dataset_for(env_id: str, steps: int, seed: int, data_dir: Path):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from tokworld.config import TokWorldConfig
-from tokworld.data import TrajectoryMeta
+from tokworld.data.format import TrajectoryMeta
 from tokworld.eval.iris_reference import (
     ACTIONS,
     CODEBOOK,

@@ -28,7 +28,7 @@ import datasets
 import numpy as np
 import torch
 
-from tokworld.data import TrajectoryMeta, episode_bounds
+from tokworld.data.format import TrajectoryMeta, episode_bounds
 from tokworld.errors import TokWorldError
 from tokworld.eval.tokenizer_metrics import ssim
 from tokworld.imagine import ImaginationEngine, SamplingConfig
@@ -287,8 +287,8 @@ def held_out_dataset(run: str | Path, dataset: str | None = None) -> tuple[datas
     """
     import json
 
-    from tokworld.data import load_trajectories
-    from tokworld.training.tokenizer import split_episodes
+    from tokworld.data.format import load_trajectories
+    from tokworld.data.windows import split_episodes
 
     if dataset is not None:
         return load_trajectories(dataset), dataset

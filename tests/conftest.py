@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from tokworld.collect import collect
+from tokworld.data.collect import collect
 
 PONG_STEPS = 300
 MINIGRID_STEPS = 300

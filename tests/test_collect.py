@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from tokworld.cli import main
-from tokworld.collect import collect
-from tokworld.data import validate_trajectories
+from tokworld.data.collect import collect
+from tokworld.data.format import validate_trajectories
 
 
 def run_cli(capfd, *args: str) -> tuple[int, str, str]:
@@ -121,7 +121,7 @@ def test_an_interrupted_collection_leaves_no_dataset(tmp_path, error):
 
 
 def test_ctrl_c_on_the_command_line_exits_130_and_leaves_no_dataset(capfd, tmp_path, monkeypatch):
-    module = importlib.import_module("tokworld.collect")  # `tokworld.collect` is the function
+    module = importlib.import_module("tokworld.data.collect")
     broken = failing_policy(30, KeyboardInterrupt)
     monkeypatch.setattr(module, "random_policy", lambda space, seed: broken)
     args = ("--env", "MiniGrid-Empty-5x5-v0", "--steps", "500", "--out", str(tmp_path / "grid"))

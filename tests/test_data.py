@@ -7,9 +7,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from tokworld import data
-from tokworld.collect import collect
-from tokworld.data import (
+from tokworld.data import format as data_format
+from tokworld.data.collect import collect
+from tokworld.data.format import (
     TrajectoryMeta,
     features_for,
     load_trajectories,
@@ -199,7 +199,7 @@ def test_metadata_survives_in_the_dataset(minigrid_dataset):
 
 
 def test_long_datasets_are_written_in_several_files_that_load_as_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SHARD_FRAME_BYTES", 2 * FRAME.nbytes)  # two rows per file
+    monkeypatch.setattr(data_format, "SHARD_FRAME_BYTES", 2 * FRAME.nbytes)  # two rows per file
     frames = [np.full(FRAME.shape, i, np.uint8) for i in range(5)]
     meta = TrajectoryMeta("tiny", {"type": "Discrete", "n": 2, "start": 0}, 2)
     columns_ = tiny_rows(frames)

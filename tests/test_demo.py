@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokworld.demo import DemoConfig, run_demo
+from tokworld.eval.demo import DemoConfig, run_demo
 
 MICRO = DemoConfig(
     offline_steps=120,

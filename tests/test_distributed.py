@@ -16,7 +16,7 @@ WORKER = """
 import json, sys
 from accelerate import PartialState
 from safetensors.torch import save_file
-from tokworld.sampler import WindowDataset
+from tokworld.data.windows import WindowDataset
 from tokworld.training import loop, pretrain as pipeline
 
 dataset, out = sys.argv[1], sys.argv[2]

@@ -15,7 +15,7 @@ import torch
 
 from tokworld.cli import main
 from tokworld.config import TokWorldConfig
-from tokworld.data import TrajectoryMeta, write_trajectories
+from tokworld.data.format import TrajectoryMeta, write_trajectories
 from tokworld.eval.fidelity import PSNR_MAX, evaluate_fidelity
 from tokworld.model import TokWorldModel, TokWorldOutput
 from tokworld.tokenizer import Kind, Vocabulary, space_to_dict
@@ -85,7 +85,7 @@ def _flashing(e, t):
 
 def _tokenizer(ds_path) -> FrameTokenizer:
     """A tiny tokenizer whose codebook was initialised on the dataset's frames."""
-    from tokworld.data import load_trajectories
+    from tokworld.data.format import load_trajectories
 
     torch.manual_seed(0)
     tokenizer = FrameTokenizer(FrameTokenizerConfig.preset("tiny"))
@@ -119,7 +119,7 @@ def static(tmp_path_factory):
 
 
 def _fidelity(path, tokenizer, windows=100):
-    from tokworld.data import load_trajectories
+    from tokworld.data.format import load_trajectories
 
     model = CopyModel(TokWorldConfig.preset("tiny", _vocab(tokenizer)))
     ds = load_trajectories(path)

@@ -11,8 +11,9 @@ from einops import rearrange
 
 from tokworld.cli import main
 from tokworld.config import TokWorldConfig
-from tokworld.data import load_trajectories, validate_trajectories
-from tokworld.dream import DreamVectorEnv, RealContext
+from tokworld.data.format import load_trajectories, validate_trajectories
+from tokworld.data.windows import RealContext
+from tokworld.dream import DreamVectorEnv
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer import Kind, Vocabulary

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokworld.cli import main
-from tokworld.data import TrajectoryMeta, load_trajectories, validate_trajectories
-from tokworld.datacli import dataset_card
+from tokworld.data.format import TrajectoryMeta, load_trajectories, validate_trajectories
+from tokworld.data.hub import dataset_card
+from tokworld.data.importers import FrameConverter, resolve_dataset_spec
 from tokworld.errors import TokWorldError
-from tokworld.imports import FrameConverter, resolve_dataset_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:minari.utils")
 
@@ -207,7 +207,7 @@ def test_jat_layout_imports_with_frame_conversion(tmp_path, capsys):
 
 
 def test_step_layout_uses_episode_column_and_end_flags(tmp_path):
-    from tokworld.import_hf import import_hf
+    from tokworld.data.from_hf import import_hf
 
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
@@ -243,7 +243,7 @@ def test_step_layout_uses_episode_column_and_end_flags(tmp_path):
 def test_step_layout_decodes_grayscale_images(tmp_path):
     from PIL import Image
 
-    from tokworld.import_hf import import_hf
+    from tokworld.data.from_hf import import_hf
 
     frames = np.random.default_rng(2).integers(0, 256, (5, 20, 20), dtype=np.uint8)
     features = datasets.Features(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokworld.data import load_trajectories
+from tokworld.data.format import load_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench_imagine import bench_imagine
 from tokworld.eval.bench_tokenizer import main as bench_tokenizer

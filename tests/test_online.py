@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tokworld.adapt import adapt_world_model
 from tokworld.cli import main
 from tokworld.config import TokWorldConfig
-from tokworld.eval.real_env import human_normalized
-from tokworld.finetune_cli import adapt_world_model, evaluate_run
+from tokworld.eval.real_env import evaluate_run
 from tokworld.model import TokWorldModel
+from tokworld.returns import human_normalized
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training import online
 from tokworld.training.imagination import ImaginationConfig

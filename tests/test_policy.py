@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tokworld.config import TokWorldConfig
-from tokworld.data import load_trajectories
+from tokworld.data.format import load_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic, Agent, PolicyConfig, build_policy
@@ -82,7 +82,7 @@ def test_actor_gradient_never_reaches_the_world_model(tiny, tmp_path, policy_inp
 
 def test_imagination_loss_backward_touches_only_the_policy(tiny):
     tokenizer, world_model, codes = tiny
-    from tokworld.dream import RealContext
+    from tokworld.data.windows import RealContext
     from tokworld.imagine import ImaginationEngine
 
     policy = build_policy("tiny", world_model.vocab.action, tokenizer, "frames")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tokworld.data import TrajectoryMeta, write_trajectories
+from tokworld.data.format import TrajectoryMeta, write_trajectories
+from tokworld.data.windows import WindowDataset
 from tokworld.errors import TokWorldError
-from tokworld.sampler import WindowDataset
 
 LENGTHS = (3, 7, 5)  # episode lengths of the synthetic dataset
 T = 5

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tokworld.cli import main
-from tokworld.data import load_trajectories
+from tokworld.data.format import load_trajectories
+from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
 from tokworld.eval.tokenizer_metrics import (
     code_histogram,
@@ -28,12 +29,7 @@ from tokworld.tokenizer.foreground import (
     foreground_weights,
     masked_mean,
 )
-from tokworld.training.tokenizer import (
-    FrameDataset,
-    split_episodes,
-    tokenize_dataset,
-    train_tokenizer,
-)
+from tokworld.training.tokenizer import FrameDataset, tokenize_dataset, train_tokenizer
 
 
 @pytest.fixture(scope="module")

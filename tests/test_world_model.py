@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tokworld.config import TokWorldConfig
-from tokworld.data import TrajectoryMeta
+from tokworld.data.format import TrajectoryMeta
+from tokworld.data.windows import WindowDataset
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
-from tokworld.sampler import WindowDataset
 from tokworld.tokenizer.codecs import space_to_dict
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.loop import TrainConfig

@@ -1,4 +1,4 @@
-"""The dream: real context windows to start from, and a gymnasium VectorEnv inside the model.
+"""The dream: a gymnasium VectorEnv inside the world model, started from real context.
 
 `gymnasium.make_vec("tokworld/Dream-v0", num_envs=8, vectorization_mode="vector_entry_point",
 run="RUN", dataset="DATA")` gives a `VectorEnv` that any RL library can train in.
@@ -12,52 +12,12 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from tokworld.data import TrajectoryMeta, load_trajectories
+from tokworld.data.format import TrajectoryMeta, load_trajectories
+from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, ImaginedStep, SamplingConfig
 from tokworld.run import load_run
-from tokworld.sampler import WindowDataset
 from tokworld.tokenizer.frame import to_uint8
-
-
-class RealContext:
-    """Samples windows of `steps` real consecutive steps (never padded) to imagine from.
-
-    Frames come from the dataset's `codes` column when it has one, else they are encoded with
-    `tokenizer` (only the sampled frames are).
-    """
-
-    def __init__(self, ds: datasets.Dataset, steps: int, tokenizer=None, seed: int = 0):
-        self.frame_column = "codes" if "codes" in ds.column_names else "observation"
-        if self.frame_column == "observation" and tokenizer is None:
-            raise TokWorldError("dataset has no 'codes' column: a tokenizer is needed to encode it")
-        columns = (self.frame_column, "action", "reward", "terminated")
-        self.windows = WindowDataset(ds, steps, columns=columns)
-        self.full = np.flatnonzero(self.windows.valid == steps)
-        if not self.full.size:
-            raise TokWorldError(
-                f"no episode of the dataset has {steps} steps: use a shorter context"
-            )
-        self.tokenizer = tokenizer
-        self.rng = np.random.default_rng(seed)
-
-    def sample(self, n: int) -> dict[str, torch.Tensor]:
-        """n windows: codes (n, C, K), action, reward, terminated (n, C)."""
-        return self.get(self.rng.choice(self.full, n))
-
-    def get(self, indices) -> dict[str, torch.Tensor]:
-        """The windows at `indices` of the full-length windows' dataset."""
-        items = [self.windows[int(i)] for i in indices]
-        batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "mask"}
-        frames = batch.pop(self.frame_column)
-        if self.frame_column == "codes":
-            batch["codes"] = frames.long()
-        else:
-            n, c = frames.shape[:2]
-            codes = self.tokenizer.encode(frames.flatten(0, 1).to(self.tokenizer.device))
-            batch["codes"] = codes.view(n, c, -1).cpu()
-            batch["observation"] = frames
-        return batch
 
 
 class DreamVectorEnv(gym.vector.VectorEnv):

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from tokworld.data.format import trajectory_row
 from tokworld.imagine import ImaginationEngine
 from tokworld.tokenizer.frame import to_uint8
 
@@ -45,16 +46,11 @@ class Episodes:
         """Rows of the trajectory schema; an episode cut by `steps` ends `truncated`."""
         for e, length in enumerate(self.lengths):
             for t in range(int(length)):
-                last = t == length - 1
-                yield {
-                    "episode_index": e,
-                    "frame_index": t,
-                    "observation": self.frames[e, t],
-                    "action": self.actions[e, t].tolist(),
-                    "reward": float(self.rewards[e, t]),
-                    "terminated": bool(self.terminated[e, t]),
-                    "truncated": last and not bool(self.terminated[e, t]),
-                }
+                frame, action = self.frames[e, t], self.actions[e, t]
+                reward, terminated = self.rewards[e, t], self.terminated[e, t]
+                yield trajectory_row(
+                    e, t, frame, action, reward, terminated, False, t == length - 1
+                )
 
 
 @torch.no_grad()

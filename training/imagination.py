@@ -27,7 +27,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from tokworld.dream import RealContext
+from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.model import TokWorldModel

@@ -30,13 +30,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from tokworld.collect import collect
 from tokworld.config import PRESETS, TokWorldConfig
-from tokworld.data import TrajectoryMeta, load_trajectories
+from tokworld.data.collect import collect
+from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.errors import TokWorldError
-from tokworld.eval.real_env import evaluate
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic, Agent, build_policy
+from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
 from tokworld.tokenizer.frame import FrameTokenizer
 from tokworld.tokenizer.vocab import Vocabulary
@@ -237,7 +237,7 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
 
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
         agent = Agent(models.policy, tokenizer, seed=seed)
-        episodes = evaluate(cfg.env_id, agent, cfg.eval_episodes, seed=10**6 + seed,
+        episodes = play_episodes(cfg.env_id, agent, cfg.eval_episodes, seed=10**6 + seed,
                             frame_size=cfg.frame_size, progress=progress)  # fmt: skip
         entry["eval"] = episodes.summary()
     return entry

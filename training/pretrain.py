@@ -1,6 +1,6 @@
 """`tokworld pretrain`: frame tokenizer -> cached codes -> world model, on one offline dataset.
 
-`dataset` is a local dataset, a Hub id, or a `minari:`/`hf:` spec (`tokworld.imports`; Minari
+`dataset` is a local dataset, a Hub id, or a `minari:`/`hf:` spec (`tokworld.data.importers`; Minari
 datasets are converted once into `$TOKWORLD_CACHE/imports`, default `~/.cache/tokworld`).
 
 A run directory::
@@ -33,15 +33,21 @@ import torch
 from accelerate import PartialState
 
 from tokworld.config import PRESETS, TokWorldConfig
-from tokworld.data import TrajectoryMeta, episode_bounds, load_trajectories, validate_trajectories
+from tokworld.data.format import (
+    TrajectoryMeta,
+    episode_bounds,
+    load_trajectories,
+    validate_trajectories,
+)
+from tokworld.data.importers import resolve_dataset_spec
+from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
-from tokworld.imports import resolve_dataset_spec
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.accel import seed_everything
 from tokworld.training.loop import TrainConfig
-from tokworld.training.tokenizer import split_episodes, tokenize_dataset, train_tokenizer
+from tokworld.training.tokenizer import tokenize_dataset, train_tokenizer
 from tokworld.training.world_model import train_world_model
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
+import tempfile
 from pathlib import Path
 
 import datasets
@@ -18,7 +20,7 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import Dataset
 
-from tokworld.data import episode_bounds, load_trajectories
+from tokworld.data.format import check_output_dir, load_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.training.accel import seed_everything
@@ -41,24 +43,6 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"observation": self.frames[int(i)]["observation"]}
-
-
-def split_episodes(
-    ds: datasets.Dataset, holdout: float = 0.05, seed: int = 0
-) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, held-out): a random `holdout` fraction of whole episodes is held out.
-
-    At least one episode is held out and at least one kept; row order is preserved in both.
-    """
-    starts, lengths = episode_bounds(ds)
-    if len(starts) < 2:
-        raise TokWorldError("holding out episodes needs a dataset with at least 2 episodes")
-    n_held = min(len(starts) - 1, max(1, round(holdout * len(starts))))
-    held = np.zeros(len(starts), dtype=bool)
-    held[np.random.default_rng(seed).choice(len(starts), n_held, replace=False)] = True
-    rows = [np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)]
-    pick = lambda mask: np.concatenate([r for r, m in zip(rows, mask, strict=True) if m])  # noqa: E731
-    return ds.select(pick(~held)), ds.select(pick(held))
 
 
 def _as_frames(data) -> Dataset:
@@ -169,3 +153,27 @@ def tokenize_dataset(
         desc="tokenize",
     )
     return out.with_format(ds.format["type"])
+
+
+def tokenize_to_disk(
+    tokenizer: FrameTokenizer, ds: datasets.Dataset, out: str | Path, batch_size: int = 256
+) -> datasets.Dataset:
+    """`ds` plus its `codes` column, saved at `out` (which must be new or empty).
+
+    The map's cache goes beside the output, not into the input dataset, and is removed after;
+    the dataset appears at `out` only when complete.
+    """
+    out = check_output_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        coded = tokenize_dataset(
+            tokenizer, ds, batch_size, cache_file_name=str(work / "codes.arrow")
+        )
+        coded.save_to_disk(str(work / "dataset"))
+        if out.exists():
+            out.rmdir()
+        (work / "dataset").rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return datasets.load_from_disk(str(out))

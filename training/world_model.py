@@ -16,10 +16,10 @@ import datasets
 import numpy as np
 from torch.utils.data import Subset
 
-from tokworld.data import TrajectoryMeta, episode_bounds
+from tokworld.data.format import TrajectoryMeta, episode_bounds
+from tokworld.data.windows import WindowDataset
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
-from tokworld.sampler import WindowDataset
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.loop import TrainConfig, train
 

@@ -9,6 +9,12 @@ from pathlib import Path
 import torch
 
 from tokworld.errors import TokWorldError
+from tokworld.eval.bench import run_suite
+from tokworld.eval.bench_imagine import bench_imagine
+from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset, plot_fidelity
+from tokworld.eval.report import write_report
+from tokworld.imagine import SamplingConfig
+from tokworld.run import load_run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -70,8 +76,6 @@ def _add_fidelity_options(p: argparse.ArgumentParser, windows: int = 64) -> None
 
 def _fidelity_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of `evaluate_fidelity` from the command line."""
-    from tokworld.imagine import SamplingConfig
-
     if min(args.context, args.horizon, args.windows, args.batch_size) < 1:
         raise TokWorldError("--context, --horizon, --windows and --batch-size must be positive")
     if args.temperature < 0:
@@ -89,9 +93,6 @@ def _fidelity_options(args: argparse.Namespace) -> dict:
 
 
 def _eval_model(args: argparse.Namespace) -> dict:
-    from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset, plot_fidelity
-    from tokworld.run import load_run
-
     options = _fidelity_options(args)
     world_model, tokenizer = load_run(args.run, args.device)
     ds, described = held_out_dataset(args.run, args.dataset)
@@ -105,15 +106,11 @@ def _eval_model(args: argparse.Namespace) -> dict:
 
 
 def _bench(args: argparse.Namespace) -> dict:
-    from tokworld.eval.bench import run_suite
-
     result = run_suite(args.preset, args.quick, args.device)
     return _write_json(result, args.json)
 
 
 def _bench_imagine(args: argparse.Namespace) -> dict:
-    from tokworld.eval.bench_imagine import bench_imagine
-
     if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
     result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
@@ -122,8 +119,6 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
 
 
 def _report(args: argparse.Namespace) -> dict:
-    from tokworld.eval.report import write_report
-
     return write_report(
         args.run,
         args.out,

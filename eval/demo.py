@@ -14,13 +14,29 @@ steps used, wall time, and the paths of the GIFs and the learning curve.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tokworld.data.collect import collect
+from tokworld.data.windows import RealContext
+from tokworld.envs import action_space
+from tokworld.eval.media import contact_sheet, write_gif
+from tokworld.eval.real_env import evaluate_run
+from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.policy import Agent
+from tokworld.returns import play_episodes
+from tokworld.rollout import imagine_episodes
+from tokworld.run import load_policy, load_run
+from tokworld.tokenizer.frame import FrameTokenizerConfig
+from tokworld.training.finetune import finetune
+from tokworld.training.imagination import ImaginationConfig
+from tokworld.training.online import OnlineConfig, run_dataset
+from tokworld.training.pretrain import PretrainConfig, pretrain
+from tokworld.training.tokenizer import train_tokenizer
 
 ENV = "MiniGrid-Empty-5x5-v0"
 
@@ -57,36 +73,12 @@ class DemoConfig:
     seed: int = 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `demo`."""
-    p = sub.add_parser(
-        "demo",
-        help="collect -> pretrain -> finetune online -> eval -> imagine, on CPU (the command to "
-        "try first)",
-        description=__doc__.split("\n\n")[0],
-    )
-    p.add_argument("--out", default="tokworld-demo", help="where everything goes")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest for tiny "
-                   "models, and on a busy machine)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seeds collection, training and eval")
-    p.set_defaults(func=_demo)
-
-
-def _demo(args: argparse.Namespace) -> dict:
-    return run_demo(DemoConfig(seed=args.seed), args.out)
-
-
 def _stage(i: int, text: str) -> None:
     print(f"\n[{i}/5] {text}", flush=True)
 
 
 def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     """Run (or continue) the demo in `out`; print the closing table; return its figures."""
-    from tokworld.collect import collect
-    from tokworld.finetune_cli import evaluate_run, finetune
-    from tokworld.training.imagination import ImaginationConfig
-    from tokworld.training.online import OnlineConfig
-    from tokworld.training.pretrain import PretrainConfig, pretrain
 
     began = time.perf_counter()
     out = Path(out)
@@ -159,8 +151,6 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
 
 def _tokenizer(cfg: DemoConfig, data: Path, out: Path) -> Path:
     """Train (or continue, or reuse) the demo's frame tokenizer in `out`."""
-    from tokworld.tokenizer.frame import FrameTokenizerConfig
-    from tokworld.training.tokenizer import train_tokenizer
 
     if not (out / "model.safetensors").exists():
         config = FrameTokenizerConfig.preset(
@@ -178,24 +168,15 @@ def _short(result: dict) -> dict:
 
 def _random_returns(cfg: DemoConfig) -> dict:
     """The same evaluation with uniformly random actions."""
-    from tokworld.envs import action_space
-    from tokworld.eval.real_env import evaluate
 
     space = action_space(cfg.env_id)
     space.seed(cfg.seed)
     agent = lambda frames: np.array([space.sample() for _ in frames])  # noqa: E731
-    return evaluate(cfg.env_id, agent, cfg.eval_episodes, seed=cfg.seed).summary()
+    return play_episodes(cfg.env_id, agent, cfg.eval_episodes, seed=cfg.seed).summary()
 
 
 def _imagine(run: Path, cfg: DemoConfig, out: Path) -> list[str]:
     """Imagined episodes of the trained policy from real start frames: GIFs and a sheet."""
-    from tokworld.dream import RealContext
-    from tokworld.eval.media import contact_sheet, write_gif
-    from tokworld.imagine import ImaginationEngine, SamplingConfig
-    from tokworld.policy import Agent
-    from tokworld.rollout import imagine_episodes
-    from tokworld.run import load_policy, load_run
-    from tokworld.training.online import run_dataset
 
     world_model, tokenizer = load_run(run)
     policy = load_policy(run)
@@ -217,7 +198,7 @@ def _imagine(run: Path, cfg: DemoConfig, out: Path) -> list[str]:
 
 def _plot_curve(curve: list[dict], random: float, path: Path, env_id: str) -> Path:
     """PNG: mean real return against real env steps used, with the random policy's level."""
-    import matplotlib
+    import matplotlib  # here, not at the top: choosing the Agg backend must not be an import effect
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

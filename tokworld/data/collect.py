@@ -10,7 +10,12 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from tokworld.data import TrajectoryMeta, check_output_dir, write_trajectories
+from tokworld.data.format import (
+    TrajectoryMeta,
+    check_output_dir,
+    trajectory_row,
+    write_trajectories,
+)
 from tokworld.envs import make_env
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import space_to_dict
@@ -52,18 +57,10 @@ def env_steps(
     for i in tqdm(range(steps), desc="collect", unit="step", disable=not progress):
         action = policy(obs)
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        truncated = bool(truncated) or (i == steps - 1 and not terminated)
-        yield {
-            "episode_index": episode,
-            "frame_index": t,
-            "observation": obs,
-            "action": np.asarray(action).tolist(),
-            "reward": float(reward),
-            "terminated": bool(terminated),
-            "truncated": truncated,
-        }
+        row = trajectory_row(episode, t, obs, action, reward, terminated, truncated, i == steps - 1)
+        yield row
         t += 1
-        if terminated or truncated:
+        if row["terminated"] or row["truncated"]:
             obs, _ = env.reset()
             reset()
             episode, t = episode + 1, 0

@@ -15,9 +15,9 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from tokworld.data import TrajectoryMeta, check_output_dir, write_trajectories
+from tokworld.data.format import TrajectoryMeta, check_output_dir, write_trajectories
+from tokworld.data.importers import FrameConverter, action_converter, episode_rows
 from tokworld.errors import TokWorldError
-from tokworld.imports import FrameConverter, action_converter, episode_rows
 from tokworld.tokenizer.codecs import space_to_dict
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from accelerate import PartialState
+
+from tokworld.training.pretrain import PretrainConfig, pretrain
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `pretrain`."""
@@ -35,10 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _pretrain(args: argparse.Namespace) -> dict | None:
     """Run the pipeline; the main process prints the metrics, the others nothing."""
-    from accelerate import PartialState
-
-    from tokworld.training.pretrain import PretrainConfig, pretrain
-
     options = {f.name: getattr(args, f.name) for f in fields(PretrainConfig) if f.name in args}
     metrics = pretrain(PretrainConfig(**options), args.out, resume=args.resume)
     return metrics if PartialState().is_main_process else None

@@ -1,4 +1,9 @@
-"""The `tokworld` command line: one subcommand per job, one clear line per error."""
+"""The `tokworld` command line: one subcommand per job, one clear line per error.
+
+The top floor: the only code that imports `tokworld.training` and `tokworld.eval` together with
+the library. One module per command family; `main` turns a `TokWorldError` into one line on
+stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -11,47 +16,18 @@ from tokworld.errors import TokWorldError
 
 # Modules that add subcommands: each has `register(subparsers)`, setting `func` on its parsers.
 COMMAND_MODULES = (
-    "tokworld.cli",
-    "tokworld.datacli",
-    "tokworld.demo",
-    "tokworld.eval_cli",
-    "tokworld.finetune_cli",
-    "tokworld.imagine_cli",
-    "tokworld.pretrain_cli",
-    "tokworld.tokenizer_cli",
+    "tokworld.cli.data",
+    "tokworld.cli.tokenizer",
+    "tokworld.cli.pretrain",
+    "tokworld.cli.finetune",
+    "tokworld.cli.imagine",
+    "tokworld.cli.evaluate",
+    "tokworld.cli.demo",
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """The foundation's subcommands: `collect`."""
-    p = sub.add_parser("collect", help="collect trajectories from a gymnasium env into a dataset")
-    p.add_argument("--env", required=True, help="gymnasium env id, e.g. ALE/Pong-v5")
-    p.add_argument("--steps", type=int, required=True, help="number of env steps")
-    p.add_argument("--out", required=True, help="output dataset directory")
-    p.add_argument("--policy", default="random", help="'random'")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frame-size", type=int, default=64)
-    p.add_argument("--sticky-actions", action="store_true", help="ALE: repeat actions, p=0.25")
-    p.set_defaults(func=_collect)
-
-
-def _collect(args: argparse.Namespace) -> dict:
-    from tokworld.collect import collect
-
-    summary = collect(
-        args.env,
-        args.steps,
-        args.out,
-        policy=args.policy,
-        seed=args.seed,
-        frame_size=args.frame_size,
-        sticky_actions=args.sticky_actions,
-    )
-    return summary.to_dict()
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokworld", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tokworld", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

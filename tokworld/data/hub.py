@@ -1,15 +1,15 @@
-"""`tokworld import`, `tokworld data info` and `tokworld data push`: bring datasets in, look at
-them, share them on the Hub with a dataset card."""
+"""A trajectory dataset described, and shared on the Hub with a dataset card that carries its
+`TrajectoryMeta` (read back by `load_trajectories`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import datasets
 import numpy as np
+from huggingface_hub import DatasetCard, DatasetCardData
 
-from tokworld.data import (
+from tokworld.data.format import (
     TrajectoryMeta,
     episode_bounds,
     load_trajectories,
@@ -26,59 +26,6 @@ COLUMN_DOCS = {
     "terminated": "the episode ended here (terminal state)",
     "truncated": "the episode was cut here (time limit or end of recording)",
 }
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `import` and `data {info,push}`."""
-    p = sub.add_parser("import", help="convert a Minari or Hub/parquet dataset to tokworld's")
-    p.add_argument("spec", help="minari:DATASET_ID_OR_PATH or hf:REPO_OR_PATH")
-    p.add_argument("--out", required=True, help="output dataset directory")
-    p.add_argument("--frame-size", type=int, default=64)
-    p.add_argument(
-        "--map",
-        dest="mapping",
-        help="hf: source columns, observation=COL,action=COL,reward=COL"
-        "[,terminated=COL,truncated=COL,episode=COL]",
-    )
-    p.add_argument("--config", help="hf: dataset configuration name")
-    p.add_argument("--split", default="train", help="hf: split to import")
-    p.add_argument("--revision", help="hf: Hub branch, tag or commit")
-    p.add_argument(
-        "--streaming",
-        action="store_true",
-        help="hf: stream a Hub dataset instead of downloading it first (local parquet always is)",
-    )
-    p.add_argument("--action-space", help='hf: JSON, e.g. {"type": "Discrete", "n": 18}')
-    p.add_argument("--env-id", help="hf: gymnasium env id the data comes from")
-    p.set_defaults(func=_import)
-
-    data = sub.add_parser("data", help="inspect and share trajectory datasets")
-    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
-    info = actions.add_parser("info", help="print episodes, steps, frames, returns, source")
-    info.add_argument("dataset", help="dataset directory or Hub id")
-    info.set_defaults(func=lambda args: dataset_info(args.dataset))
-    push = actions.add_parser("push", help="push a dataset to the Hub with a dataset card")
-    push.add_argument("dataset", help="dataset directory")
-    push.add_argument("--repo", required=True, help="Hub dataset repo id, e.g. me/pong-random")
-    push.add_argument("--private", action="store_true")
-    push.set_defaults(func=lambda args: push_dataset(args.dataset, args.repo, args.private))
-
-
-def _import(args: argparse.Namespace) -> dict:
-    from tokworld.imports import import_dataset
-
-    options = {
-        "config": args.config,
-        "split": args.split,
-        "revision": args.revision,
-        "streaming": args.streaming,
-        "action_space": args.action_space,
-        "env_id": args.env_id,
-    }
-    defaults = {"split": "train", "streaming": False}
-    given = {k: v for k, v in options.items() if v != defaults.get(k)}
-    ds = import_dataset(args.spec, args.out, args.frame_size, args.mapping, **given)
-    return {"out": args.out, **describe(ds)}
 
 
 def describe(ds: datasets.Dataset) -> dict:
@@ -117,8 +64,6 @@ def dataset_card(ds: datasets.Dataset, repo_id: str, card=None):
     `card` is the card `push_to_hub` left in the repo (its YAML is kept); tags and a `tokworld`
     YAML entry holding the dataset's `TrajectoryMeta` are added, and the text is replaced.
     """
-    from huggingface_hub import DatasetCard, DatasetCardData
-
     info = describe(ds)
     source = info["source"]
     card = card or DatasetCard(f"---\n{DatasetCardData(tags=['tokworld']).to_yaml()}\n---\n")
@@ -198,8 +143,6 @@ def _policy_text(source: dict) -> str:
 
 def push_dataset(path: str, repo_id: str, private: bool = False) -> dict:
     """Push the dataset at `path` to the Hub repo `repo_id` and write its dataset card."""
-    from huggingface_hub import DatasetCard
-
     ds = load_trajectories(path)
     validate_trajectories(ds)
     try:

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 from datasets.arrow_writer import ArrowWriter
 from datasets.fingerprint import Hasher
+from huggingface_hub import DatasetCard
 
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import space_from_dict
@@ -93,6 +94,22 @@ def features_for(action_space: gym.Space, frame_shape: tuple[int, int, int]) -> 
             "truncated": datasets.Value("bool"),
         }
     )
+
+
+def trajectory_row(
+    episode: int, t: int, observation, action, reward, terminated, truncated, last: bool
+) -> dict:
+    """One row of the schema: step `t` of `episode`. A recording's `last` step that did not
+    terminate is marked truncated (the recording stopped there)."""
+    return {
+        "episode_index": int(episode),
+        "frame_index": int(t),
+        "observation": observation,
+        "action": np.asarray(action).tolist(),
+        "reward": float(reward),
+        "terminated": bool(terminated),
+        "truncated": bool(truncated) or (last and not bool(terminated)),
+    }
 
 
 # Raw frame bytes per Arrow file; Array3D's list offsets make the file about 2.3x larger.
@@ -215,8 +232,6 @@ def load_trajectories(
 def _with_card_meta(ds: datasets.Dataset, card: str) -> datasets.Dataset:
     """`ds` with the `tokworld` entry of dataset card `card` (a Hub id or a README.md path) as
     its description, when the card has one and the dataset has none."""
-    from huggingface_hub import DatasetCard
-
     if ds.info.description:
         return ds
     try:

@@ -25,9 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from tqdm.auto import tqdm
 
-from tokworld.data import TrajectoryMeta, check_output_dir, write_trajectories
+from tokworld.data.format import TrajectoryMeta, check_output_dir, write_trajectories
+from tokworld.data.importers import FrameConverter, action_converter, episode_rows
 from tokworld.errors import TokWorldError
-from tokworld.imports import FrameConverter, action_converter, episode_rows
 from tokworld.tokenizer.codecs import space_from_dict, space_to_dict
 
 MAP_KEYS = ("observation", "action", "reward", "terminated", "truncated", "episode")

@@ -1,50 +1,14 @@
-"""`tokworld finetune` (the online loop from a pretrained run) and `tokworld eval` (real returns).
-
-Fine-tuning onto another environment keeps the tokenizer and the world model and changes only
-the action slice of the vocabulary (actions are last in the id space): the embedding and head
-rows of specials, frame codes, rewards and ends are copied bit-identically, the action rows are
-initialised fresh.
-"""
+"""`tokworld finetune` (the online loop, from a pretrained run or from scratch) and `tokworld eval`
+(real returns of a run's policy)."""
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-from pathlib import Path
 
-import gymnasium as gym
-import torch
-
-from tokworld.errors import TokWorldError
-from tokworld.model import TokWorldModel
-
-ROWS = ("backbone.embed_tokens.weight", "head.weight")  # (vocab size, width) both
-
-
-def adapt_world_model(model: TokWorldModel, action_space: gym.Space, seed: int = 0):
-    """`model` for `action_space`: a new model whose vocabulary differs only in the action slice.
-
-    Returns `model` itself when the action space is already its own.
-    """
-    old = model.vocab
-    vocab = old.with_action_space(action_space, bins=old.action.bins)
-    if vocab == old:
-        return model
-    config = copy.deepcopy(model.config)
-    config.vocab = vocab.to_dict()
-    torch.manual_seed(seed)
-    new = TokWorldModel(config)
-    keep = old.action_slice.start  # == vocab.action_slice.start: everything before actions
-    theirs = model.state_dict()
-    state = new.state_dict()
-    with torch.no_grad():
-        for name, tensor in state.items():
-            if name in ROWS:
-                tensor[:keep] = theirs[name][:keep]
-            else:
-                tensor.copy_(theirs[name])
-    return new.to(model.device)
+from tokworld.eval.real_env import evaluate_run
+from tokworld.training.finetune import finetune
+from tokworld.training.imagination import ImaginationConfig
+from tokworld.training.online import OnlineConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,9 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def online_config(args: argparse.Namespace):
     """The `OnlineConfig` of parsed `finetune` arguments."""
-    from tokworld.training.imagination import ImaginationConfig
-    from tokworld.training.online import OnlineConfig
-
     imagination = ImaginationConfig(
         steps=args.policy_steps,
         batch_size=args.batch_size,
@@ -131,66 +92,9 @@ def online_config(args: argparse.Namespace):
     )
 
 
-def finetune(cfg, out: str | Path, run: str | None = None, resume=False, progress=True) -> dict:
-    """The online loop in `out`, from the tokenizer and world model of `run` (or from scratch)."""
-    from tokworld.envs import action_space
-    from tokworld.run import load_run
-    from tokworld.training.online import Models, train_online
-
-    models = Models()
-    if run is not None:
-        world_model, tokenizer = load_run(run)
-        space = action_space(cfg.env_id)
-        if tokenizer.config.frame_size != cfg.frame_size:
-            raise TokWorldError(
-                f"run {run} was trained on {tokenizer.config.frame_size}px frames, not "
-                f"{cfg.frame_size}px"
-            )
-        models = Models(tokenizer, adapt_world_model(world_model, space, cfg.seed))
-    source = {"run": None if run is None else str(run)}
-    return train_online(cfg, out, models, resume=resume, progress=progress, source=source)
-
-
 def _finetune(args: argparse.Namespace) -> dict:
     metrics = finetune(online_config(args), args.out, args.run, args.resume)
     return {k: v for k, v in metrics.items() if k != "history"}
-
-
-def evaluate_run(
-    run: str | Path,
-    env_id: str,
-    episodes: int,
-    out_json: str | Path,
-    greedy: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
-    """Play `episodes` real episodes with the run's policy; write the JSON and two GIFs."""
-    from tokworld.envs import action_space
-    from tokworld.eval.media import write_gif
-    from tokworld.eval.real_env import evaluate
-    from tokworld.policy import Agent
-    from tokworld.run import load_policy, load_tokenizer
-
-    tokenizer = load_tokenizer(run)
-    policy = load_policy(run, action_space(env_id))
-    agent = Agent(policy, tokenizer, greedy, temperature, seed=seed)
-    result = evaluate(env_id, agent, episodes, seed=seed, progress=progress,
-                      frame_size=tokenizer.config.frame_size)  # fmt: skip
-    out_json = Path(out_json)
-    stem = out_json.with_suffix("")
-    summary = {
-        **result.summary(),
-        "run": str(run),
-        "greedy": greedy,
-        "returns": result.returns.tolist(),
-        "best_gif": str(write_gif(result.best_frames, f"{stem}_best.gif")),
-        "worst_gif": str(write_gif(result.worst_frames, f"{stem}_worst.gif")),
-    }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(summary, indent=2))
-    return summary
 
 
 def _eval(args: argparse.Namespace) -> dict:

@@ -1,10 +1,11 @@
 """Import trajectory datasets that others recorded: what the `minari:` and `hf:` importers share.
 
 A dataset spec names where trajectories come from: `minari:DATASET_ID_OR_PATH` (a Minari dataset,
-see `tokworld.import_minari`) or `hf:REPO_OR_PATH` (Hub or parquet data in another schema, see
-`tokworld.import_hf`). Importers stream episodes through `episode_rows` and convert every frame with
-one `FrameConverter`, whose description is recorded in `TrajectoryMeta.source`. Writing is
-`tokworld.data.write_trajectories`: streamed, and a failed import leaves no dataset behind.
+see `tokworld.data.from_minari`) or `hf:REPO_OR_PATH` (Hub or parquet data in another schema,
+see `tokworld.data.from_hf`). Importers stream episodes through `episode_rows` and convert every
+frame with one `FrameConverter`, whose description is recorded in `TrajectoryMeta.source`.
+Writing is `tokworld.data.format.write_trajectories`: streamed, and a failed import leaves no
+dataset behind.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import cv2
 import datasets
 import numpy as np
 
+from tokworld.data.format import trajectory_row
 from tokworld.errors import TokWorldError
 
 SPEC_PREFIXES = ("minari", "hf")
@@ -59,7 +61,7 @@ def resolve_dataset_spec(spec: str, cache_dir: str | Path, frame_size: int = 64)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.strip("/")).strip("._")[-48:]
     out = Path(cache_dir) / f"minari-{name}-{frame_size}-{key}"
     if not (out / "dataset_info.json").exists():
-        from tokworld.import_minari import import_minari
+        from tokworld.data.from_minari import import_minari
 
         import_minari(ref, out, frame_size=frame_size)
     return str(out)
@@ -75,21 +77,21 @@ def import_dataset(
     """Convert the dataset `spec` names into a tokworld dataset at `out` (`tokworld import`).
 
     `mapping` and `hf_options` (config, split, revision, streaming, action_space, env_id) apply
-    to `hf:` specs only, and are an error with `minari:`; see `tokworld.import_hf.import_hf`.
+    to `hf:` specs only, and are an error with `minari:`; see `tokworld.data.from_hf.import_hf`.
     """
     prefix, ref = parse_spec(spec)
     if prefix == "minari":
         if mapping is not None or hf_options:
             name = "map" if mapping is not None else next(iter(hf_options))
             raise TokWorldError(f"--{name.replace('_', '-')} applies to hf: imports only")
-        from tokworld.import_minari import import_minari
+        from tokworld.data.from_minari import import_minari
 
         return import_minari(ref, out, frame_size=frame_size)
     if mapping is None:
         raise TokWorldError(
             "hf: imports need --map observation=COL,action=COL,reward=COL[,terminated=COL]"
         )
-    from tokworld.import_hf import import_hf
+    from tokworld.data.from_hf import import_hf
 
     return import_hf(ref, out, mapping, frame_size=frame_size, **hf_options)
 
@@ -202,16 +204,11 @@ def episode_rows(
     if ends.size:
         raise TokWorldError(f"{where}: step {ends[0]} ends the episode before its last step")
     for t in range(n):
-        last = t == n - 1
-        yield {
-            "episode_index": episode,
-            "frame_index": t,
-            "observation": convert(frames[t]),
-            "action": action_value(actions[t]),
-            "reward": float(rewards[t]),
-            "terminated": bool(terminated[t]),
-            "truncated": bool(truncated[t]) or (last and not terminated[t]),
-        }
+        action = action_value(actions[t])
+        frame, last = convert(frames[t]), t == n - 1
+        yield trajectory_row(
+            episode, t, frame, action, rewards[t], terminated[t], truncated[t], last
+        )
 
 
 def action_converter(space: dict) -> Callable[[np.ndarray], object]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from tokworld.data.format import load_trajectories, validate_trajectories
+from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
+from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+from tokworld.training.tokenizer import tokenize_to_disk, train_tokenizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,10 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from tokworld.data import load_trajectories, validate_trajectories
-    from tokworld.tokenizer.frame import FrameTokenizerConfig
-    from tokworld.training.tokenizer import split_episodes, train_tokenizer
-
     overrides = {
         "tokens_per_frame": args.tokens_per_frame,
         "codebook_size": args.codebook_size,
@@ -91,36 +90,12 @@ def _train(args: argparse.Namespace) -> dict:
 
 
 def _tokenize(args: argparse.Namespace) -> dict:
-    from tokworld.data import load_trajectories
-    from tokworld.tokenizer.frame import FrameTokenizer
-    from tokworld.training.tokenizer import tokenize_dataset
-
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise TokWorldError(f"output directory {out} already exists and is not empty")
     tokenizer = FrameTokenizer.from_pretrained(args.tokenizer)
-    ds = load_trajectories(args.dataset)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The map's cache goes beside the output (not into the input dataset) and is removed after.
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        coded = tokenize_dataset(
-            tokenizer, ds, args.batch_size, cache_file_name=str(work / "codes.arrow")
-        )
-        coded.save_to_disk(str(work / "dataset"))
-        if out.exists():
-            out.rmdir()
-        (work / "dataset").rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return {"out": str(out), "rows": len(coded), "tokens_per_frame": tokenizer.tokens_per_frame}
+    coded = tokenize_to_disk(tokenizer, load_trajectories(args.dataset), args.out, args.batch_size)
+    return {"out": args.out, "rows": len(coded), "tokens_per_frame": tokenizer.tokens_per_frame}
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
-    from tokworld.data import load_trajectories
-    from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
-    from tokworld.tokenizer.frame import FrameTokenizer
-
     tokenizer = FrameTokenizer.from_pretrained(args.tokenizer)
     ds = load_trajectories(args.dataset)
     metrics = evaluate_tokenizer(

@@ -1,0 +1,23 @@
+"""`tokworld demo`: the whole story on a small default, on CPU, in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+from tokworld.eval.demo import DemoConfig, run_demo
+from tokworld.eval.demo import __doc__ as DEMO_DOC
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `demo`."""
+    p = sub.add_parser(
+        "demo",
+        help="collect -> pretrain -> finetune online -> eval -> imagine, on CPU (the command to "
+        "try first)",
+        description=DEMO_DOC.split("\n\n")[0],
+    )
+    p.add_argument("--out", default="tokworld-demo", help="where everything goes")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest for tiny "
+                   "models, and on a busy machine)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seeds collection, training and eval")
+    p.set_defaults(func=lambda args: run_demo(DemoConfig(seed=args.seed), args.out))

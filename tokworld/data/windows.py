@@ -1,0 +1,123 @@
+"""Windows over episodes: fixed-length windows that never cross an episode boundary, real
+context to imagine from, and held-out episode splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tokworld.data.format import episode_bounds
+from tokworld.errors import TokWorldError
+
+
+class WindowDataset(Dataset):
+    """Map-style torch dataset of windows of `length` steps from a trajectory dataset.
+
+    Every window lies inside one episode: an episode of L >= T steps gives L - T + 1 windows, a
+    shorter one gives one window padded at the end. Item: a dict of (T, ...) tensors for each
+    requested column plus `mask` (T,) bool, False on padding. Use it with a `DataLoader` and any
+    sampler (`DistributedSampler`, or `ResumableSampler` in training) to shard across processes.
+    """
+
+    def __init__(
+        self,
+        ds: datasets.Dataset,
+        length: int,
+        columns: Sequence[str] = ("observation", "action", "reward", "terminated"),
+    ):
+        if length < 1:
+            raise TokWorldError(f"window length must be >= 1, got {length}")
+        missing = [c for c in columns if c not in ds.column_names]
+        if missing:
+            raise TokWorldError(f"dataset is missing column {missing[0]!r}")
+        self.length = length
+        self.columns = tuple(columns)
+        # dtype=None keeps the stored dtypes: without it `datasets` widens uint8 frames to int64.
+        self.ds = ds.select_columns(list(self.columns)).with_format("numpy", dtype=None)
+        starts, lengths = episode_bounds(ds)
+        per_episode = np.maximum(lengths - length + 1, 1)
+        self.starts = np.repeat(starts, per_episode) + _ranges(per_episode)
+        self.valid = np.minimum(np.repeat(lengths, per_episode) - _ranges(per_episode), length)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        start, valid = int(self.starts[i]), int(self.valid[i])
+        rows = self.ds[start : start + valid]
+        item = {}
+        for name in self.columns:
+            x = np.asarray(rows[name])
+            pad = np.zeros((self.length - valid, *x.shape[1:]), dtype=x.dtype)
+            item[name] = torch.from_numpy(np.concatenate([x, pad]))
+        item["mask"] = torch.arange(self.length) < valid
+        return item
+
+
+class RealContext:
+    """Samples windows of `steps` real consecutive steps (never padded) to imagine from.
+
+    Frames come from the dataset's `codes` column when it has one, else they are encoded with
+    `tokenizer` (only the sampled frames are).
+    """
+
+    def __init__(self, ds: datasets.Dataset, steps: int, tokenizer=None, seed: int = 0):
+        self.frame_column = "codes" if "codes" in ds.column_names else "observation"
+        if self.frame_column == "observation" and tokenizer is None:
+            raise TokWorldError("dataset has no 'codes' column: a tokenizer is needed to encode it")
+        columns = (self.frame_column, "action", "reward", "terminated")
+        self.windows = WindowDataset(ds, steps, columns=columns)
+        self.full = np.flatnonzero(self.windows.valid == steps)
+        if not self.full.size:
+            raise TokWorldError(
+                f"no episode of the dataset has {steps} steps: use a shorter context"
+            )
+        self.tokenizer = tokenizer
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> dict[str, torch.Tensor]:
+        """n windows: codes (n, C, K), action, reward, terminated (n, C)."""
+        return self.get(self.rng.choice(self.full, n))
+
+    def get(self, indices) -> dict[str, torch.Tensor]:
+        """The windows at `indices` of the full-length windows' dataset."""
+        items = [self.windows[int(i)] for i in indices]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "mask"}
+        frames = batch.pop(self.frame_column)
+        if self.frame_column == "codes":
+            batch["codes"] = frames.long()
+        else:
+            n, c = frames.shape[:2]
+            codes = self.tokenizer.encode(frames.flatten(0, 1).to(self.tokenizer.device))
+            batch["codes"] = codes.view(n, c, -1).cpu()
+            batch["observation"] = frames
+        return batch
+
+
+def split_episodes(
+    ds: datasets.Dataset, holdout: float = 0.05, seed: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, held-out): a random `holdout` fraction of whole episodes is held out.
+
+    At least one episode is held out and at least one kept; row order is preserved in both.
+    """
+    starts, lengths = episode_bounds(ds)
+    if len(starts) < 2:
+        raise TokWorldError("holding out episodes needs a dataset with at least 2 episodes")
+    n_held = min(len(starts) - 1, max(1, round(holdout * len(starts))))
+    held = np.zeros(len(starts), dtype=bool)
+    held[np.random.default_rng(seed).choice(len(starts), n_held, replace=False)] = True
+    rows = [np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)]
+    pick = lambda mask: np.concatenate([r for r, m in zip(rows, mask, strict=True) if m])  # noqa: E731
+    return ds.select(pick(~held)), ds.select(pick(held))
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """[0..c0-1, 0..c1-1, ...] for counts [c0, c1, ...]."""
+    total = int(counts.sum())
+    offsets = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total) - offsets

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from tokworld.errors import TokWorldError
+from tokworld.presets import preset_fields
 from tokworld.tokenizer.foreground import FOREGROUND_LOSSES, foreground_loss
 from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
@@ -116,12 +117,7 @@ class FrameTokenizerConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> FrameTokenizerConfig:
         """A preset plus `overrides`: `tiny` (tests), `small` (CPU, minutes), `base` (IRIS)."""
-        if name not in PRESETS:
-            raise TokWorldError(f"unknown tokenizer preset {name!r}: use one of {sorted(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TokWorldError(f"unknown tokenizer config field {sorted(unknown)[0]!r}")
-        return replace(PRESETS[name], **overrides)
+        return cls(**preset_fields(name, "tokenizer", {f.name for f in fields(cls)}, overrides))
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -135,27 +131,6 @@ class FrameTokenizerConfig:
         if unknown:
             raise TokWorldError(f"unknown tokenizer config field {sorted(unknown)[0]!r}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-PRESETS = {
-    "tiny": FrameTokenizerConfig(
-        codebook_size=64, dim=32, enc_channels=(16, 16, 32), dec_channels=(16, 32, 32),
-        dec_blocks=1,
-    ),
-    # VQ (the default quantizer), weighted loss. On 20k Breakout frames at the CLIs' default
-    # 2000 steps x 32 frames: 36.5 dB held-out PSNR, SSIM 0.98, 79% codebook usage, the ball
-    # drawn 4% of the time with 36 ghost pixels per frame. `foreground_loss="symmetric"` (weight
-    # 1) gives 41.5 dB, 11% and 4 ghosts on Breakout, but loses MiniGrid's agent, so it is an
-    # option, not the preset's; see the README's benchmarks.
-    "small": FrameTokenizerConfig(),
-    # 7.9M parameters (IRIS-sized), computed on the 16x16 grid of 4x4 patches rather
-    # than at full resolution: a full-resolution decoder of this size capped imagination at ~31
-    # decoded frames/s on 2 CPU threads, this one decodes 300-450/s.
-    "base": FrameTokenizerConfig(
-        quantizer="fsq", dim=256, enc_channels=(96, 128, 192), dec_channels=(96, 192, 256),
-        enc_blocks=2, dec_blocks=2,
-    ),
-}  # fmt: skip
 
 
 @dataclass

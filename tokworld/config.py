@@ -4,35 +4,8 @@ from __future__ import annotations
 
 from transformers import MistralConfig, PreTrainedConfig
 
-from tokworld.errors import TokWorldError
+from tokworld.presets import preset_fields
 from tokworld.tokenizer.vocab import Vocabulary
-
-# Keys and values have fewer heads than queries (grouped-query attention, as in Llama 2/3):
-# imagination reads the whole KV cache for every token it samples, so a smaller cache is what
-# makes it fast on memory-bound hardware; training cost barely changes.
-PRESETS: dict[str, dict] = {
-    "tiny": {
-        "num_hidden_layers": 2,
-        "hidden_size": 64,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "context_steps": 8,
-    },
-    "small": {
-        "num_hidden_layers": 4,
-        "hidden_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 1,
-        "context_steps": 16,
-    },
-    "base": {
-        "num_hidden_layers": 10,
-        "hidden_size": 256,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 1,
-        "context_steps": 20,
-    },
-}
 
 
 class TokWorldConfig(PreTrainedConfig):
@@ -66,9 +39,8 @@ class TokWorldConfig(PreTrainedConfig):
     @classmethod
     def preset(cls, name: str, vocab: Vocabulary, **overrides) -> TokWorldConfig:
         """`tiny` (tests), `small` (CPU), `base` (IRIS-sized: 10 layers, 256 wide, 4 heads)."""
-        if name not in PRESETS:
-            raise TokWorldError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
-        return cls(vocab=vocab.to_dict(), **{**PRESETS[name], **overrides})
+        known = set(cls.__annotations__) - {"vocab"}
+        return cls(vocab=vocab.to_dict(), **preset_fields(name, "world_model", known, overrides))
 
     @property
     def vocabulary(self) -> Vocabulary:

@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from tokworld.errors import TokWorldError
+from tokworld.presets import preset_fields
 from tokworld.tokenizer.codecs import ActionCodec
 from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
@@ -65,13 +66,9 @@ class PolicyConfig:
         cls, name: str, codec: ActionCodec, policy_input: str = "frames", **overrides
     ) -> PolicyConfig:
         """`tiny` (tests), `small` (CPU), `base` (IRIS: channels 32-32-64-64, LSTM 512)."""
-        if name not in PRESETS:
-            raise TokWorldError(f"unknown policy preset {name!r}: choose from {', '.join(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TokWorldError(f"unknown policy config field {sorted(unknown)[0]!r}")
-        base = {**PRESETS[name], "policy_input": policy_input}
-        return cls(action=codec.to_dict(), **{**base, **overrides})
+        known = {f.name for f in fields(cls)}
+        settings = preset_fields(name, "policy", known, {"policy_input": policy_input, **overrides})
+        return cls(action=codec.to_dict(), **settings)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -82,13 +79,6 @@ class PolicyConfig:
         if unknown:
             raise TokWorldError(f"unknown policy config field {sorted(unknown)[0]!r}")
         return cls(**{k: tuple(v) if k == "channels" else v for k, v in data.items()})
-
-
-PRESETS: dict[str, dict] = {
-    "tiny": {"channels": (8, 8, 16, 16), "token_dim": 8, "hidden_size": 64},
-    "small": {"channels": (16, 16, 32, 32), "token_dim": 16, "hidden_size": 256},
-    "base": {"channels": (32, 32, 64, 64), "token_dim": 32, "hidden_size": 512},
-}
 
 
 class ActionDistribution:

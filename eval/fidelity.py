@@ -21,7 +21,7 @@ steps past it are left out. Index t of a per-step list is horizon t + 1: the fra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -238,6 +238,38 @@ def score(rollouts: OpenLoop) -> dict:
         if h <= len(per_step["horizon"])
     }
     return {"per_step": per_step, "at_horizon": at, "reward": reward, "end": end}
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """How `evaluate_fidelity` scores a world model: windows of real context and horizon."""
+
+    context: int = field(default=4, metadata={"help": "real steps to condition on"})
+    horizon: int = field(default=20, metadata={"help": "imagined steps per window"})
+    windows: int = field(default=64, metadata={"help": "real windows to imagine from"})
+    batch_size: int = 32
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy (the default)"})
+    top_k: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if min(self.context, self.horizon, self.windows, self.batch_size) < 1:
+            raise TokWorldError("--context, --horizon, --windows and --batch-size must be positive")
+        if self.temperature < 0:
+            raise TokWorldError(f"--temperature must be >= 0, got {self.temperature}")
+
+    def options(self) -> dict:
+        """Keyword arguments of `evaluate_fidelity`."""
+        greedy = self.temperature == 0
+        sampling = SamplingConfig(self.temperature if not greedy else 1.0, self.top_k, greedy)
+        return {
+            "context": self.context,
+            "horizon": self.horizon,
+            "windows": self.windows,
+            "batch_size": self.batch_size,
+            "sampling": sampling,
+            "seed": self.seed,
+        }
 
 
 def evaluate_fidelity(

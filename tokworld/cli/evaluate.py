@@ -8,12 +8,17 @@ from pathlib import Path
 
 import torch
 
+from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench import run_suite
 from tokworld.eval.bench_imagine import bench_imagine
-from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset, plot_fidelity
+from tokworld.eval.fidelity import (
+    FidelityConfig,
+    evaluate_fidelity,
+    held_out_dataset,
+    plot_fidelity,
+)
 from tokworld.eval.report import write_report
-from tokworld.imagine import SamplingConfig
 from tokworld.run import load_run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -24,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-model", help="open-loop fidelity of a run's world model per step")
     p.add_argument("--run", required=True, help="run directory (tokenizer/ + world_model/)")
     p.add_argument("--dataset", help="held-out trajectories (default: the run's held-out episodes)")
-    _add_fidelity_options(p)
+    add_config_flags(p, FidelityConfig)
+    p.add_argument("--device", default=DEVICE)
     p.add_argument("--json", help="write the figures here (and a PNG plot beside it)")
     p.add_argument("--plot", help="PNG of PSNR vs horizon (default: the --json path, .png)")
     p.set_defaults(func=_eval_model)
@@ -58,42 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.add_argument("--dataset", help="real trajectories (default: the run's held-out episodes)")
     p.add_argument("--fidelity", help="reuse this `eval-model --json` output")
-    _add_fidelity_options(p, windows=32)
+    add_config_flags(p, FidelityConfig, defaults={"windows": 32})
+    p.add_argument("--device", default=DEVICE)
     p.add_argument("--videos", type=int, default=4, help="imagined-vs-real episodes shown")
     p.set_defaults(func=_report)
 
 
-def _add_fidelity_options(p: argparse.ArgumentParser, windows: int = 64) -> None:
-    p.add_argument("--context", type=int, default=4, help="real steps to condition on")
-    p.add_argument("--horizon", type=int, default=20, help="imagined steps per window")
-    p.add_argument("--windows", type=int, default=windows, help="real windows to imagine from")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=DEVICE)
-
-
-def _fidelity_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of `evaluate_fidelity` from the command line."""
-    if min(args.context, args.horizon, args.windows, args.batch_size) < 1:
-        raise TokWorldError("--context, --horizon, --windows and --batch-size must be positive")
-    if args.temperature < 0:
-        raise TokWorldError(f"--temperature must be >= 0, got {args.temperature}")
-    greedy = args.temperature == 0
-    sampling = SamplingConfig(args.temperature if not greedy else 1.0, args.top_k, greedy)
-    return {
-        "context": args.context,
-        "horizon": args.horizon,
-        "windows": args.windows,
-        "batch_size": args.batch_size,
-        "sampling": sampling,
-        "seed": args.seed,
-    }
-
-
 def _eval_model(args: argparse.Namespace) -> dict:
-    options = _fidelity_options(args)
+    options = config_from_args(FidelityConfig, args).options()
     world_model, tokenizer = load_run(args.run, args.device)
     ds, described = held_out_dataset(args.run, args.dataset)
     result, _ = evaluate_fidelity(world_model, tokenizer, ds, **options)
@@ -126,7 +104,7 @@ def _report(args: argparse.Namespace) -> dict:
         args.fidelity,
         args.videos,
         args.device,
-        **_fidelity_options(args),
+        **config_from_args(FidelityConfig, args).options(),
     )
 
 

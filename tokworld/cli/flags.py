@@ -2,7 +2,8 @@
 
 Each field of a frozen config dataclass becomes `--field-name` with the field's type, default
 and `metadata["help"]`; `metadata["flag"]` renames the flag (e.g. `env_id` -> `--env`),
-`metadata["choices"]` restricts it and `metadata["required"]` makes it required. A bool field
+`metadata["choices"]` restricts it, `metadata["required"]` makes it required and
+`metadata["cli"] = False` keeps it off the command line. A bool field
 that defaults to False is a switch. A field that is itself a config dataclass contributes its own
 fields' flags. `config_from_args` reads them back into the dataclass.
 """
@@ -40,17 +41,20 @@ def _default(f: dataclasses.Field):
     return None
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of the config dataclass `cls` (fields named in `skip` excepted)."""
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), defaults: dict | None = None
+) -> None:
+    """Add one flag per field of the config dataclass `cls` (fields named in `skip` excepted);
+    `defaults` overrides a field's default for this command only."""
     for f, hint in _fields(cls):
-        if f.name in skip:
+        if f.name in skip or not f.metadata.get("cli", True):
             continue
         kind = _scalar(hint)
         if dataclasses.is_dataclass(kind):
-            add_config_flags(parser, kind, skip)
+            add_config_flags(parser, kind, skip, defaults)
             continue
         help_text = f.metadata.get("help")
-        default = _default(f)
+        default = (defaults or {}).get(f.name, _default(f))
         dest = f"{cls.__name__}.{f.name}"
         if kind is bool and default is False:
             parser.add_argument(flag_name(f), action="store_true", dest=dest, help=help_text)

@@ -14,9 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tokworld.errors import TokWorldError
-from tokworld.tokenizer import SPECIALS, ActionCodec, Kind, RewardCodec, Vocabulary
+from tokworld.tokenizer import ActionCodec, Kind, RewardCodec, Vocabulary
 
 finite = {"allow_nan": False, "allow_infinity": False}
+ORDERS = [
+    (Kind.FRAME, Kind.ACTION, Kind.REWARD, Kind.END),
+    (Kind.FRAME, Kind.ACTION, Kind.END, Kind.REWARD),
+]
 
 
 @st.composite
@@ -54,6 +58,7 @@ def vocabularies(draw, spaces=action_spaces):
         reward_bins=draw(st.integers(2, 65)),
         reward_bound=draw(st.floats(1, 1000, **finite)),
         action_bins=draw(st.integers(2, 64)),
+        order=draw(st.sampled_from(ORDERS)),
     )
 
 
@@ -199,19 +204,13 @@ def _space_of(vocab: Vocabulary) -> gym.Space:
 
 
 def _kind_slices(vocab: Vocabulary) -> dict[Kind, slice]:
-    return {
-        Kind.SPECIAL: slice(0, len(SPECIALS)),
-        Kind.FRAME: vocab.frame_slice,
-        Kind.REWARD: vocab.reward_slice,
-        Kind.END: vocab.end_slice,
-        Kind.ACTION: vocab.action_slice,
-    }
+    return {kind: vocab.id_slice(kind) for kind in Kind}
 
 
 @given(vocabularies())
 def test_slices_are_disjoint_and_cover_the_id_space_with_actions_last(vocab):
     slices = sorted(_kind_slices(vocab).values(), key=lambda s: s.start)
-    assert slices[0].start == 0
+    assert slices[0] == vocab.frame_slice and vocab.frame_slice.start == 0  # no special ids
     for before, after in zip(slices, slices[1:], strict=False):
         assert before.stop == after.start  # contiguous, no gap, no overlap
     assert slices[-1] == vocab.action_slice
@@ -252,6 +251,44 @@ def test_block_layout_is_frame_action_reward_end():
     assert vocab.kinds(7, start=5).tolist() == [2, 3, 0, 0, 0, 1, 1]
     assert vocab.block_ranges[3] == (vocab.action_slice.start, vocab.action_slice.start + 3)
     assert vocab.block_ranges[4] == (vocab.action_slice.start + 3, vocab.action_slice.stop)
+
+
+@pytest.mark.parametrize(
+    "order, message",
+    [
+        (("frame", "action", "reward"), "once"),
+        (("frame", "action", "reward", "reward"), "once"),
+        (("action", "frame", "reward", "end"), "start with the frame"),
+        (("frame", "reward", "action", "end"), "action before"),
+        (("frame", "action", "end", "done"), "unknown token kind 'done'"),
+    ],
+)
+def test_invalid_block_orders_are_one_error(order, message):
+    with pytest.raises(TokWorldError, match=message):
+        Vocabulary.from_spaces(gym.spaces.Discrete(3), 8, order=order)
+
+
+def test_a_vocabulary_saved_without_an_order_gets_the_default():
+    vocab = Vocabulary.from_spaces(gym.spaces.Discrete(3), 8, tokens_per_frame=2)
+    saved = vocab.to_dict()
+    assert saved.pop("order") == ["frame", "action", "reward", "end"]
+    assert Vocabulary.from_dict(saved) == vocab
+
+
+@given(vocabularies(), st.integers(0, 2**31))
+def test_each_kind_round_trips_through_its_own_ids_and_segment(vocab, seed):
+    space = _space_of(vocab)
+    codes, actions, rewards, ends = random_steps(vocab, space, 8, seed)
+    tokens = vocab.encode(codes, actions, rewards, ends)
+    for kind, values in zip(Kind, (codes, actions, rewards, ends), strict=True):
+        ids = vocab.ids(kind, values)
+        assert ids.shape == (8, vocab.count(kind))
+        assert torch.equal(tokens[:, vocab.segment(kind)], ids)
+        ids_slice = vocab.id_slice(kind)
+        assert ((ids >= ids_slice.start) & (ids < ids_slice.stop)).all()
+    step = vocab.decode(tokens)
+    assert torch.equal(vocab.values(Kind.END, vocab.ids(Kind.END, ends)), torch.as_tensor(ends))
+    assert torch.equal(vocab.values(Kind.ACTION, vocab.ids(Kind.ACTION, actions)), step.action)
 
 
 def test_encode_rejects_bad_frame_codes():

@@ -7,10 +7,9 @@ from tokworld.tokenizer.frame import (
     FrameTokenizerOutput,
     to_uint8,
 )
-from tokworld.tokenizer.vocab import SPECIALS, Kind, Step, Vocabulary
+from tokworld.tokenizer.vocab import Kind, Step, Vocabulary
 
 __all__ = [
-    "SPECIALS",
     "ActionCodec",
     "FrameTokenizer",
     "FrameTokenizerConfig",

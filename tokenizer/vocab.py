@@ -3,19 +3,27 @@
 Id space, each kind a contiguous slice, actions last so that a new action space only resizes
 the tail::
 
-    [specials | frame codes | rewards | ends | actions]
+    [frame codes | rewards | ends | actions]
 
-One time step is one block of tokens::
+One time step is one block of tokens, its segments in the vocabulary's `order` (default
+`(FRAME, ACTION, REWARD, END)`)::
 
     [o^1 ... o^K] [a^1 ... a^A] [r] [d]
 
-This module is the only code that knows offsets and the block layout.
+The frame comes first in every order: it is the observation the policy acts on, so a stream
+that stops right after a block's frame segment is a step waiting for its action (imagination
+cuts its context there). The action comes before the reward and the end it causes. The valid
+orders are therefore `(FRAME, ACTION, REWARD, END)` and `(FRAME, ACTION, END, REWARD)`.
+
+This module is the only code that knows offsets and the block layout: others ask it for ids
+(`ids` / `values`), slices (`id_slice`), segments (`segment`, `step_segments`), masks and the
+rows two vocabularies share (`shared_ids`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple
@@ -26,18 +34,21 @@ import torch
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import ActionCodec, RewardCodec
 
-SPECIALS = ("pad", "bos")
-NUM_ENDS = 2  # 0: continue, 1: terminal
+NUM_ENDS = 2
+TERMINAL = 1  # the end token of a terminal step; 0 continues
 
 
 class Kind(IntEnum):
-    """The kind of a token; `SPECIAL` never appears inside a block."""
+    """The kind of a token."""
 
     FRAME = 0
     ACTION = 1
     REWARD = 2
     END = 3
-    SPECIAL = 4
+
+
+ID_ORDER = (Kind.FRAME, Kind.REWARD, Kind.END, Kind.ACTION)  # slices of the id space
+DEFAULT_ORDER = (Kind.FRAME, Kind.ACTION, Kind.REWARD, Kind.END)  # segments of a block
 
 
 class Step(NamedTuple):
@@ -49,14 +60,45 @@ class Step(NamedTuple):
     terminated: torch.Tensor  # (...,) bool
 
 
+def _check_order(order: tuple[Kind, ...]) -> None:
+    """Raise TokWorldError unless `order` is a valid block order (see the module docstring)."""
+    names = [k.name.lower() for k in order]
+    if sorted(order) != sorted(Kind):
+        raise TokWorldError(f"block order must name frame, action, reward and end once: {names}")
+    if order[0] != Kind.FRAME:
+        raise TokWorldError(f"block order must start with the frame the policy acts on: {names}")
+    action = order.index(Kind.ACTION)
+    if action > order.index(Kind.REWARD) or action > order.index(Kind.END):
+        raise TokWorldError(f"block order must put the action before its reward and end: {names}")
+
+
+def _parse_kind(name: Kind | str) -> Kind:
+    """A Kind from itself or its name ("frame", as `to_dict` writes it)."""
+    try:
+        return Kind[name.upper()] if isinstance(name, str) else Kind(name)
+    except (KeyError, ValueError):
+        raise TokWorldError(
+            f"unknown token kind {name!r}: use frame, action, reward or end"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Vocabulary:
-    """One id space for frame codes, actions, rewards and ends."""
+    """One id space for frame codes, actions, rewards and ends, and the block of one step.
+
+    `order` lists the kinds of a block's segments (see the module docstring for valid orders).
+    """
 
     codebook_size: int
     tokens_per_frame: int
     action: ActionCodec
     reward: RewardCodec
+    order: tuple[Kind, ...] = DEFAULT_ORDER
+
+    def __post_init__(self):
+        order = tuple(_parse_kind(k) for k in self.order)
+        _check_order(order)
+        object.__setattr__(self, "order", order)
 
     @classmethod
     def from_spaces(
@@ -70,6 +112,7 @@ class Vocabulary:
         reward_bound: float = 10.0,
         action_bins: int = 32,
         action_bounds: tuple[float, float] | None = None,
+        order: tuple[Kind, ...] = DEFAULT_ORDER,
     ) -> Vocabulary:
         """Build the vocabulary of an environment and a frame tokenizer."""
         if observation_space is not None:
@@ -83,6 +126,7 @@ class Vocabulary:
             tokens_per_frame,
             ActionCodec.from_space(action_space, bins=action_bins, bounds=action_bounds),
             RewardCodec(reward_codec, reward_bins, reward_bound),
+            order,
         )
 
     def with_action_space(
@@ -90,7 +134,7 @@ class Vocabulary:
     ) -> Vocabulary:
         """The same vocabulary with another action slice (only the tail of the id space moves)."""
         action = ActionCodec.from_space(action_space, bins=bins, bounds=bounds)
-        return Vocabulary(self.codebook_size, self.tokens_per_frame, action, self.reward)
+        return replace(self, action=action)
 
     def check_action_space(self, action_space: gym.Space, what: str = "the dataset") -> None:
         """Raise TokWorldError unless `action_space` is the one this vocabulary encodes."""
@@ -105,54 +149,99 @@ class Vocabulary:
             )
 
     # ---- id space -------------------------------------------------------------------------
+    def num_ids(self, kind: Kind) -> int:
+        """How many ids the slice of `kind` holds."""
+        return {
+            Kind.FRAME: self.codebook_size,
+            Kind.REWARD: self.reward.num_tokens,
+            Kind.END: NUM_ENDS,
+            Kind.ACTION: self.action.num_tokens,
+        }[kind]
+
+    def id_slice(self, kind: Kind) -> slice:
+        """The contiguous slice of global ids that tokens of `kind` use."""
+        start = sum(self.num_ids(k) for k in ID_ORDER[: ID_ORDER.index(kind)])
+        return slice(start, start + self.num_ids(kind))
+
     @property
     def frame_slice(self) -> slice:
-        return slice(len(SPECIALS), len(SPECIALS) + self.codebook_size)
+        return self.id_slice(Kind.FRAME)
 
     @property
     def reward_slice(self) -> slice:
-        start = self.frame_slice.stop
-        return slice(start, start + self.reward.num_tokens)
+        return self.id_slice(Kind.REWARD)
 
     @property
     def end_slice(self) -> slice:
-        start = self.reward_slice.stop
-        return slice(start, start + NUM_ENDS)
+        return self.id_slice(Kind.END)
 
     @property
     def action_slice(self) -> slice:
-        start = self.end_slice.stop
-        return slice(start, start + self.action.num_tokens)
+        return self.id_slice(Kind.ACTION)
 
     @property
     def size(self) -> int:
-        return self.action_slice.stop
+        return sum(self.num_ids(k) for k in ID_ORDER)
 
-    def special_id(self, name: str) -> int:
-        return SPECIALS.index(name)
+    def shared_ids(self, other: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids here, ids in `other`) of the tokens both vocabularies mean alike.
+
+        A kind is shared when its codec is the same in both (frames: the codebook size); its
+        rows of an embedding or output head may be copied from one model to the other.
+        """
+        codec = {
+            Kind.FRAME: lambda v: v.codebook_size,
+            Kind.REWARD: lambda v: v.reward,
+            Kind.END: lambda v: NUM_ENDS,
+            Kind.ACTION: lambda v: v.action,
+        }
+        shared = [k for k in ID_ORDER if codec[k](self) == codec[k](other)]
+        ours = [torch.arange(s.start, s.stop) for s in map(self.id_slice, shared)]
+        theirs = [torch.arange(s.start, s.stop) for s in map(other.id_slice, shared)]
+        empty = torch.zeros(0, dtype=torch.long)
+        return torch.cat([empty, *ours]), torch.cat([empty, *theirs])
 
     # ---- block layout ---------------------------------------------------------------------
+    def count(self, kind: Kind) -> int:
+        """How many tokens of `kind` one block holds."""
+        return {
+            Kind.FRAME: self.tokens_per_frame,
+            Kind.ACTION: self.action.tokens_per_step,
+            Kind.REWARD: 1,
+            Kind.END: 1,
+        }[kind]
+
+    def segment(self, kind: Kind) -> slice:
+        """The positions of `kind`'s tokens inside a block."""
+        start = sum(self.count(k) for k in self.order[: self.order.index(kind)])
+        return slice(start, start + self.count(kind))
+
+    @property
+    def step_segments(self) -> tuple[Kind, ...]:
+        """The segments one step adds after the current frame, in stream order: the rest of its
+        block, then the next block's frame."""
+        return self.order[1:] + self.order[:1]
+
     @property
     def block_size(self) -> int:
-        return self.tokens_per_frame + self.action.tokens_per_step + 2
+        return sum(self.count(k) for k in self.order)
 
     @property
     def block_kinds(self) -> tuple[Kind, ...]:
-        a = self.action.tokens_per_step
-        return (Kind.FRAME,) * self.tokens_per_frame + (Kind.ACTION,) * a + (Kind.REWARD, Kind.END)
+        return tuple(k for k in self.order for _ in range(self.count(k)))
+
+    def _ranges(self, kind: Kind) -> tuple[tuple[int, int], ...]:
+        """The [lo, hi) range of global ids allowed at each of `kind`'s positions."""
+        ids = self.id_slice(kind)
+        if kind != Kind.ACTION:
+            return ((ids.start, ids.stop),) * self.count(kind)
+        sizes = zip(self.action.offsets, self.action.sizes, strict=True)
+        return tuple((ids.start + off, ids.start + off + size) for off, size in sizes)
 
     @property
     def block_ranges(self) -> tuple[tuple[int, int], ...]:
         """For each position of a block, the [lo, hi) range of global ids allowed there."""
-        frame = ((self.frame_slice.start, self.frame_slice.stop),) * self.tokens_per_frame
-        base = self.action_slice.start
-        action = tuple(
-            (base + off, base + off + size)
-            for off, size in zip(self.action.offsets, self.action.sizes, strict=True)
-        )
-        reward = ((self.reward_slice.start, self.reward_slice.stop),)
-        end = ((self.end_slice.start, self.end_slice.stop),)
-        return frame + action + reward + end
+        return tuple(r for k in self.order for r in self._ranges(k))
 
     def kinds(self, length: int, start: int = 0) -> torch.Tensor:
         """(length,) kind of the token at stream positions start .. start+length-1."""
@@ -171,36 +260,59 @@ class Vocabulary:
         return (ids >= lo) & (ids < hi)
 
     # ---- encode / decode ------------------------------------------------------------------
+    def ids(self, kind: Kind, values) -> torch.Tensor:
+        """One kind's values -> its global ids (..., count(kind)).
+
+        codes (..., K); actions (...,) or (..., D); rewards (...,); terminated (...,) bool.
+        """
+        start = self.id_slice(kind).start
+        if kind == Kind.FRAME:
+            codes = torch.as_tensor(values).long()
+            if codes.shape[-1] != self.tokens_per_frame:
+                raise TokWorldError(
+                    f"expected {self.tokens_per_frame} frame codes per step, got {codes.shape[-1]}"
+                )
+            if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+                raise TokWorldError(f"frame codes must lie in [0, {self.codebook_size})")
+            return codes + start
+        if kind == Kind.ACTION:
+            return self.action.encode(values) + start
+        if kind == Kind.REWARD:
+            return self.reward.encode(values).unsqueeze(-1) + start
+        return torch.as_tensor(values).long().unsqueeze(-1) + start
+
+    def values(self, kind: Kind, ids: torch.Tensor):
+        """Inverse of `ids`: global ids (..., count(kind)) -> that kind's values."""
+        local = torch.as_tensor(ids).long() - self.id_slice(kind).start
+        if kind == Kind.FRAME:
+            return local
+        if kind == Kind.ACTION:
+            return self.action.decode(local)
+        if kind == Kind.REWARD:
+            return self.reward.decode(local[..., 0])
+        return local[..., 0] == TERMINAL
+
     def encode(self, codes, action, reward, terminated) -> torch.Tensor:
         """Steps -> token blocks. codes (..., K), action (...,) or (..., D) -> (..., block)."""
-        codes = torch.as_tensor(codes).long()
-        if codes.shape[-1] != self.tokens_per_frame:
-            raise TokWorldError(
-                f"expected {self.tokens_per_frame} frame codes per step, got {codes.shape[-1]}"
-            )
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise TokWorldError(f"frame codes must lie in [0, {self.codebook_size})")
-        action_ids = self.action.encode(action) + self.action_slice.start
-        if action_ids.shape[:-1] != codes.shape[:-1]:
+        frame, action_ids = self.ids(Kind.FRAME, codes), self.ids(Kind.ACTION, action)
+        if action_ids.shape[:-1] != frame.shape[:-1]:
             raise TokWorldError(
                 f"action shape {tuple(torch.as_tensor(action).shape)} does not match "
                 f"{self.action.kind} actions of {self.action.tokens_per_step} component(s)"
             )
-        reward_ids = self.reward.encode(reward).unsqueeze(-1) + self.reward_slice.start
-        end_ids = torch.as_tensor(terminated).long().unsqueeze(-1) + self.end_slice.start
-        parts = (codes + self.frame_slice.start, action_ids, reward_ids, end_ids)
-        return torch.cat(parts, dim=-1)
+        parts = {
+            Kind.FRAME: frame,
+            Kind.ACTION: action_ids,
+            Kind.REWARD: self.ids(Kind.REWARD, reward),
+            Kind.END: self.ids(Kind.END, terminated),
+        }
+        return torch.cat([parts[k] for k in self.order], dim=-1)
 
     def decode(self, tokens: torch.Tensor) -> Step:
         """(..., block) token blocks -> Step."""
         tokens = torch.as_tensor(tokens).long()
-        k, a = self.tokens_per_frame, self.action.tokens_per_step
-        return Step(
-            codes=tokens[..., :k] - self.frame_slice.start,
-            action=self.action.decode(tokens[..., k : k + a] - self.action_slice.start),
-            reward=self.reward.decode(tokens[..., k + a] - self.reward_slice.start),
-            terminated=(tokens[..., k + a + 1] - self.end_slice.start) == 1,
-        )
+        value = {k: self.values(k, tokens[..., self.segment(k)]) for k in self.order}
+        return Step(value[Kind.FRAME], value[Kind.ACTION], value[Kind.REWARD], value[Kind.END])
 
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -209,15 +321,19 @@ class Vocabulary:
             "tokens_per_frame": self.tokens_per_frame,
             "action": self.action.to_dict(),
             "reward": self.reward.to_dict(),
+            "order": [k.name.lower() for k in self.order],
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocabulary:
+        """Inverse of `to_dict`; a dict without `order` (saved before it existed) gets the
+        default order."""
         return cls(
             d["codebook_size"],
             d["tokens_per_frame"],
             ActionCodec.from_dict(d["action"]),
             RewardCodec.from_dict(d["reward"]),
+            tuple(d.get("order", DEFAULT_ORDER)),
         )
 
     def to_json(self) -> str:

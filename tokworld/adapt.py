@@ -1,7 +1,8 @@
 """Fine-tuning surgery: a world model moved onto another environment's action space.
 
-The embedding and head rows of frame codes, rewards and ends are copied bit-identically, the
-rows of the new action slice are initialised fresh, and every other weight is copied.
+The embedding and head rows of the tokens both vocabularies share (`Vocabulary.shared_ids`:
+frame codes, rewards and ends) are copied bit-identically, the rows of the new action slice are
+initialised fresh, and every other weight is copied.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ def adapt_world_model(model: TokWorldModel, action_space: gym.Space, seed: int =
     config.vocab = vocab.to_dict()
     torch.manual_seed(seed)
     new = TokWorldModel(config)
-    keep = old.action_slice.start  # == vocab.action_slice.start: everything before actions
+    old_ids, new_ids = old.shared_ids(vocab)
     theirs = model.state_dict()
     state = new.state_dict()
     with torch.no_grad():
         for name, tensor in state.items():
             if name in ROWS:
-                tensor[:keep] = theirs[name][:keep]
+                tensor[new_ids] = theirs[name][old_ids].to(tensor.device)
             else:
                 tensor.copy_(theirs[name])
     return new.to(model.device)

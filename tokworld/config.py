@@ -68,8 +68,10 @@ class TokWorldConfig(PreTrainedConfig):
             attention_dropout=self.attention_dropout,
             rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
             initializer_range=self.initializer_range,
-            pad_token_id=0,
-            bos_token_id=1,
+            # No id is special: each is a frame code, reward, end or action (and a padding id
+            # would be the embedding's padding_idx, whose row never learns).
+            pad_token_id=None,
+            bos_token_id=None,
             eos_token_id=None,
             tie_word_embeddings=False,
         )

@@ -7,8 +7,11 @@ cost of an imagined step flat however long the episode runs. A row of the batch 
 from fresh real context while the others go on: its new context is encoded alone at the stream
 positions the batch is at, and replaces that row's slots.
 
-Per imagined step the engine runs `K + 2` forwards of a few tokens each: [last frame code,
-action tokens] -> reward, reward -> end, end -> first frame code, then one per frame code.
+A step walks the vocabulary's block layout from the current frame to the next one
+(`Vocabulary.step_segments`): the action segment is given and joins the tokens waiting to be
+fed, every other token is sampled from one forward of the tokens before it. For the default
+order that is `K + 2` forwards of a few tokens each: [last frame code, action tokens] -> reward,
+reward -> end, end -> first frame code, then one per frame code.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from einops import rearrange
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.ring_cache import ATTENTION, RingCache
+from tokworld.tokenizer.vocab import Kind
 
 
 @dataclass(frozen=True)
@@ -101,16 +105,21 @@ class ImaginationEngine:
         b = self.pending.shape[0]
         if action.shape[0] != b:
             raise TokWorldError(f"expected actions for {b} rows, got shape {tuple(action.shape)}")
-        action_ids = self.vocab.action.encode(action) + self.vocab.action_slice.start
-        reward_id = self._sample(self._feed(torch.cat([self.pending, action_ids], 1)))
-        end_id = self._sample(self._feed(reward_id))
-        frame = [self._sample(self._feed(end_id))]
-        for _ in range(self.vocab.tokens_per_frame - 1):
-            frame.append(self._sample(self._feed(frame[-1])))
-        self.pending = frame[-1]
-        codes = torch.cat(frame, 1) - self.vocab.frame_slice.start
-        reward = self.vocab.reward.decode(reward_id[:, 0] - self.vocab.reward_slice.start)
-        terminated = (end_id[:, 0] - self.vocab.end_slice.start) == 1
+        vocab = self.vocab
+        pending, sampled = self.pending, {}
+        for kind in vocab.step_segments:
+            if kind == Kind.ACTION:
+                pending = torch.cat([pending, vocab.ids(Kind.ACTION, action)], 1)
+                continue
+            tokens = []
+            for _ in range(vocab.count(kind)):
+                pending = self._sample(self._feed(pending))
+                tokens.append(pending)
+            sampled[kind] = torch.cat(tokens, 1)
+        self.pending = pending
+        codes = vocab.values(Kind.FRAME, sampled[Kind.FRAME])
+        reward = vocab.values(Kind.REWARD, sampled[Kind.REWARD])
+        terminated = vocab.values(Kind.END, sampled[Kind.END])
         return ImaginedStep(codes, reward.to(self.device), terminated, self._decode(codes))
 
     @torch.no_grad()
@@ -147,9 +156,9 @@ class ImaginationEngine:
             steps["codes"], steps["action"], steps["reward"], steps["terminated"]
         )
         # The last step ends at its frame: the policy has not acted there yet.
-        return rearrange(blocks, "b c n -> b (c n)")[
-            :, : -(self.vocab.block_size - self.vocab.tokens_per_frame)
-        ]
+        tokens = rearrange(blocks, "b c n -> b (c n)")
+        after_frame = self.vocab.block_size - self.vocab.segment(Kind.FRAME).stop
+        return tokens[:, : tokens.shape[1] - after_frame]
 
     def _new_cache(self, batch: int) -> RingCache:
         layers = self.model.config.num_hidden_layers

@@ -29,7 +29,7 @@ class TokWorldOutput(ModelOutput):
 
 
 class TokWorldModel(PreTrainedModel):
-    """Next-token prediction over `[frame codes | action | reward | end]` blocks."""
+    """Next-token prediction over the vocabulary's blocks, its segments in `vocab.order`."""
 
     config_class = TokWorldConfig
     config: TokWorldConfig

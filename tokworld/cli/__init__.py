@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
+from tokworld.cli.outputs import json_text
 from tokworld.errors import TokWorldError
 
 # Modules that add subcommands: each has `register(subparsers)`, setting `func` on its parsers.
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)
     if result is not None:
-        print(json.dumps(result, indent=2))
+        print(json_text(result))
     return 0
 
 

@@ -82,18 +82,3 @@ def _collect(args: argparse.Namespace) -> dict:
         sticky_actions=args.sticky_actions,
     )
     return summary.to_dict()
-
-
-def _import(args: argparse.Namespace) -> dict:
-    options = {
-        "config": args.config,
-        "split": args.split,
-        "revision": args.revision,
-        "streaming": args.streaming,
-        "action_space": args.action_space,
-        "env_id": args.env_id,
-    }
-    defaults = {"split": "train", "streaming": False}
-    given = {k: v for k, v in options.items() if v != defaults.get(k)}
-    ds = import_dataset(args.spec, args.out, args.frame_size, args.mapping, **given)
-    return {"out": args.out, **describe(ds)}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from tokworld.cli.flags import add_config_flags, config_from_args
+from tokworld.cli.outputs import add_overwrite_flag, claim, write_json
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench import run_suite
 from tokworld.eval.bench_imagine import bench_imagine
@@ -33,12 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=DEVICE)
     p.add_argument("--json", help="write the figures here (and a PNG plot beside it)")
     p.add_argument("--plot", help="PNG of PSNR vs horizon (default: the --json path, .png)")
+    add_overwrite_flag(p)
     p.set_defaults(func=_eval_model)
 
     p = sub.add_parser("bench", help="throughput and memory benchmarks of a preset")
     p.add_argument("--preset", default="base", choices=("tiny", "small", "base"))
     p.add_argument("--quick", action="store_true", help="few, small repetitions (a smoke test)")
     p.add_argument("--json", help="also write the JSON here")
+    add_overwrite_flag(p)
     p.add_argument("--device", default=DEVICE)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.set_defaults(func=_bench)
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=int, default=40, help="steps timed for the throughput")
     q.add_argument("--long-steps", type=int, default=400, help="rollout length for the flatness")
     q.add_argument("--json", help="also write the JSON here")
+    add_overwrite_flag(q)
     q.add_argument("--device", default=DEVICE)
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     q.add_argument("--compile", action="store_true", help="torch.compile the per-token forward")
@@ -67,36 +70,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p, FidelityConfig, defaults={"windows": 32})
     p.add_argument("--device", default=DEVICE)
     p.add_argument("--videos", type=int, default=4, help="imagined-vs-real episodes shown")
+    add_overwrite_flag(p)
     p.set_defaults(func=_report)
 
 
 def _eval_model(args: argparse.Namespace) -> dict:
     options = config_from_args(FidelityConfig, args).options()
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    claim([args.json, plot], args.overwrite)
     world_model, tokenizer = load_run(args.run, args.device)
     ds, described = held_out_dataset(args.run, args.dataset)
     result, _ = evaluate_fidelity(world_model, tokenizer, ds, **options)
     result = {"run": str(args.run), "dataset": described, **result}
-    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     if plot:
         result["plot"] = str(plot_fidelity(result, plot))
-    _write_json(result, args.json)
-    return result
+    return write_json(result, args.json)
 
 
 def _bench(args: argparse.Namespace) -> dict:
-    result = run_suite(args.preset, args.quick, args.device)
-    return _write_json(result, args.json)
+    claim([args.json], args.overwrite)
+    return write_json(run_suite(args.preset, args.quick, args.device), args.json)
 
 
 def _bench_imagine(args: argparse.Namespace) -> dict:
     if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
+    claim([args.json], args.overwrite)
     result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
                            compile=args.compile, iris=args.iris)  # fmt: skip
-    return _write_json(result, args.json)
+    return write_json(result, args.json)
 
 
 def _report(args: argparse.Namespace) -> dict:
+    claim([args.out], args.overwrite)
     return write_report(
         args.run,
         args.out,
@@ -106,10 +112,3 @@ def _report(args: argparse.Namespace) -> dict:
         args.device,
         **config_from_args(FidelityConfig, args).options(),
     )
-
-
-def _write_json(result: dict, path: str | None) -> dict:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2))
-    return result

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tokworld.cli.flags import add_config_flags, config_from_args
+from tokworld.cli.outputs import add_overwrite_flag, claim
 from tokworld.eval.real_env import evaluate_run
 from tokworld.training.finetune import finetune
 from tokworld.training.online import OnlineConfig
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", required=True, help="gymnasium env id")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--json", required=True, help="output JSON; GIFs are written beside it")
+    add_overwrite_flag(p)
     p.add_argument("--greedy", action="store_true", help="take the most likely action")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -46,6 +49,8 @@ def _finetune(args: argparse.Namespace) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> dict:
+    stem = Path(args.json).with_suffix("")
+    claim([args.json, f"{stem}_best.gif", f"{stem}_worst.gif"], args.overwrite)
     summary = evaluate_run(
         args.run, args.env, args.episodes, args.json, args.greedy, args.temperature, args.seed
     )

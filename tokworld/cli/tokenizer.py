@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
+from tokworld.cli.outputs import add_overwrite_flag, claim, write_json
 from tokworld.data.format import load_trajectories, validate_trajectories
 from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
@@ -18,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the frame tokenizer's subcommands."""
     p = sub.add_parser("train-tokenizer", help="train the frame tokenizer (VQ-VAE) on a dataset")
     p.add_argument("--dataset", required=True, help="trajectory dataset (directory or Hub id)")
-    p.add_argument("--out", required=True, help="tokenizer directory (config.json + weights)")
+    p.add_argument("--out", required=True, help="tokenizer directory: new or empty unless --resume")
     p.add_argument("--preset", default="small", help="tiny | small | base")
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64)
@@ -52,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="also write the metrics to this file")
     p.add_argument("--grid", help="write a PNG of originals over reconstructions here")
     p.add_argument("--max-frames", type=int, help="evaluate an evenly spaced subset")
+    add_overwrite_flag(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_evaluate)
 
@@ -96,6 +96,7 @@ def _tokenize(args: argparse.Namespace) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
+    claim([args.json, args.grid], args.overwrite)
     tokenizer = FrameTokenizer.from_pretrained(args.tokenizer)
     ds = load_trajectories(args.dataset)
     metrics = evaluate_tokenizer(
@@ -103,7 +104,4 @@ def _evaluate(args: argparse.Namespace) -> dict:
     )
     if args.grid:
         metrics["grid"] = args.grid
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return write_json(metrics, args.json)

@@ -2,22 +2,29 @@
 
 A train-state directory holds `model.safetensors`, `optimizer.safetensors` + `optimizer.json`,
 `state.json` (step, scheduler, RNG of every rank, caller's extras, config) and `rng.safetensors`.
-It is written to a temporary sibling and renamed into place, so a kill mid-write leaves the
-previous checkpoint intact and never a half-written one that looks complete.
+It is written to a temporary sibling and swapped into place (`tokworld.folders`), so a kill
+mid-write leaves the previous checkpoint intact and never a half-written one that looks complete;
+a kill between the two renames of the swap is repaired when the state is next read.
+
+`open_run` opens a run folder under `accelerate`: the main process alone locks and writes it.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tokworld.errors import TokWorldError
+from tokworld.folders import atomic_dir, recover, start_run
 
 
 def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -78,28 +85,20 @@ def save_train_state(
     extra: dict | None = None,
 ) -> None:
     """Write a complete train state to `path` (replacing an older one atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    opt_info, opt_tensors = _split_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors = {f"{r}.{k}": v for r, (_, ts) in enumerate(rng_states) for k, v in ts.items()}
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    state = {
-        "step": step,
-        "optimizer": opt_info,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": [info for info, _ in rng_states],
-        "extra": extra or {},
-    }
-    (tmp / "state.json").write_text(json.dumps(state))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(path, replace=True) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        opt_info, opt_tensors = _split_optimizer(optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        rng_tensors = {f"{r}.{k}": v for r, (_, ts) in enumerate(rng_states) for k, v in ts.items()}
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        state = {
+            "step": step,
+            "optimizer": opt_info,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": [info for info, _ in rng_states],
+            "extra": extra or {},
+        }
+        (tmp / "state.json").write_text(json.dumps(state))
 
 
 def load_train_state(
@@ -111,6 +110,7 @@ def load_train_state(
 ) -> tuple[int, dict]:
     """Restore model, optimizer, scheduler and this rank's RNG; return (step, extra)."""
     path = Path(path)
+    recover(path)
     if not (path / "state.json").exists():
         raise TokWorldError(f"no train state to resume from in {path}")
     try:
@@ -128,3 +128,27 @@ def load_train_state(
     mine = {k[len(prefix) :]: v for k, v in rng_tensors.items() if k.startswith(prefix)}
     set_rng_state(state["rng"][rank], mine)
     return state["step"], state["extra"]
+
+
+@contextmanager
+def open_run(
+    out: str | Path,
+    state: PartialState,
+    resume: bool,
+    record_name: str | None = None,
+    settings: dict | None = None,
+) -> Iterator[Path]:
+    """`tokworld.folders.start_run` in every process of a run: the main process checks, locks
+    and records the run folder `out`; the others wait for it and raise the same one-line error
+    when it could not. The lock is held until the block ends."""
+    with ExitStack() as stack:
+        error = None
+        if state.is_main_process:
+            try:
+                stack.enter_context(start_run(out, settings, resume, record_name))
+            except TokWorldError as e:
+                error = str(e)
+        error = broadcast_object_list([error])[0]
+        if error is not None:
+            raise TokWorldError(error)
+        yield Path(out)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from tokworld.errors import TokWorldError
+from tokworld.folders import first_change, recover, write_json_atomic
 from tokworld.training.accel import describe, make_accelerator
 from tokworld.training.checkpoint import load_train_state, rng_state, save_train_state
 
@@ -197,12 +198,13 @@ def train(
     if eval_dataset is not None:
         metrics.update(evaluate(model, eval_dataset, cfg, accelerator))
     if accelerator.is_main_process:
-        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        write_json_atomic(out_dir / "history.json", history, indent=1)
     return {**metrics, **describe(accelerator), "steps": cfg.steps}
 
 
 def _check_resume_config(state_dir: Path, config: dict | None) -> None:
     """Before loading anything: a checkpoint made with another config cannot be resumed."""
+    recover(state_dir)
     path = state_dir / "state.json"
     if config is None or not path.exists():
         return
@@ -214,12 +216,9 @@ def _check_resume_config(state_dir: Path, config: dict | None) -> None:
         )
 
 
-def _first_difference(old, new, key: str = "") -> str:
+def _first_difference(old, new) -> str:
     """`key: old -> new` for the first (nested) entry where two JSON values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            if old.get(k) != new.get(k):
-                return _first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
+    key, old, new = first_change(old, new)
     return f"{key or 'config'}: {json.dumps(old)} -> {json.dumps(new)}"
 
 

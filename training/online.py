@@ -34,6 +34,7 @@ from tokworld.config import PRESETS, TokWorldConfig
 from tokworld.data.collect import collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.errors import TokWorldError
+from tokworld.folders import atomic_dir, recover, start_run, write_json_atomic
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic, Agent, build_policy
 from tokworld.returns import play_episodes
@@ -148,11 +149,18 @@ def train_online(
     is recorded with the settings. Returns `RUN/metrics.json`.
     """
     out = Path(out)
-    models = models or Models()
-    _start(out, cfg, source, resume)
+    settings = {"config": cfg.to_dict(), "source": source}
+    with start_run(out, settings, resume, "online.json"):
+        (out / "data").mkdir(exist_ok=True)
+        return _run(cfg, out, models or Models(), resume, progress)
+
+
+def _run(cfg: OnlineConfig, out: Path, models: Models, resume: bool, progress: bool) -> dict:
+    """The epochs of `train_online` in the opened run directory `out`."""
     first, history = 0, []
     snapshot = out / "train_state" / "online"
-    _recover(snapshot)
+    for folder in (snapshot, *(out / name for name in MODELS)):
+        recover(folder)
     if resume and (snapshot / "state.json").exists():
         state = json.loads((snapshot / "state.json").read_text())
         first, history = state["epoch"] + 1, state["history"]
@@ -250,58 +258,18 @@ def _short(result: dict) -> dict:
     return {k: round(v, 5) for k, v in numbers.items()}
 
 
-def _start(out: Path, cfg: OnlineConfig, source: dict | None, resume: bool) -> None:
-    """A new run needs an empty `out`; a resumed one the same settings. Record them."""
-    settings = {"config": cfg.to_dict(), "source": source}
-    recorded = out / "online.json"
-    if out.exists() and not out.is_dir():
-        raise TokWorldError(f"run directory {out} is a file")
-    if resume and recorded.exists():
-        saved = json.loads(recorded.read_text())
-        if saved != settings:
-            old, new = saved.get("config", {}), settings["config"]
-            changed = [k for k in new if old.get(k) != new[k]] or ["source"]
-            raise TokWorldError(
-                f"cannot resume {out}: it was started with other settings ({changed[0]})"
-            )
-    elif out.is_dir() and any(out.iterdir()):
-        raise TokWorldError(f"run directory {out} is not empty: pass --resume to continue it")
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(settings, indent=2))
-
-
-def _recover(snapshot: Path) -> None:
-    """A kill between the two renames of `_swap` leaves only `.old`: put it back."""
-    old = snapshot.with_name(snapshot.name + ".old")
-    if old.exists() and not snapshot.exists():
-        old.rename(snapshot)
-
-
-def _swap(tmp: Path, final: Path) -> None:
-    """Replace `final` by the complete directory `tmp` (rename, never a half-written state)."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _commit(out: Path, epoch: int, models: Models, history: list[dict]) -> None:
     """Checkpoint the finished epoch, then publish its models as RUN/tokenizer etc."""
     snapshot = out / "train_state" / "online"
-    tmp = snapshot.with_name("online.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(snapshot, replace=True) as tmp:
+        for name in MODELS:
+            getattr(models, name).save_pretrained(tmp / name)
+        policy_state = out / "train_state" / "work" / "policy" / "train_state"
+        shutil.copytree(policy_state, tmp / "policy_state")
+        (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
     for name in MODELS:
-        getattr(models, name).save_pretrained(tmp / name)
-    shutil.copytree(out / "train_state" / "work" / "policy" / "train_state", tmp / "policy_state")
-    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
-    _swap(tmp, snapshot)
-    for name in MODELS:
-        partial = out / f"{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(snapshot / name, partial)
-        _swap(partial, out / name)
+        with atomic_dir(out / name, replace=True) as tmp:
+            shutil.copytree(snapshot / name, tmp, dirs_exist_ok=True)
 
 
 def _load_models(snapshot: Path) -> Models:
@@ -322,5 +290,5 @@ def _metrics(out: Path, cfg: OnlineConfig, history: list[dict]) -> dict:
         "learning_curve": curve,
         "history": history,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out / "metrics.json", metrics)
     return metrics

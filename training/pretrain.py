@@ -16,7 +16,7 @@ A run directory::
 Each stage's output appears (atomically) only when the stage is done. With `resume`, finished
 stages are skipped and the running one continues from its last checkpoint, so a killed run loses
 at most the steps since that checkpoint. Under `accelerate launch` every process runs this
-function; the main process alone writes files, the others wait for it.
+function; the main process alone writes files (holding the run's lock), the others wait for it.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ from tokworld.data.format import (
 from tokworld.data.importers import resolve_dataset_spec
 from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
+from tokworld.folders import atomic_dir, recover, write_json_atomic
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.accel import seed_everything
+from tokworld.training.checkpoint import open_run
 from tokworld.training.loop import TrainConfig
 from tokworld.training.tokenizer import tokenize_dataset, train_tokenizer
 from tokworld.training.world_model import train_world_model
@@ -101,7 +103,13 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
     ds = load_trajectories(path)
     validate_trajectories(ds)
     meta = TrajectoryMeta.from_dataset(ds)
-    _start_run(out, cfg, resume, state)  # only now, with good inputs, is anything written
+    settings = asdict(cfg)
+    with open_run(out, state, resume, "pretrain.json", settings):  # inputs are good: write
+        return _run(cfg, out, ds, meta, reused, resume, state, progress)
+
+
+def _run(cfg, out, ds, meta, reused, resume, state, progress) -> dict:
+    """The stages of `pretrain` in the opened run directory `out`."""
     metrics = _read_metrics(out)
     train_ds, eval_ds = _split(ds, cfg)
     metrics["dataset"] = {
@@ -130,15 +138,15 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
         _world_model_train_config(cfg),
         stage,
         eval_ds=eval_codes,
-        resume=resume and _has_checkpoint(stage),
+        resume=_continues(stage, resume, state),
         progress=progress,
     )
     metrics["world_model"] = {**result, "seconds": round(time.perf_counter() - start, 1)}
     metrics["world_size"] = result["world_size"]
     metrics["distributed_type"] = result["distributed_type"]
     if state.is_main_process:
-        _save_atomically(model, out / "world_model")
-        _write_metrics(out, metrics)
+        _save(model, out / "world_model")
+        write_json_atomic(out / "metrics.json", metrics)
     state.wait_for_everyone()
     return metrics
 
@@ -156,30 +164,6 @@ def _world_model_train_config(cfg: PretrainConfig) -> TrainConfig:
     )
 
 
-def _start_run(out: Path, cfg: PretrainConfig, resume: bool, state: PartialState) -> None:
-    """A new run needs an empty `out`; a resumed one the same settings. Record the settings."""
-    settings = json.loads(json.dumps(asdict(cfg)))
-    recorded = out / "pretrain.json"
-    if out.exists() and not out.is_dir():
-        raise TokWorldError(f"run directory {out} is a file")
-    if resume and recorded.exists():
-        saved = json.loads(recorded.read_text())
-        changed = [k for k in settings if saved.get(k) != settings[k]]
-        if changed:
-            k = changed[0]
-            raise TokWorldError(
-                f"cannot resume {out}: it was started with {k}={saved.get(k)!r}, "
-                f"not {settings[k]!r}"
-            )
-    elif out.is_dir() and any(out.iterdir()):
-        raise TokWorldError(f"run directory {out} is not empty: pass --resume to continue it")
-    state.wait_for_everyone()  # every process has checked before the main one writes
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        recorded.write_text(json.dumps(settings, indent=2))
-    state.wait_for_everyone()
-
-
 def _split(ds: datasets.Dataset, cfg: PretrainConfig):
     """(train, held-out episodes or None): the same episodes for frames and for codes."""
     if cfg.eval_fraction <= 0 or len(episode_bounds(ds)[0]) < 2:
@@ -190,6 +174,7 @@ def _split(ds: datasets.Dataset, cfg: PretrainConfig):
 def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state, progress):
     """The run's frame tokenizer: already saved, `reused` (from `cfg.tokenizer`), or trained."""
     final = out / "tokenizer"
+    recover(final)
     if (final / "model.safetensors").exists():
         return FrameTokenizer.from_pretrained(final, device=str(state.device))
     start = time.perf_counter()
@@ -204,7 +189,7 @@ def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state
             preset=cfg.preset,
             steps=cfg.tokenizer_steps,
             batch_size=cfg.tokenizer_batch_size,
-            resume=resume and _has_checkpoint(stage),
+            resume=_continues(stage, resume, state),
             eval_dataset=eval_ds,
             progress=progress,
             grad_accum=cfg.grad_accum,
@@ -214,8 +199,8 @@ def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state
         )
         metrics["tokenizer"] = {**result, "seconds": round(time.perf_counter() - start, 1)}
     if state.is_main_process:
-        _save_atomically(tokenizer, final)
-        _write_metrics(out, metrics)
+        _save(tokenizer, final)
+        write_json_atomic(out / "metrics.json", metrics)
     state.wait_for_everyone()
     return tokenizer.eval()
 
@@ -224,14 +209,10 @@ def _codes_stage(cfg, out, tokenizer, ds, state) -> datasets.Dataset:
     """The dataset tokenized once (by the main process), without its frames: `RUN/codes`."""
     final = out / "codes"
     if state.is_main_process and not final.exists():
-        work = out / "codes.partial"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        cache = str(work / "tokenized.arrow")
-        codes = tokenize_dataset(tokenizer, ds, cfg.tokenize_batch_size, cache_file_name=cache)
-        codes.remove_columns("observation").save_to_disk(str(work / "codes"))
-        (work / "codes").rename(final)
-        shutil.rmtree(work)
+        with atomic_dir(final) as tmp:  # the map's cache goes in its parent, removed after
+            cache = str(tmp.parent / "tokenized.arrow")
+            codes = tokenize_dataset(tokenizer, ds, cfg.tokenize_batch_size, cache_file_name=cache)
+            codes.remove_columns("observation").save_to_disk(str(tmp))
     state.wait_for_everyone()
     return datasets.load_from_disk(str(final))
 
@@ -241,25 +222,25 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("TOKWORLD_CACHE", Path.home() / ".cache" / "tokworld"))
 
 
-def _has_checkpoint(stage: Path) -> bool:
-    return (stage / "train_state" / "state.json").exists()
+def _continues(stage: Path, resume: bool, state: PartialState) -> bool:
+    """Whether a stage resumes its checkpoint in `stage`; without one, it starts over in an
+    empty folder (a stage killed before its first checkpoint left only logs)."""
+    recover(stage / "train_state")
+    if resume and (stage / "train_state" / "state.json").exists():
+        return True
+    state.wait_for_everyone()  # every process has looked before the folder goes
+    if state.is_main_process:
+        shutil.rmtree(stage, ignore_errors=True)
+    state.wait_for_everyone()
+    return False
 
 
-def _save_atomically(model, directory: Path) -> None:
-    """`save_pretrained` into a sibling, then rename: a kill never leaves a half-written model."""
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+def _save(model, directory: Path) -> None:
+    """`save_pretrained` into a sibling, then swap: a kill never leaves a half-written model."""
+    with atomic_dir(directory, replace=True) as tmp:
+        model.save_pretrained(tmp)
 
 
 def _read_metrics(out: Path) -> dict:
     path = out / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_metrics(out: Path, metrics: dict) -> None:
-    tmp = out / "metrics.json.partial"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.rename(out / "metrics.json")

@@ -3,15 +3,14 @@
 `train_tokenizer(ds, "RUN/tokenizer")` leaves the model in `RUN/tokenizer/config.json` +
 `model.safetensors` (what `FrameTokenizer.from_pretrained` reads), the resumable checkpoint in
 `RUN/tokenizer/train_state`, tensorboard logs in `RUN/tokenizer/logs` and the logged metrics in
-`RUN/tokenizer/history.json`.
+`RUN/tokenizer/history.json`. The folder must be new or empty unless `resume`, and is locked
+while training writes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
@@ -20,10 +19,12 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import Dataset
 
-from tokworld.data.format import check_output_dir, load_trajectories
+from tokworld.data.format import load_trajectories
 from tokworld.errors import TokWorldError
+from tokworld.folders import atomic_dir, check_output_dir
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.training.accel import seed_everything
+from tokworld.training.checkpoint import open_run
 from tokworld.training.loop import TrainConfig, train
 
 
@@ -93,19 +94,20 @@ def train_tokenizer(
     state = PartialState(cpu=not torch.cuda.is_available())
     seed_everything(cfg.seed)
     model = FrameTokenizer(config)
-    metrics = train(
-        model,
-        frames,
-        cfg,
-        out_dir,
-        name="tokenizer",
-        resume=resume,
-        eval_dataset=None if eval_dataset is None else _as_frames(eval_dataset),
-        config_to_check=config.to_dict(),
-        progress=progress,
-    )
-    if state.is_main_process:
-        model.save_pretrained(out_dir)
+    with open_run(out_dir, state, resume):
+        metrics = train(
+            model,
+            frames,
+            cfg,
+            out_dir,
+            name="tokenizer",
+            resume=resume,
+            eval_dataset=None if eval_dataset is None else _as_frames(eval_dataset),
+            config_to_check=config.to_dict(),
+            progress=progress,
+        )
+        if state.is_main_process:
+            model.save_pretrained(out_dir)
     return model.eval(), metrics
 
 
@@ -164,16 +166,7 @@ def tokenize_to_disk(
     the dataset appears at `out` only when complete.
     """
     out = check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        coded = tokenize_dataset(
-            tokenizer, ds, batch_size, cache_file_name=str(work / "codes.arrow")
-        )
-        coded.save_to_disk(str(work / "dataset"))
-        if out.exists():
-            out.rmdir()
-        (work / "dataset").rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with atomic_dir(out) as tmp:  # the map's cache goes in its parent, removed after
+        coded = tokenize_dataset(tokenizer, ds, batch_size, str(tmp.parent / "codes.arrow"))
+        coded.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(out))

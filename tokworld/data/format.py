@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from datasets.fingerprint import Hasher
 from huggingface_hub import DatasetCard
 
 from tokworld.errors import TokWorldError
+from tokworld.folders import atomic_dir, check_output_dir
 from tokworld.tokenizer.codecs import space_from_dict
 
 COLUMNS = (
@@ -116,23 +114,6 @@ def trajectory_row(
 SHARD_FRAME_BYTES = 256 * 2**20
 
 
-def check_output_dir(out: str | Path) -> Path:
-    """Raise TokWorldError unless `out` can become a new dataset directory; return it as a Path."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TokWorldError(f"cannot write to {out}: it exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise TokWorldError(f"output directory {out} already exists and is not empty")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise TokWorldError(f"cannot write to {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TokWorldError(f"cannot write to {out}: {parent} is not writable")
-    return out
-
-
 def write_trajectories(
     rows: Callable[[], Iterable[dict]], out: str | Path, meta: TrajectoryMeta, frame_shape
 ) -> datasets.Dataset:
@@ -144,16 +125,9 @@ def write_trajectories(
     dataset that looks finished.
     """
     out = check_output_dir(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as e:
-        raise TokWorldError(f"cannot write to {out}: {e.strerror or e}") from None
-    try:
+    with atomic_dir(out) as target:
         features = features_for(meta.space, frame_shape)
         rows_per_shard = max(1, SHARD_FRAME_BYTES // int(np.prod(frame_shape)))
-        target = work / "dataset"  # made with the umask's permissions, unlike `work`
-        target.mkdir()
         num_rows, files = _write_shards(rows(), target, features, rows_per_shard)
         info = datasets.DatasetInfo(description=meta.to_json(), features=features)
         info.write_to_directory(str(target))
@@ -167,11 +141,6 @@ def write_trajectories(
             "_split": "train",
         }
         (target / "state.json").write_text(json.dumps(state, indent=2))
-        if out.exists():
-            out.rmdir()
-        target.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return datasets.load_from_disk(str(out))
 
 

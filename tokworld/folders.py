@@ -1,0 +1,236 @@
+"""The one owner of the folders commands write: new-output checks, atomic writes, run locks.
+
+Every writer builds its output beside the final path and renames it into place, so a kill
+never leaves a half-written folder or file that looks complete:
+
+- `atomic_dir(final)`: build a directory in a temporary sibling `.NAME.partial-XXXX`; it
+  appears at `final` only when the block succeeds, and the sibling is gone either way.
+- `replace_dir(tmp, final)`: swap a complete directory in for an existing one via `NAME.old`;
+  `recover(final)` undoes what a kill between the two renames left (call it before reading).
+- `write_json_atomic(path, obj)`: the same for one small JSON file.
+- `start_run(out, settings, resume, record_name)`: create or resume a run folder and hold its
+  lock (`out/.lock`, with the holder's pid) while writing it.
+
+Imports nothing of tokworld's but `tokworld.errors`, so every layer above may use it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tokworld.errors import TokWorldError
+
+LOCK = ".lock"
+PARTIAL = ".partial-"  # temporary siblings are named `.NAME.partial-XXXX`
+
+
+def check_output_dir(out: str | Path, kind: str = "output directory", hint: str = "") -> Path:
+    """Raise TokWorldError unless `out` can become a new directory; return it as a Path.
+
+    `out` may be missing or empty (a lock file aside). `kind` names it in the message, and
+    `hint` ends the "not empty" one (e.g. ": pass --resume to continue it").
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TokWorldError(f"cannot write to {out}: it exists and is not a directory")
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+        raise TokWorldError(f"{kind} {out} already exists and is not empty{hint}")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TokWorldError(f"cannot write to {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TokWorldError(f"cannot write to {out}: {parent} is not writable")
+    return out
+
+
+@contextmanager
+def atomic_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty directory that becomes `final` when the block ends without error.
+
+    The directory lives inside a temporary sibling `.NAME.partial-XXXX` of `final` (made with
+    the umask's permissions, unlike the sibling); scratch files that must not end up in `final`
+    go in its parent, the sibling, which is removed whether the block succeeds or fails.
+    `final` must be missing or empty, unless `replace`: then an existing one is swapped out by
+    `replace_dir`.
+    """
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL}", dir=final.parent))
+    except OSError as e:
+        raise TokWorldError(f"cannot write to {final}: {e.strerror or e}") from None
+    try:
+        tmp = work / final.name
+        tmp.mkdir()
+        yield tmp
+        if replace:
+            replace_dir(tmp, final)
+        else:
+            check_output_dir(final)
+            if final.exists():
+                final.rmdir()
+            tmp.rename(final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _old(final: Path) -> Path:
+    return final.with_name(final.name + ".old")
+
+
+def recover(final: str | Path) -> None:
+    """Repair what a kill during `replace_dir` left: `NAME.old` alone is put back as `final`;
+    beside a complete `final` it is removed. Safe to call from several processes at once."""
+    final = Path(final)
+    old = _old(final)
+    if not old.exists():
+        return
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        old.rename(final)
+    except FileNotFoundError:  # another process put it back first
+        pass
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Replace the directory `final` (if any) by the complete directory `tmp`.
+
+    Two renames with `final` moved to `NAME.old` in between: at every instant either `final`
+    or `NAME.old` holds a complete directory, and `recover` puts the right one in place.
+    """
+    tmp, final = Path(tmp), Path(final)
+    recover(final)
+    old = _old(final)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Write `obj` as JSON to `path` through a temporary sibling and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=indent))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def first_change(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted key, old value, new value) of the first entry where two JSON values differ,
+    in the order of `new`'s keys, then `old`'s; None when they are equal."""
+    if old == new:
+        return None
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*new, *(k for k in old if k not in new)]:
+            change = first_change(old.get(k), new.get(k), f"{key}.{k}" if key else k)
+            if change is not None:
+                return change
+    return key, old, new
+
+
+def check_run(
+    out: str | Path, settings: dict | None, resume: bool, record_name: str | None
+) -> Path:
+    """Raise TokWorldError unless `start_run` may open `out`; return it as a Path.
+
+    A new run needs a missing or empty `out`. With `resume`, a folder holding the record
+    `record_name` must have been started with the same `settings`; without a record name,
+    `resume` accepts any folder (the caller checks what it resumes).
+    """
+    out = Path(out)
+    recorded = out / record_name if record_name else None
+    if resume and out.is_dir() and (recorded is None or recorded.exists()):
+        if recorded is not None:
+            change = first_change(json.loads(recorded.read_text()), _as_json(settings))
+            if change is not None:
+                key, old, new = change
+                raise TokWorldError(
+                    f"cannot resume {out}: it was started with other settings "
+                    f"({key}={old!r}, not {new!r})"
+                )
+        return out
+    return check_output_dir(out, "run directory", ": pass --resume to continue it")
+
+
+@contextmanager
+def start_run(
+    out: str | Path, settings: dict | None, resume: bool, record_name: str | None
+) -> Iterator[Path]:
+    """Open the run folder `out` for writing (see `check_run`) and hold its lock meanwhile.
+
+    Records `settings` as JSON in `out/record_name`; on `resume`, removes the `.partial`
+    leftovers of a killed writer. A second process opening `out` while this one holds it gets
+    a TokWorldError naming this one's pid. Under `accelerate`, only the main process calls it.
+    """
+    out = check_run(out, settings, resume, record_name)  # before anything is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TokWorldError(f"cannot write to {out}: {e.strerror or e}") from None
+    fd = _lock(out)
+    try:
+        check_run(out, settings, resume, record_name)  # again, now that no one else writes
+        if record_name:
+            write_json_atomic(out / record_name, _as_json(settings))
+        if resume:
+            for leftover in sorted(out.rglob(f".*{PARTIAL}*"), reverse=True):
+                _remove(leftover)
+        yield out
+    finally:
+        _unlock(out, fd)
+
+
+def _as_json(settings: dict | None) -> Any:
+    return json.loads(json.dumps(settings))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _lock(out: Path) -> int:
+    """Hold an exclusive `flock` on `out/.lock` and write our pid in it; return its fd."""
+    path = out / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise TokWorldError(
+                f"run directory {out} is in use by process {holder}: wait for it to end"
+            ) from None
+        try:  # the holder before us may have removed the file we opened: lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unlock(out: Path, fd: int) -> None:
+    """Remove the lock file while still holding it, then let go."""
+    (out / LOCK).unlink(missing_ok=True)
+    os.close(fd)

@@ -24,7 +24,7 @@ import numpy as np
 from tokworld.data.collect import collect
 from tokworld.data.windows import RealContext
 from tokworld.envs import action_space
-from tokworld.eval.media import contact_sheet, write_gif
+from tokworld.eval.media import contact_sheet, pyplot, write_gif
 from tokworld.eval.real_env import evaluate_run
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.policy import Agent
@@ -198,11 +198,7 @@ def _imagine(run: Path, cfg: DemoConfig, out: Path) -> list[str]:
 
 def _plot_curve(curve: list[dict], random: float, path: Path, env_id: str) -> Path:
     """PNG: mean real return against real env steps used, with the random policy's level."""
-    import matplotlib  # here, not at the top: choosing the Agg backend must not be an import effect
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot([p["env_steps"] for p in curve], [p["return"] for p in curve], "o-", label="policy")
     ax.axhline(random, color="grey", linestyle="--", label="random policy")

@@ -20,6 +20,7 @@ steps past it are left out. Index t of a per-step list is horizon t + 1: the fra
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,10 @@ import datasets
 import numpy as np
 import torch
 
-from tokworld.data.format import TrajectoryMeta, episode_bounds
+from tokworld.data.format import TrajectoryMeta, episode_bounds, load_trajectories
+from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
+from tokworld.eval.media import pyplot
 from tokworld.eval.tokenizer_metrics import ssim
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.tokenizer.frame import to_uint8
@@ -317,11 +320,6 @@ def held_out_dataset(run: str | Path, dataset: str | None = None) -> tuple[datas
     With `dataset`, all of it; without, the episodes `tokworld pretrain` held out of the run's
     training set (the split recorded in `RUN/pretrain.json` is recomputed).
     """
-    import json
-
-    from tokworld.data.format import load_trajectories
-    from tokworld.data.windows import split_episodes
-
     if dataset is not None:
         return load_trajectories(dataset), dataset
     settings_file = Path(run) / "pretrain.json"
@@ -337,11 +335,9 @@ def held_out_dataset(run: str | Path, dataset: str | None = None) -> tuple[datas
 
 def plot_fidelity(result: dict, path: str | Path) -> Path:
     """PNG: PSNR vs horizon (vs real, vs reconstruction, tokenizer alone) and token accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     steps = result["per_step"]
     h = steps["horizon"]

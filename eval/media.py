@@ -9,6 +9,17 @@ import numpy as np
 from einops import rearrange
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (chosen here, on first use, and not as a
+    side effect of importing tokworld)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour upscaling of (..., H, W, 3) frames, so 64x64 frames are visible."""
     return frames.repeat(factor, axis=-3).repeat(factor, axis=-2)

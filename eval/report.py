@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from tokworld.errors import TokWorldError
+from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset, plot_fidelity
+from tokworld.eval.media import pyplot, side_by_side, write_gif
+from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+from tokworld.run import load_run
 
 CONFIG_FILES = (
     "pretrain.json",
@@ -45,9 +49,7 @@ figcaption { font-size: .85em; color: #555; }
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -90,15 +92,6 @@ def config_section(run: Path) -> str:
     return f"<h2>Configuration and final metrics</h2><div class='row'>{''.join(tables)}</div>"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def curve_figure(history: list[dict], title: str) -> bytes | None:
     """PNG of one stage's history, train (solid) and eval/ (dashed) alike.
 
@@ -116,7 +109,7 @@ def curve_figure(history: list[dict], title: str) -> bytes | None:
     panels = [(label, group) for label, group in panels if group]
     if not panels:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     colours = {name: f"C{i % 10}" for i, name in enumerate(sorted({base(k) for k in keys}))}
     for ax, (label, group) in zip(axes[0], panels, strict=True):
@@ -140,7 +133,7 @@ def return_figure(rows: list[dict], title: str) -> bytes | None:
     keys = sorted({k for r in rows for k in r if "return" in k})
     if not keys:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for key in keys:
         pts = [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None]
@@ -204,7 +197,6 @@ def curves_section(run: Path) -> str:
 
 
 def _gif(frames: np.ndarray) -> bytes:
-    from tokworld.eval.media import write_gif
 
     with tempfile.TemporaryDirectory() as tmp:
         return write_gif(frames, Path(tmp) / "clip.gif", scale=3).read_bytes()
@@ -212,8 +204,6 @@ def _gif(frames: np.ndarray) -> bytes:
 
 def fidelity_section(result: dict, rollouts, videos: int) -> str:
     """The fidelity plot, figures at a few horizons, and real | imagined GIFs."""
-    from tokworld.eval.fidelity import plot_fidelity
-    from tokworld.eval.media import side_by_side
 
     with tempfile.TemporaryDirectory() as tmp:
         plot = plot_fidelity(result, Path(tmp) / "fidelity.png").read_bytes()
@@ -251,7 +241,6 @@ def fidelity_section(result: dict, rollouts, videos: int) -> str:
 
 def tokenizer_section(tokenizer, ds) -> str:
     """Held-out reconstruction scores and a grid of originals over reconstructions."""
-    from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
 
     if "observation" not in ds.column_names:
         return '<h2>Tokenizer</h2><p class="note">the dataset holds codes, not frames</p>'
@@ -281,8 +270,6 @@ def write_report(
     plot; otherwise `evaluate_fidelity(**fidelity_options)` runs. The GIFs always come from
     fresh rollouts.
     """
-    from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset
-    from tokworld.run import load_run
 
     run, out = Path(run), Path(out)
     if not run.is_dir():

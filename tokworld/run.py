@@ -8,6 +8,8 @@ import torch
 
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
+from tokworld.policy import ActorCritic
+from tokworld.tokenizer.frame import FrameTokenizer
 
 
 def _model_dir(run: str | Path, name: str) -> Path:
@@ -29,8 +31,6 @@ def load_world_model(run: str | Path, device: str | torch.device = "cpu") -> Tok
 
 def load_tokenizer(run: str | Path, device: str | torch.device = "cpu"):
     """The run's frame tokenizer, in eval mode."""
-    from tokworld.tokenizer.frame import FrameTokenizer
-
     tokenizer = FrameTokenizer.from_pretrained(_model_dir(run, "tokenizer"))
     return tokenizer.to(device).eval()
 
@@ -54,8 +54,6 @@ def load_run(run: str | Path, device: str | torch.device = "cpu"):
 def load_policy(run: str | Path, space=None, device: str | torch.device = "cpu"):
     """The run's actor-critic (`RUN/policy`), in eval mode; with `space` (a gymnasium action
     space), checked to act in it."""
-    from tokworld.policy import ActorCritic
-
     policy = ActorCritic.from_pretrained(_model_dir(run, "policy"), device=str(device))
     codec = policy.codec
     if space is not None and not codec.matches(space):

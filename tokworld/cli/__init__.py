@@ -11,6 +11,10 @@ import argparse
 import importlib
 import sys
 
+import datasets
+import torch
+import transformers
+
 from tokworld.cli.outputs import json_text
 from tokworld.errors import TokWorldError
 
@@ -37,13 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; print its result as JSON; bad input exits 2 with one line."""
     args = build_parser().parse_args(argv)
-    import torch
-
     threads = torch.get_num_threads()
     try:
-        import datasets
-        import transformers
-
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
         if getattr(args, "threads", None) is not None:  # every command's `--threads`

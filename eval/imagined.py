@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.eval.fidelity import compare_frames, reconstruct
 from tokworld.eval.media import contact_sheet, side_by_side, write_gif
+from tokworld.folders import write_json_atomic
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
@@ -81,7 +81,7 @@ def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) 
     summary = _write(out, episodes, meta, cfg, run, dataset)
     if cfg.open_loop:
         summary.update(_compare(out, episodes, windows, tokenizer, cfg.context))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tokworld.envs import action_space
 from tokworld.eval.media import write_gif
+from tokworld.folders import write_json_atomic
 from tokworld.policy import Agent
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer
@@ -38,6 +38,5 @@ def evaluate_run(
         "best_gif": str(write_gif(result.best_frames, f"{stem}_best.gif")),
         "worst_gif": str(write_gif(result.worst_frames, f"{stem}_worst.gif")),
     }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out_json, summary)
     return summary

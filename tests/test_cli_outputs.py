@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tokworld.cli import main
-from tokworld.cli.outputs import json_text, write_json
+from tokworld.cli.outputs import write_json
+from tokworld.folders import json_text
 
 # Each command with the output flag under test; its other inputs do not exist, so a command that
 # got past the output check would fail on them instead (with another message).

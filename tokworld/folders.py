@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -119,13 +120,34 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, inf) in it replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Valid JSON of `obj`: non-finite numbers (which bare JSON cannot hold) become null."""
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
+
+
 def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> None:
-    """Write `obj` as JSON to `path` through a temporary sibling and a rename."""
+    """Write `obj` as valid JSON (`json_text`) to `path` through a temporary sibling and a
+    rename; a missing parent folder is made. OS errors (disk full, permissions) become one
+    TokWorldError line."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(obj, indent=indent))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json_text(obj, indent))
         os.replace(tmp, path)
+    except OSError as e:
+        raise TokWorldError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

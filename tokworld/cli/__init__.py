@@ -15,8 +15,8 @@ import datasets
 import torch
 import transformers
 
-from tokworld.cli.outputs import json_text
 from tokworld.errors import TokWorldError
+from tokworld.folders import json_text
 
 # Modules that add subcommands: each has `register(subparsers)`, setting `func` on its parsers.
 COMMAND_MODULES = (

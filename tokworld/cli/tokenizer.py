@@ -91,7 +91,9 @@ def _train(args: argparse.Namespace) -> dict:
 
 def _tokenize(args: argparse.Namespace) -> dict:
     tokenizer = FrameTokenizer.from_pretrained(args.tokenizer)
-    coded = tokenize_to_disk(tokenizer, load_trajectories(args.dataset), args.out, args.batch_size)
+    ds = load_trajectories(args.dataset)
+    validate_trajectories(ds)
+    coded = tokenize_to_disk(tokenizer, ds, args.out, args.batch_size)
     return {"out": args.out, "rows": len(coded), "tokens_per_frame": tokenizer.tokens_per_frame}
 
 

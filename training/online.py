@@ -30,13 +30,14 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from tokworld.config import PRESETS, TokWorldConfig
+from tokworld.config import TokWorldConfig
 from tokworld.data.collect import collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, recover, start_run, write_json_atomic
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic, Agent, build_policy
+from tokworld.presets import NAMES, check_preset
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
 from tokworld.tokenizer.frame import FrameTokenizer
@@ -54,28 +55,33 @@ MODELS = ("tokenizer", "world_model", "policy")
 class OnlineConfig:
     """Settings of an online run. Stage step counts are per epoch; `imagination.steps` too."""
 
-    env_id: str
-    env_steps: int = 10000
-    initial_steps: int = 2000
+    env_id: str = field(
+        metadata={"flag": "--env", "help": "gymnasium env id, e.g. MiniGrid-Empty-5x5-v0"}
+    )
+    env_steps: int = field(
+        default=10000, metadata={"required": True, "help": "real env steps in all"}
+    )
+    initial_steps: int = field(default=2000, metadata={"help": "random steps of epoch 0"})
     steps_per_epoch: int = 1000
-    epsilon: float = 0.01
-    temperature: float = 1.0
-    preset: str = "small"  # sizes of models built from scratch
-    policy_input: str = "frames"
-    tokenizer_steps: int = 100
+    epsilon: float = field(default=0.01, metadata={"help": "random actions when collecting"})
+    temperature: float = field(default=1.0, metadata={"help": "policy temperature, collecting"})
+    preset: str = field(
+        default="small", metadata={"choices": NAMES, "help": "sizes of models built from scratch"}
+    )
+    policy_input: str = field(default="frames", metadata={"choices": ("frames", "tokens")})
+    tokenizer_steps: int = field(default=100, metadata={"help": "per epoch (0: frozen)"})
     tokenizer_batch_size: int = 32
-    world_model_steps: int = 200
+    world_model_steps: int = field(default=200, metadata={"help": "per epoch"})
     world_model_batch_size: int = 32
     world_model_lr: float = 3e-4
     imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
-    eval_every: int = 1
+    eval_every: int = field(default=1, metadata={"help": "epochs between real evaluations"})
     eval_episodes: int = 10
     frame_size: int = 64
     seed: int = 0
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise TokWorldError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
+        check_preset(self.preset)
         for name in (
             "env_steps",
             "initial_steps",

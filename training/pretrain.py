@@ -25,14 +25,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
 from accelerate import PartialState
 
-from tokworld.config import PRESETS, TokWorldConfig
+from tokworld.config import TokWorldConfig
 from tokworld.data.format import (
     TrajectoryMeta,
     episode_bounds,
@@ -44,6 +44,7 @@ from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, recover, write_json_atomic
 from tokworld.model import TokWorldModel
+from tokworld.presets import NAMES, check_preset
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.accel import seed_everything
@@ -57,24 +58,28 @@ from tokworld.training.world_model import train_world_model
 class PretrainConfig:
     """Settings of a pretraining run; `preset` sizes both the tokenizer and the world model."""
 
-    dataset: str
-    preset: str = "small"
-    tokenizer: str | None = None  # reuse this tokenizer directory instead of training one
+    dataset: str = field(metadata={"help": "dataset directory, Hub id, minari:ID or hf:ID"})
+    preset: str = field(default="small", metadata={"choices": NAMES})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "reuse this trained tokenizer directory"}
+    )
     tokenizer_steps: int = 2000
     tokenizer_batch_size: int = 64
     world_model_steps: int = 2000
-    batch_size: int = 32
-    lr: float = 3e-4  # world model; the tokenizer uses its own default
+    batch_size: int = field(default=32, metadata={"help": "world-model batch per process"})
+    lr: float = field(
+        default=3e-4,
+        metadata={"help": "world-model peak learning rate (the tokenizer uses its own default)"},
+    )
     grad_accum: int = 1
     checkpoint_every: int = 250
     eval_every: int = 250
-    eval_fraction: float = 0.1
-    tokenize_batch_size: int = 256
+    eval_fraction: float = field(default=0.1, metadata={"help": "episodes held out"})
+    tokenize_batch_size: int = field(default=256, metadata={"help": "frames per tokenizer batch"})
     seed: int = 0
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise TokWorldError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
+        check_preset(self.preset)
         positive = ("world_model_steps", "batch_size", "tokenizer_batch_size", "grad_accum",
                     "checkpoint_every", "tokenize_batch_size")  # fmt: skip
         for name in positive:

@@ -1,15 +1,24 @@
-"""Shared fixtures: small real trajectory datasets, collected once per test session."""
+"""Shared fixtures, built once per test session: small real trajectory datasets and one tiny
+pretrained run."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
 
+from tokworld.cli import main
 from tokworld.data.collect import collect
 
 PONG_STEPS = 300
 MINIGRID_STEPS = 300
+# `tokworld pretrain` options of the shared tiny run: the tokenizer trains 8 steps, the world
+# model 12 (checkpoints every 4), and 1 of the dataset's 4 episodes is held out.
+TINY_RUN_OPTIONS = dict(preset="tiny", tokenizer_steps=8, tokenizer_batch_size=16,
+                        world_model_steps=12, batch_size=4, checkpoint_every=4, eval_every=0,
+                        eval_fraction=0.25)  # fmt: skip
 
 # Property tests: no per-example deadline (2 shared CPU cores jitter), 50 examples per test.
 settings.register_profile("tokworld", max_examples=50, deadline=None)
@@ -39,3 +48,33 @@ def minigrid_dataset(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("datasets") / "minigrid"
     collect("MiniGrid-Empty-5x5-v0", MINIGRID_STEPS, out, seed=0, progress=False)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_options() -> dict:
+    """The `tokworld pretrain` options (flag name with `_` -> value) `tiny_run` was made with."""
+    return dict(TINY_RUN_OPTIONS)
+
+
+@pytest.fixture(scope="session")
+def pretrain_argv():
+    """A builder of `tokworld pretrain` command lines: (dataset, out, **changes) -> argv with
+    `tiny_run_options`, changed by `changes`."""
+
+    def build(dataset: str, out, **changes) -> list[str]:
+        argv = ["pretrain", "--dataset", dataset, "--out", str(out)]
+        for key, value in {**TINY_RUN_OPTIONS, **changes}.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        return argv
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_run(minigrid_dataset, pretrain_argv, tmp_path_factory) -> Path:
+    """A run directory made by `tokworld pretrain` on `minigrid_dataset` with `tiny_run_options`:
+    tokenizer/, codes/, world_model/, metrics.json, train_state/. Shared by every test module
+    that reads a run: never write into it (copy it first)."""
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    assert main(pretrain_argv(minigrid_dataset, out)) == 0
+    return out

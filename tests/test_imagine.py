@@ -10,37 +10,17 @@ import torch
 from einops import rearrange
 
 from tokworld.cli import main
-from tokworld.config import TokWorldConfig
 from tokworld.data.format import load_trajectories, validate_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.dream import DreamVectorEnv
 from tokworld.imagine import ImaginationEngine, SamplingConfig
-from tokworld.model import TokWorldModel
-from tokworld.tokenizer import Kind, Vocabulary
-from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+from tokworld.tokenizer import Kind
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, minigrid_dataset) -> str:
-    """A run of a tiny tokenizer and world model, trained a few steps on real MiniGrid frames."""
-    torch.manual_seed(0)
-    ds = load_trajectories(minigrid_dataset)
-    tokenizer = FrameTokenizer(FrameTokenizerConfig.preset("tiny"))
-    frames = torch.from_numpy(ds.with_format("numpy", dtype=None)[:64]["observation"])
-    opt = torch.optim.Adam(tokenizer.parameters(), 1e-3)
-    for _ in range(3):
-        loss, _ = tokenizer.compute_loss({"observation": frames})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    vocab = Vocabulary.from_spaces(
-        gym.spaces.Discrete(7), tokenizer.codebook_size, tokenizer.tokens_per_frame
-    )
-    model = TokWorldModel(TokWorldConfig.preset("tiny", vocab, context_steps=6))
-    run = tmp_path_factory.mktemp("run")
-    tokenizer.save_pretrained(run / "tokenizer")
-    model.save_pretrained(run / "world_model")
-    return str(run)
+def run_dir(tiny_run) -> str:
+    """The session's tiny MiniGrid run (tests/conftest.py), as the str the CLI takes."""
+    return str(tiny_run)
 
 
 def _engine(run_dir, greedy=True, seed=0):
@@ -238,8 +218,8 @@ def test_beyond_the_window_the_cache_equals_sliding_window_attention(run_dir, mi
     seen = []
     original = engine._sample
     engine._sample = lambda logits: seen.append(logits) or original(logits)
-    actions = torch.randint(0, 7, (9, 2), generator=torch.Generator().manual_seed(0))
-    steps = [engine.step(a) for a in actions]  # 11 steps in all, the window holds 6
+    actions = torch.randint(0, 7, (14, 2), generator=torch.Generator().manual_seed(0))
+    steps = [engine.step(a) for a in actions]  # 16 steps in all, the window holds 8
     codes = torch.cat([context["codes"]] + [s.codes[:, None] for s in steps], 1)
     action = torch.cat([context["action"][:, :-1], actions.T, torch.zeros(2, 1).long()], 1)
     reward = torch.cat([context["reward"][:, :-1]] + [s.reward[:, None] for s in steps], 1)
@@ -274,6 +254,7 @@ def test_sampling_draws_from_the_tempered_top_k_softmax(run_dir):
         assert not (drawn == 3).any()  # a masked token is never drawn
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiled_steps_give_the_eager_tokens(run_dir, minigrid_dataset):
     context = _context(run_dir, minigrid_dataset, n=3, steps=2)
     fresh = _context(run_dir, minigrid_dataset, n=1, steps=2, seed=1)
@@ -290,6 +271,7 @@ def test_compiled_steps_give_the_eager_tokens(run_dir, minigrid_dataset):
     assert torch.equal(rollouts[0], rollouts[1])
 
 
+@pytest.mark.slow  # torch.compile
 def test_imagine_cli_and_dream_env_compile_on_request(run_dir, minigrid_dataset, tmp_path):
     episodes = []
     for flags in ([], ["--compile"]):

@@ -179,7 +179,14 @@ def test_scattered_episodes_and_bad_frame_indices_are_named():
 
 
 def test_well_formed_tiny_dataset_validates():
-    validate_trajectories(datasets.Dataset.from_dict(tiny_rows([FRAME] * 3), FEATURES))
+    """Two episodes, one terminated and one truncated, are accepted; without its last end the
+    same dataset is refused, so the acceptance was a check of every row."""
+    rows = tiny_rows([FRAME] * 5, ends=[False, True, False, False, False])
+    rows.update(episode_index=[0, 0, 1, 1, 1], frame_index=[0, 1, 0, 1, 2])
+    rows["truncated"] = [False, False, False, False, True]
+    assert validate_trajectories(datasets.Dataset.from_dict(rows, FEATURES)) is None  # no error
+    rows["truncated"][-1] = False
+    assert_one_line_error(datasets.Dataset.from_dict(rows, FEATURES), "episode 1 has no end")
 
 
 def test_loading_what_is_not_a_dataset_is_an_error(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tokworld.eval.demo import DemoConfig, run_demo
 
 MICRO = DemoConfig(
@@ -24,6 +26,7 @@ MICRO = DemoConfig(
 )
 
 
+@pytest.mark.slow  # every stage of the demo
 def test_demo_runs_every_stage_and_reports_the_real_steps_it_used(tmp_path, capsys):
     summary = run_demo(MICRO, tmp_path / "demo")
     assert summary == json.loads((tmp_path / "demo" / "demo.json").read_text())

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -59,6 +60,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes, ~20 s
 def test_two_cpu_processes_train_one_synchronised_model(minigrid_dataset, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

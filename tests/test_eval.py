@@ -126,6 +126,7 @@ def _fidelity(path, tokenizer, windows=100):
     return evaluate_fidelity(model, tokenizer, ds, CONTEXT, HORIZON, windows, batch_size=16)
 
 
+@pytest.mark.slow  # ~8 s, most of it SSIM
 def test_copying_the_last_frame_of_a_static_env_is_perfect(static):
     path, tokenizer, _ = static
     result, rollouts = _fidelity(path, tokenizer)
@@ -163,6 +164,7 @@ def test_copying_the_last_frame_of_a_moving_env_is_not(tmp_path):
     assert steps["token_accuracy"][1] == 1.0 and steps["psnr_vs_reconstruction"][1] == PSNR_MAX
 
 
+@pytest.mark.slow  # ~4 s, most of it SSIM
 def test_eval_model_writes_json_and_plot(static, tmp_path):
     path, _, run = static
     out = tmp_path / "fid.json"
@@ -220,6 +222,7 @@ FIGURE_KEYS = {"median", "min", "max", "runs"}
 MEMORY_KEYS = {"peak_mib", "increase_mib"}
 
 
+@pytest.mark.slow  # ~9 s
 def test_bench_quick_json_keeps_its_keys(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--preset", "tiny", "--quick", "--threads", "1", "--json", str(out)]) == 0
@@ -294,6 +297,7 @@ def _console(html_file) -> list[str]:
     return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
 
 
+@pytest.mark.slow  # headless Chromium
 def test_report_is_self_contained_and_renders_without_console_errors(static, tmp_path):
     path, _, run = static
     stage = tmp_path / "run" / "train_state"

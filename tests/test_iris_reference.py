@@ -53,6 +53,7 @@ def test_imagination_refreshes_the_cache_when_full_and_decodes_frames():
     assert iris.codes.shape == (2, TOKENS_PER_FRAME)
 
 
+@pytest.mark.slow  # IRIS baseline benchmark
 def test_bench_imagine_reports_the_speedup_over_iris():
     result = bench_imagine("tiny", batch=2, steps=4, long_steps=4, iris=True)
     assert result["iris_imagined_steps_per_s"] > 0
@@ -61,6 +62,7 @@ def test_bench_imagine_reports_the_speedup_over_iris():
     assert abs(result["speedup_vs_iris"] - expected) < 1e-9
 
 
+@pytest.mark.slow  # ~4 s
 def test_iris_tokenizer_learns_a_fixed_batch_of_real_frames(pong_dataset):
     ds = load_trajectories(pong_dataset).select_columns(["observation"])
     frames = torch.from_numpy(ds.with_format("numpy", dtype=np.uint8)[:4]["observation"])
@@ -86,6 +88,7 @@ def test_iris_tokenizer_learns_a_fixed_batch_of_real_frames(pong_dataset):
         tok.encode(np.zeros((2, 64, 64, 3), dtype=np.float32))
 
 
+@pytest.mark.slow  # IRIS baseline benchmark, ~11 s with --iris
 @pytest.mark.parametrize("which", [["--preset", "tiny"], ["--iris"]])
 def test_bench_tokenizer_trains_and_measures_ours_or_iris(tmp_path, which, capsys):
     report = tmp_path / "report.json"

@@ -92,7 +92,7 @@ def test_imagination_loss_backward_touches_only_the_policy(tiny):
     assert all(p.grad is None for p in world_model.parameters())
     assert all(p.grad is None for p in module.target.parameters())
     assert policy.actor.weight.grad is not None and policy.encoder.net[0].weight.grad is not None
-    assert metrics["return_scale"] >= 0
+    assert metrics["return_scale"] > 0  # the scale (from 0) followed the returns' spread
 
 
 def test_train_policy_rejects_a_policy_for_other_actions(tiny, tmp_path):

@@ -15,6 +15,7 @@ steps used, wall time, and the paths of the GIFs and the learning curve.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,8 @@ def _tokenizer(cfg: DemoConfig, data: Path, out: Path) -> Path:
             "tiny", codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim
         )
         resume = (out / "train_state" / "state.json").exists()
+        if not resume:  # killed before its first checkpoint: start the tokenizer over
+            shutil.rmtree(out, ignore_errors=True)
         train_tokenizer(str(data), out, config=config, steps=cfg.tokenizer_steps,
                         checkpoint_every=200, resume=resume, seed=cfg.seed)  # fmt: skip
     return out

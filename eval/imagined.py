@@ -13,7 +13,7 @@ from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.eval.fidelity import compare_frames, reconstruct
 from tokworld.eval.media import contact_sheet, side_by_side, write_gif
-from tokworld.folders import write_json_atomic
+from tokworld.folders import check_output_dir, write_json_atomic
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
@@ -57,9 +57,7 @@ def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) 
     """Imagine `cfg.episodes` episodes of `cfg.steps` steps from `run`'s world model, starting
     from real context in `dataset`; write GIFs, a contact sheet, the episodes as a trajectory
     dataset and `summary.json` to `out`."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise TokWorldError(f"output directory {out} already exists and is not empty")
+    out = check_output_dir(out)
     world_model, tokenizer = load_run(run, cfg.device)
     ds = load_trajectories(dataset)
     meta = TrajectoryMeta.from_dataset(ds)

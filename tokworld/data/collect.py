@@ -10,14 +10,10 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from tokworld.data.format import (
-    TrajectoryMeta,
-    check_output_dir,
-    trajectory_row,
-    write_trajectories,
-)
+from tokworld.data.format import TrajectoryMeta, trajectory_row, write_trajectories
 from tokworld.envs import make_env
 from tokworld.errors import TokWorldError
+from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_to_dict
 
 Policy = Callable[[np.ndarray], object]  # frame (H, W, 3) uint8 -> action

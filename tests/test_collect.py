@@ -92,6 +92,7 @@ def test_unwritable_out_gives_one_error_line(capfd, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "nonempty"]
 
 
+@pytest.mark.slow  # a fresh interpreter imports everything, ~5 s
 def test_the_installed_command_prints_one_line_and_no_traceback(tmp_path):
     cmd = [sys.executable, "-m", "tokworld", "collect", "--env", "NoSuchEnv-v0", "--steps", "5"]
     proc = subprocess.run([*cmd, "--out", str(tmp_path / "x")], capture_output=True, text=True)

@@ -213,6 +213,7 @@ def test_small_objects_counts_the_blobs_a_reconstruction_draws():
     assert small_objects(target, recon, target, background, 0.05) == (0, 0)  # nothing moved
 
 
+@pytest.mark.slow  # ~13 s: trains, evaluates and tokenizes through the CLI
 def test_cli_train_eval_tokenize(tmp_path, pong_dataset, capsys):
     tok_dir, out = tmp_path / "tok", tmp_path / "coded"
     train = ["train-tokenizer", "--dataset", pong_dataset, "--out", str(tok_dir)]

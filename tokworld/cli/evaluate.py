@@ -12,6 +12,8 @@ from tokworld.cli.outputs import add_overwrite_flag, claim, write_json
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench import run_suite
 from tokworld.eval.bench_imagine import bench_imagine
+from tokworld.eval.bench_learn import __doc__ as BENCH_LEARN_DOC
+from tokworld.eval.bench_learn import bench_learn
 from tokworld.eval.fidelity import (
     FidelityConfig,
     evaluate_fidelity,
@@ -20,6 +22,7 @@ from tokworld.eval.fidelity import (
 )
 from tokworld.eval.report import write_report
 from tokworld.run import load_run
+from tokworld.training.online import OnlineConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -61,6 +64,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also time IRIS's imagination at the same size, interleaved with ours",
     )
     q.set_defaults(func=_bench_imagine)
+    q = what.add_parser(
+        "learn",
+        help="return vs real env steps: tokworld from scratch, from a pretrained run, and PPO",
+        description=BENCH_LEARN_DOC.split("\n\n")[0],
+    )
+    q.add_argument("--out", required=True, help="benchmark folder (an interrupted one resumes)")
+    q.add_argument("--seeds", type=int, default=3, help="seeds per arm")
+    q.add_argument("--from", dest="pretrained", help="also fine-tune from this pretrained run")
+    q.add_argument("--ppo", action="store_true", help="also stable-baselines3 PPO (.[bench])")
+    q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    add_config_flags(q, OnlineConfig, defaults={"eval_episodes": 100})
+    q.set_defaults(func=_bench_learn)
 
     p = sub.add_parser("report", help="one self-contained HTML page about a run")
     p.add_argument("--run", required=True, help="run directory")
@@ -99,6 +114,12 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
     result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
                            compile=args.compile, iris=args.iris)  # fmt: skip
     return write_json(result, args.json)
+
+
+def _bench_learn(args: argparse.Namespace) -> dict:
+    cfg = config_from_args(OnlineConfig, args)
+    result = bench_learn(cfg, args.out, args.seeds, args.pretrained, args.ppo)
+    return {k: v for k, v in result.items() if k != "config"}
 
 
 def _report(args: argparse.Namespace) -> dict:

@@ -1,0 +1,179 @@
+"""`tokworld bench learn`: return vs real env steps of tokworld against model-free PPO.
+
+Arms, each run for `seeds` seeds and evaluated at the same real-step checkpoints on the same
+number of real episodes:
+
+- `scratch`: the online loop (`training.online`) from nothing, at the config's preset;
+- `pretrained` (with `--from RUN`): the same loop fine-tuned from a pretrained run;
+- `ppo` (with `--ppo`): stable-baselines3 PPO on the same pixel observations
+  (`pip install -e ".[bench]"`).
+
+A folder per arm and seed (`DIR/ARM/seed_S`) holds that run; a finished one is read back, an
+unfinished online run resumes, and an unfinished PPO run starts over (sb3 checkpoints are
+pickles, which tokworld never writes). `DIR/results.json` holds every curve plotted in
+`DIR/curves.png`, the wall time of every run, and the pretraining cost of `--from RUN`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from tokworld.envs import make_env
+from tokworld.errors import TokWorldError
+from tokworld.eval.media import pyplot
+from tokworld.folders import write_json_atomic
+from tokworld.returns import play_episodes
+from tokworld.training.finetune import finetune
+from tokworld.training.online import OnlineConfig
+
+ONLINE_ARMS = ("scratch", "pretrained")
+
+
+def checkpoints(cfg: OnlineConfig) -> list[int]:
+    """Real env steps after each epoch of the online loop: where every arm is evaluated."""
+    steps = np.cumsum([cfg.steps_in(e) for e in range(cfg.epochs)])
+    return [int(s) for s in steps]
+
+
+def run_online(cfg: OnlineConfig, out: Path, run: str | None, progress: bool) -> dict:
+    """One online arm-seed in `out` (resumed when started before): its curve and wall time."""
+    done = out / "curve.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    began = time.perf_counter()
+    metrics = finetune(cfg, out / "run", run, resume=(out / "run").exists(), progress=progress)
+    curve = {
+        "env_steps": [p["env_steps"] for p in metrics["learning_curve"]],
+        "returns": [p["return"] for p in metrics["learning_curve"]],
+        "wall_time_s": round(time.perf_counter() - began, 1),
+    }
+    write_json_atomic(done, curve)
+    return curve
+
+
+def run_ppo(cfg: OnlineConfig, out: Path, progress: bool, num_envs: int = 8) -> dict:
+    """PPO (sb3 `CnnPolicy`) on `cfg.env_id`'s frames, evaluated at `checkpoints(cfg)`."""
+    done = out / "curve.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    try:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.vec_env import DummyVecEnv
+    except ImportError:  # an optional extra, not a dependency of the library
+        raise TokWorldError("--ppo needs stable-baselines3: pip install -e '.[bench]'") from None
+
+    marks = checkpoints(cfg)
+    curve: dict = {"env_steps": [], "returns": []}
+
+    def evaluate(model) -> None:
+        agent = lambda frames: model.predict(frames, deterministic=False)[0]  # noqa: E731
+        result = play_episodes(cfg.env_id, agent, cfg.eval_episodes, seed=10**6 + cfg.seed,
+                               frame_size=cfg.frame_size, progress=False)  # fmt: skip
+        curve["env_steps"].append(int(model.num_timesteps))
+        curve["returns"].append(float(result.returns.mean()))
+
+    class AtCheckpoints(BaseCallback):
+        def _on_step(self) -> bool:
+            taken = len(curve["env_steps"])
+            if taken < len(marks) and self.num_timesteps >= marks[taken]:
+                evaluate(self.model)
+            return True
+
+    began = time.perf_counter()
+    envs = DummyVecEnv([lambda: make_env(cfg.env_id, cfg.frame_size)] * num_envs)
+    envs.seed(cfg.seed)
+    model = PPO("CnnPolicy", envs, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4,
+                ent_coef=0.01, clip_range=0.1, seed=cfg.seed, verbose=0)  # fmt: skip
+    model.learn(total_timesteps=marks[-1], callback=AtCheckpoints(), progress_bar=progress)
+    if len(curve["env_steps"]) < len(marks):
+        evaluate(model)
+    envs.close()
+    curve["wall_time_s"] = round(time.perf_counter() - began, 1)
+    write_json_atomic(done, curve)
+    return curve
+
+
+def summarize(curves: list[dict]) -> dict:
+    """Mean and std over seeds of curves taken at the same checkpoints."""
+    returns = np.array([c["returns"] for c in curves], dtype=np.float64)
+    return {
+        "env_steps": curves[0]["env_steps"],
+        "mean": returns.mean(0).tolist(),
+        "std": returns.std(0).tolist(),
+        "seeds": curves,
+    }
+
+
+def plot_curves(results: dict, path: Path) -> Path:
+    """One line per arm (mean over seeds), shaded one std either side."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    for name, arm in results["arms"].items():
+        x, mean, std = (np.asarray(arm[k]) for k in ("env_steps", "mean", "std"))
+        ax.plot(x, mean, "o-", markersize=3, label=f"{name} ({len(arm['seeds'])} seeds)")
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("real env steps")
+    ax.set_ylabel(f"mean return ({results['eval_episodes']} real episodes)")
+    ax.set_title(results["env_id"], fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def bench_learn(
+    cfg: OnlineConfig,
+    out: str | Path,
+    seeds: int = 3,
+    pretrained: str | None = None,
+    ppo: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Run every arm for `seeds` seeds into `out`; write and return `results.json`."""
+    if seeds < 1:
+        raise TokWorldError(f"--seeds must be >= 1, got {seeds}")
+    out = Path(out)
+    cfg = replace(cfg, eval_every=1)  # every arm is evaluated at every checkpoint
+    arms = {"scratch": None} | ({"pretrained": pretrained} if pretrained else {})
+    results: dict = {
+        "env_id": cfg.env_id,
+        "env_steps": cfg.env_steps,
+        "eval_episodes": cfg.eval_episodes,
+        "checkpoints": checkpoints(cfg),
+        "config": cfg.to_dict(),
+        "arms": {},
+    }
+    for name, run in arms.items():
+        curves = [
+            run_online(replace(cfg, seed=s), out / name / f"seed_{s}", run, progress)
+            for s in range(seeds)
+        ]
+        results["arms"][name] = summarize(curves)
+    if ppo:
+        curves = [run_ppo(replace(cfg, seed=s), out / "ppo" / f"seed_{s}", progress)
+                  for s in range(seeds)]  # fmt: skip
+        results["arms"]["ppo"] = summarize(curves)
+    if pretrained:
+        results["pretraining"] = _pretraining_cost(Path(pretrained))
+    results["curves"] = str(plot_curves(results, out / "curves.png"))
+    write_json_atomic(out / "results.json", results)
+    return results
+
+
+def _pretraining_cost(run: Path) -> dict:
+    """Steps and wall time the pretrained run cost, from its metrics.json."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    stages = ("tokenizer", "world_model")
+    return {
+        "run": str(run),
+        "dataset": metrics.get("dataset"),
+        "seconds": {s: metrics.get(s, {}).get("seconds") for s in stages},
+        "steps": {s: metrics.get(s, {}).get("steps") for s in stages},
+    }

@@ -54,10 +54,19 @@ def _png(fig) -> bytes:
 
 
 def _img(data: bytes, mime: str, alt: str) -> str:
-    """An inline image; a broken one reports itself on the console (the test looks for that)."""
+    """An inline image; a broken one reports itself on the console (the test looks for that).
+
+    The handler is JavaScript inside an HTML attribute: `alt` goes in as a JSON string literal
+    (valid JavaScript), then the whole handler is escaped for the attribute.
+    """
     src = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-    onerror = f"console.error('report image failed to load: {html.escape(alt, quote=True)}')"
-    return f'<img src="{src}" alt="{html.escape(alt)}" onerror="{onerror}">'
+    onerror = f"console.error({json.dumps(f'report image failed to load: {alt}')})"
+    return f'<img src="{src}" alt="{html.escape(alt)}" onerror="{html.escape(onerror)}">'
+
+
+def _plain(text: str) -> str:
+    """`text` for a matplotlib title or label, shown as typed: `$...$` is not math."""
+    return text.replace("$", r"\$")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -116,13 +125,13 @@ def curve_figure(history: list[dict], title: str) -> bytes | None:
         for key in group:
             pts = [(r["step"], r[key]) for r in history if key in r and "step" in r]
             style = "--" if key.startswith("eval/") else "-"
-            ax.plot(*zip(*pts, strict=True), style, label=key, color=colours[base(key)])
+            ax.plot(*zip(*pts, strict=True), style, label=_plain(key), color=colours[base(key)])
         if label == "loss":
             ax.set_yscale("log")
         ax.set(xlabel="optimizer step", ylabel=label)
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig.suptitle(_plain(title))
     fig.tight_layout()
     return _png(fig)
 
@@ -137,8 +146,8 @@ def return_figure(rows: list[dict], title: str) -> bytes | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for key in keys:
         pts = [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None]
-        ax.plot(*zip(*pts, strict=True), marker=".", label=key)
-    ax.set(xlabel="real env steps", ylabel="return", title=title)
+        ax.plot(*zip(*pts, strict=True), marker=".", label=_plain(key))
+    ax.set(xlabel="real env steps", ylabel="return", title=_plain(title))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

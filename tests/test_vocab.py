@@ -120,12 +120,16 @@ def test_box_actions_round_trip_within_half_a_bin(space, bins, seed):
 
 
 @given(box_spaces(), st.integers(2, 64))
-def test_box_actions_outside_the_bounds_land_in_the_edge_bins(space, bins):
+def test_box_bounds_land_in_the_edge_bins_and_actions_beyond_them_are_refused(space, bins):
     codec = ActionCodec.from_space(space, bins=bins)
-    below, above = space.low.astype(np.float64) - 1, space.high.astype(np.float64) + 1
     offsets = torch.tensor(codec.offsets)
-    assert torch.equal(codec.encode(below) - offsets, torch.zeros(space.shape[0], dtype=torch.long))
-    assert torch.equal(codec.encode(above) - offsets, torch.full(space.shape, bins - 1))
+    assert torch.equal(
+        codec.encode(space.low) - offsets, torch.zeros(space.shape, dtype=torch.long)
+    )
+    assert torch.equal(codec.encode(space.high) - offsets, torch.full(space.shape, bins - 1))
+    for beyond in (space.low.astype(np.float64) - 1, space.high.astype(np.float64) + 1):
+        with pytest.raises(TokWorldError, match="cannot encode action"):
+            codec.encode(beyond)
 
 
 def test_unbounded_box_is_an_error_unless_bounds_are_given():

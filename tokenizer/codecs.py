@@ -15,6 +15,10 @@ import torch
 
 from tokworld.errors import TokWorldError
 
+# How far (relative to 1 + |bound|) a Box action may pass a bound and still count as on it: the
+# rounding of an action stored as float32 next to a float64 bound.
+BOX_SLACK = 1e-6
+
 
 def space_to_dict(space: gym.Space) -> dict:
     """A JSON-able description of a Discrete, MultiDiscrete or Box space."""
@@ -32,16 +36,86 @@ def space_to_dict(space: gym.Space) -> dict:
 
 
 def space_from_dict(spec: dict) -> gym.Space:
-    """Inverse of `space_to_dict`."""
-    kind = spec.get("type")
-    if kind == "Discrete":
-        return gym.spaces.Discrete(spec["n"], start=spec.get("start", 0))
-    if kind == "MultiDiscrete":
-        return gym.spaces.MultiDiscrete(spec["nvec"])
-    if kind == "Box":
-        low = np.asarray(spec["low"], dtype=np.float32)
-        return gym.spaces.Box(low, np.asarray(spec["high"], dtype=np.float32), dtype=np.float32)
-    raise TokWorldError(f"unknown action space type {kind!r} in {spec}")
+    """Inverse of `space_to_dict`; a malformed description is a TokWorldError."""
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    try:
+        if kind == "Discrete":
+            n, start = spec["n"], spec.get("start", 0)
+            if not (_is_int(n) and n >= 1 and _is_int(start)):
+                raise ValueError("n must be a positive integer and start an integer")
+            return gym.spaces.Discrete(n, start=start)
+        if kind == "MultiDiscrete":
+            nvec = spec["nvec"]
+            if not (isinstance(nvec, list) and nvec and all(_is_int(n) and n >= 1 for n in nvec)):
+                raise ValueError("nvec must be a non-empty list of positive integers")
+            return gym.spaces.MultiDiscrete(nvec)
+        if kind == "Box":
+            low = np.asarray(spec["low"], dtype=np.float32)
+            high = np.asarray(spec["high"], dtype=np.float32)
+            if low.ndim != 1 or low.size == 0 or low.shape != high.shape:
+                raise ValueError("low and high must be non-empty lists of equal length")
+            if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():
+                raise ValueError("low and high must be numbers with low <= high")
+            return gym.spaces.Box(low, high, dtype=np.float32)
+    except KeyError as e:
+        raise TokWorldError(f"{kind} action space {spec} has no {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise TokWorldError(f"bad {kind} action space {spec}: {e}") from None
+    raise TokWorldError(
+        f"unknown action space type {kind!r} in {spec}: use Discrete, MultiDiscrete or Box"
+    )
+
+
+def action_violations(space: gym.Space, actions) -> tuple[torch.Tensor, str]:
+    """(bad, domain): `bad` (N,) marks the actions (N,) or (N, D) that `space` does not hold
+    (not finite, not an integer for a discrete space, out of range); `domain` says in words
+    what it holds. Unlike an `ActionCodec`, an unbounded Box is fine: only finiteness counts."""
+    if isinstance(space, gym.spaces.Box):
+        low = tuple(float(x) for x in space.low.reshape(-1))
+        high = tuple(float(x) for x in space.high.reshape(-1))
+        codec = ActionCodec("Box", (2,) * len(low), low, high)  # never encodes: bins unused
+    else:
+        codec = ActionCodec.from_space(space)
+    return codec.invalid(actions), codec.domain
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _as_tensor(values) -> torch.Tensor:
+    """A tensor of numbers (bool, integer or float) from a tensor or array-like."""
+    values = values if torch.is_tensor(values) else torch.tensor(np.asarray(values))  # a copy
+    if values.is_complex():
+        raise TokWorldError(f"expected real numbers, got {values.dtype}")
+    return values
+
+
+def _check_width(action: torch.Tensor, width: int, kind: str) -> None:
+    if action.ndim == 0 or action.shape[-1] != width:
+        raise TokWorldError(
+            f"{kind} actions have {width} components, got shape {tuple(action.shape)}"
+        )
+
+
+def _outside(values: torch.Tensor, low, high, integers: bool) -> torch.Tensor:
+    """True where a value is not finite, lies outside [low, high] or, with `integers`, is not a
+    whole number."""
+    if values.dtype == torch.bool or not torch.is_floating_point(values):
+        values = values.long()
+        return (values < low) | (values > high)
+    values = values.double()
+    bad = ~torch.isfinite(values) | (values < low) | (values > high)
+    return bad | (values != values.floor()) if integers else bad
+
+
+def _first(values: torch.Tensor, bad: torch.Tensor) -> str:
+    """`value (at index i)` of the first True of `bad` (a mask over the leading dimensions)."""
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    value = values[index].tolist()
+    if not index:
+        return f"{value}"
+    return f"{value} (at index {index[0] if len(index) == 1 else index})"
 
 
 @dataclass(frozen=True)
@@ -80,6 +154,8 @@ class ActionCodec:
                 raise TokWorldError(
                     f"Box action space {space} is unbounded: pass action bounds (low, high)"
                 )
+            if (high <= low).any():
+                raise TokWorldError(f"Box action space {space} has a dimension with low >= high")
             if bins < 2:
                 raise TokWorldError(f"Box actions need at least 2 bins, got {bins}")
             return cls("Box", (bins,) * low.size, tuple(low.tolist()), tuple(high.tolist()))
@@ -118,15 +194,51 @@ class ActionCodec:
         sizes = torch.tensor(self.sizes, dtype=torch.float64, device=device)
         return offsets, low, (high - low) / sizes
 
+    @property
+    def domain(self) -> str:
+        """The actions this codec encodes, in words (for error messages)."""
+        if self.kind == "Discrete":
+            n, last = self.sizes[0], self.start + self.sizes[0] - 1
+            return f"Discrete({n}) takes integers {self.start}..{last}"
+        if self.kind == "MultiDiscrete":
+            return f"MultiDiscrete({list(self.sizes)}) takes integers 0..n-1 per component"
+        return f"Box takes finite values in [{list(self.low)}, {list(self.high)}]"
+
+    def invalid(self, action) -> torch.Tensor:
+        """(...,) or (..., D) actions -> (...,) bool: True where this codec cannot encode the
+        action (not finite, not an integer for a discrete kind, outside the space's range).
+
+        A Box value past a bound by no more than float32 rounding (`BOX_SLACK` relative) counts
+        as on it: it lands in the edge bin.
+        """
+        action = _as_tensor(action)
+        if self.kind == "Discrete":
+            low, high = self.start, self.start + self.sizes[0] - 1
+            return _outside(action, low, high, integers=True)
+        _check_width(action, self.tokens_per_step, self.kind)
+        if self.kind == "MultiDiscrete":
+            high = torch.tensor(self.sizes, device=action.device) - 1
+            return _outside(action, 0, high, integers=True).any(-1)
+        low = torch.tensor(self.low, dtype=torch.float64, device=action.device)
+        high = torch.tensor(self.high, dtype=torch.float64, device=action.device)
+        low, high = low - BOX_SLACK * (1 + low.abs()), high + BOX_SLACK * (1 + high.abs())
+        return _outside(action, low, high, integers=False).any(-1)
+
     def encode(self, action) -> torch.Tensor:
-        """(...,) or (..., D) actions -> (..., tokens_per_step) local codes."""
-        action = action if torch.is_tensor(action) else torch.as_tensor(np.asarray(action))
+        """(...,) or (..., D) actions -> (..., tokens_per_step) local codes.
+
+        An action the codec cannot encode (see `invalid`) is a TokWorldError, never clamped.
+        """
+        action = _as_tensor(action)
+        bad = self.invalid(action)
+        if bad.any():
+            raise TokWorldError(f"cannot encode action {_first(action, bad)}: {self.domain}")
         offsets, low, width = self._tensors(action.device)
         if self.kind == "Discrete":
             codes = (action.long() - self.start).unsqueeze(-1)
         elif self.kind == "MultiDiscrete":
             codes = action.long()
-        else:
+        else:  # an action on (or within `BOX_SLACK` of) a bound belongs to the edge bin
             codes = torch.floor((action.double() - low) / width).long()
             codes = codes.clamp(min=0).minimum(torch.tensor(self.sizes, device=action.device) - 1)
         return codes + offsets
@@ -193,9 +305,11 @@ class RewardCodec:
         return 2 * float(symlog(torch.tensor(self.bound))) / self.bins
 
     def encode(self, reward) -> torch.Tensor:
-        """(...,) rewards -> (...,) local codes."""
-        r = reward if torch.is_tensor(reward) else torch.as_tensor(np.asarray(reward))
-        r = r.double()
+        """(...,) finite rewards -> (...,) local codes; a non-finite one is a TokWorldError."""
+        r = _as_tensor(reward).double()
+        bad = ~torch.isfinite(r)
+        if bad.any():
+            raise TokWorldError(f"cannot encode reward {_first(r, bad)}: rewards must be finite")
         if self.kind == "sign":
             return torch.sign(r).long() + 1
         edge = float(symlog(torch.tensor(self.bound)))

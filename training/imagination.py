@@ -34,6 +34,7 @@ from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
 from tokworld.training.accel import describe, make_accelerator
 from tokworld.training.checkpoint import load_train_state, rng_state, save_train_state
+from tokworld.training.loop import require_finite
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,7 @@ def train_policy(
     metrics: dict[str, float] = {}
     for step in bar:
         loss, raw = wrapped(context.sample(cfg.batch_size))
+        require_finite(accelerator, loss, "loss", "policy", step + 1)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if cfg.grad_clip > 0:

@@ -174,9 +174,12 @@ def train(
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
             with accelerator.accumulate(wrapped):
                 loss, metrics = wrapped(batch)
+                require_finite(accelerator, loss, "loss", name, step + 1)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+                    norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+                    if accelerator.scaler is None:  # fp16's scaler skips inf gradients itself
+                        require_finite(accelerator, norm, "gradient norm", name, step + 1)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -188,6 +191,7 @@ def train(
             history.append({"step": step + 1, **metrics})
         if eval_dataset is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             ev = evaluate(accelerator.unwrap_model(wrapped).model, eval_dataset, cfg, accelerator)
+            require_finite(accelerator, ev["eval/loss"], "held-out loss", name, step + 1)
             accelerator.log(ev, step=step + 1)
             history.append({"step": step + 1, **ev})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
@@ -197,9 +201,25 @@ def train(
         tracker.finish()  # which the stages that follow in the same processes still need
     if eval_dataset is not None:
         metrics.update(evaluate(model, eval_dataset, cfg, accelerator))
+        require_finite(accelerator, metrics["eval/loss"], "held-out loss", name, cfg.steps)
     if accelerator.is_main_process:
         write_json_atomic(out_dir / "history.json", history, indent=1)
     return {**metrics, **describe(accelerator), "steps": cfg.steps}
+
+
+def require_finite(accelerator, value, what: str, name: str, step: int) -> None:
+    """Stop the stage `name` with a TokWorldError when `value` (a loss) is not finite in any
+    process, before it reaches the weights: the last checkpoint stays the last good one.
+
+    Every process calls this at the same points (it gathers), so all of them stop together.
+    """
+    value = torch.as_tensor(value, dtype=torch.float32, device=accelerator.device).detach()
+    finite = accelerator.gather(torch.isfinite(value).float().reshape(1))
+    if not bool(finite.all()):
+        raise TokWorldError(
+            f"{name} stopped at step {step}: the {what} is {float(value):g} in process "
+            f"{accelerator.process_index}, not a finite number; the last checkpoint is kept"
+        )
 
 
 def _check_resume_config(state_dir: Path, config: dict | None) -> None:

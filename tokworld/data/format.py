@@ -23,7 +23,7 @@ from huggingface_hub import DatasetCard
 
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, check_output_dir
-from tokworld.tokenizer.codecs import space_from_dict
+from tokworld.tokenizer.codecs import action_violations, space_from_dict
 
 COLUMNS = (
     "episode_index",
@@ -213,7 +213,11 @@ def _with_card_meta(ds: datasets.Dataset, card: str) -> datasets.Dataset:
 
 
 def validate_trajectories(ds: datasets.Dataset) -> None:
-    """Raise TokWorldError naming the first problem of a trajectory dataset."""
+    """Raise TokWorldError naming the first problem of a trajectory dataset.
+
+    Checks the columns, uint8 HxWx3 frames, contiguous episodes with one end each, boolean end
+    flags, finite rewards, and actions the dataset's action space holds (see `check_steps`).
+    """
     missing = [c for c in COLUMNS if c not in ds.column_names]
     if missing:
         raise TokWorldError(f"dataset is missing column {missing[0]!r}")
@@ -232,7 +236,7 @@ def validate_trajectories(ds: datasets.Dataset) -> None:
     cols = ds.select_columns(["episode_index", "frame_index", "terminated", "truncated"])
     table = cols.with_format("numpy")[:]
     ep, idx = table["episode_index"], table["frame_index"]
-    ends = table["terminated"] | table["truncated"]
+    ends = _flags(table, "terminated") | _flags(table, "truncated")
     new_episode = np.r_[True, ep[1:] != ep[:-1]]
     if np.any(np.diff(ep) < 0) or len(np.unique(ep)) != int(new_episode.sum()):
         raise TokWorldError("episode_index is not grouped: rows of an episode must be contiguous")
@@ -250,6 +254,64 @@ def validate_trajectories(ds: datasets.Dataset) -> None:
     inner = ends[np.setdiff1d(np.arange(len(ep)), last)]
     if inner.any():
         raise TokWorldError("a step inside an episode is marked terminated or truncated")
+    steps = ds.select_columns(["action", "reward"]).with_format("numpy")[:]
+    space = TrajectoryMeta.from_dataset(ds).space
+    check_steps(
+        steps["action"], steps["reward"], space, lambda i: f"episode {ep[i]}, frame {idx[i]}"
+    )
+
+
+def _flags(table: dict, column: str) -> np.ndarray:
+    """A column of end flags as bool; anything but booleans (or 0/1) is an error."""
+    flags = np.asarray(table[column])
+    if flags.dtype != bool:
+        numbers = flags.dtype.kind in "iuf"
+        bad = np.flatnonzero((flags != 0) & (flags != 1)) if numbers else [0]
+        if len(bad):
+            raise TokWorldError(
+                f"column {column!r} holds {flags[bad[0]]!r} (row {bad[0]}): expected true/false"
+            )
+    return flags.astype(bool)
+
+
+def check_steps(
+    actions,
+    rewards,
+    space: gym.Space,
+    where: Callable[[int], str],
+    columns: tuple[str, str] = ("action", "reward"),
+) -> None:
+    """Raise TokWorldError unless every step's action is one `space` holds (right shape, finite,
+    whole numbers for discrete spaces, in range) and every reward is a finite number.
+
+    `actions` (N,) or (N, D) and `rewards` (N,) are whole columns, checked at once; the message
+    names the column (`columns`: action's, reward's), the first bad step (`where(i)`) and its
+    value.
+    """
+    action_col, reward_col = columns
+    rewards, actions = np.asarray(rewards), np.asarray(actions)
+    if rewards.ndim != 1 or rewards.dtype.kind not in "biuf":
+        raise TokWorldError(
+            f"column {reward_col!r} holds {rewards.dtype} values of shape {rewards.shape[1:]}: "
+            "expected one number per step"
+        )
+    bad = np.flatnonzero(~np.isfinite(rewards))
+    if bad.size:
+        raise TokWorldError(
+            f"column {reward_col!r} at {where(bad[0])} is {rewards[bad[0]]}: rewards must be finite"
+        )
+    width = None if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
+    shape = () if width is None else (width,)
+    if actions.dtype.kind not in "biuf" or actions.shape[1:] != shape:
+        raise TokWorldError(
+            f"column {action_col!r} holds {actions.dtype} values of shape {actions.shape[1:]}: "
+            f"{space} needs numbers of shape {shape}"
+        )
+    invalid, domain = action_violations(space, actions)
+    bad = np.flatnonzero(invalid.numpy())
+    if bad.size:
+        value = actions[bad[0]].tolist()
+        raise TokWorldError(f"column {action_col!r} at {where(bad[0])} is {value}: {domain}")
 
 
 def _check_frame_shapes(ds: datasets.Dataset, obs) -> None:

@@ -15,7 +15,7 @@ Frames go through one `FrameConverter` (grayscale and stacked frames to RGB, res
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
@@ -25,9 +25,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from tqdm.auto import tqdm
 
-from tokworld.data.format import TrajectoryMeta, check_output_dir, write_trajectories
-from tokworld.data.importers import FrameConverter, action_converter, episode_rows
+from tokworld.data.format import TrajectoryMeta, write_trajectories
+from tokworld.data.importers import (
+    FrameConverter,
+    action_converter,
+    check_source_steps,
+    episode_rows,
+)
 from tokworld.errors import TokWorldError
+from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_from_dict, space_to_dict
 
 MAP_KEYS = ("observation", "action", "reward", "terminated", "truncated", "episode")
@@ -87,7 +93,11 @@ def open_hf(
 
 def _load_hub(ref, config, split, revision, streaming, parquet: dict):
     """A Hub dataset, with the parquet options where the Hub serves parquet; a repo that still
-    uses a loading script (refused by datasets 5) through its parquet export."""
+    uses a loading script (refused by datasets 5) through its parquet export.
+
+    No `trust_remote_code=False`: datasets >= 4 removed loading scripts, so no remote code runs
+    and the argument is only swallowed (with an error log when True).
+    """
     kwargs = {"split": split, "revision": revision, "streaming": streaming}
     try:
         return datasets.load_dataset(ref, config, **kwargs, **parquet)
@@ -182,12 +192,22 @@ def _is_list(kind: pa.DataType) -> bool:
     )
 
 
-def records(ds, columns: list[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of `ds` as {column: numpy value}, read `batch_size` rows at a time."""
+def records(
+    ds, columns: list[str], batch_size: int, check: Callable[[dict, int], None] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of `ds` as {column: numpy value}, read `batch_size` rows at a time.
+
+    `check(arrays, first)`, when given, sees each batch's columns (`first`: the index of its
+    first row) before any of its rows is yielded.
+    """
+    first = 0
     for table in ds.with_format("arrow").iter(batch_size=batch_size):
         arrays = {c: column_array(table.column(c), c) for c in columns}
+        if check is not None:
+            check(arrays, first)
         for i in range(table.num_rows):
             yield {c: arrays[c][i] for c in columns}
+        first += table.num_rows
 
 
 def import_hf(
@@ -266,17 +286,22 @@ def import_hf(
             "ends": _ends_description(m),
         },
     )
-    action_value = action_converter(space)
     total = len(ds) if isinstance(ds, datasets.Dataset) else None
     disable = None if progress else True  # None: a bar only when stderr is a terminal
+    names = (m["action"], m["reward"])
+
+    def check(arrays: dict, first: int) -> None:
+        """A batch of one-row-per-step data (an episode row is checked by `episode_rows`)."""
+        actions, rewards = arrays[m["action"]], arrays[m["reward"]]
+        check_source_steps(actions, rewards, space, lambda i: f"{ref} row {first + i}", names)
 
     def rows() -> Iterator[dict]:
         batch_size, unit = (1, "episode") if per_episode else (256, "step")
-        items = records(ds, columns, batch_size)
+        items = records(ds, columns, batch_size, check=None if per_episode else check)
         items = tqdm(items, desc="import", unit=unit, total=total, disable=disable)
         if per_episode:
-            return _episode_layout(items, m, convert, action_value, ref)
-        return _step_layout(items, m, convert, action_value)
+            return _episode_layout(items, m, convert, space, ref)
+        return _step_layout(items, m, convert, action_converter(space))
 
     return write_trajectories(rows, out, meta, (frame_size, frame_size, 3))
 
@@ -314,7 +339,7 @@ def _flags(row: dict, m: dict[str, str], key: str, n: int) -> np.ndarray:
     return values
 
 
-def _episode_layout(ds, m, convert, action_value, ref: str) -> Iterator[dict]:
+def _episode_layout(ds, m, convert, space: dict, ref: str) -> Iterator[dict]:
     for i, row in enumerate(ds):
         actions = np.asarray(row[m["action"]])
         yield from episode_rows(
@@ -325,8 +350,9 @@ def _episode_layout(ds, m, convert, action_value, ref: str) -> Iterator[dict]:
             _flags(row, m, "terminated", len(actions)),
             _flags(row, m, "truncated", len(actions)),
             convert,
-            action_value,
+            space,
             where=f"{ref} row {i}",
+            columns=(m["action"], m["reward"]),
         )
 
 

@@ -15,9 +15,10 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from tokworld.data.format import TrajectoryMeta, check_output_dir, write_trajectories
-from tokworld.data.importers import FrameConverter, action_converter, episode_rows
+from tokworld.data.format import TrajectoryMeta, write_trajectories
+from tokworld.data.importers import FrameConverter, episode_rows
 from tokworld.errors import TokWorldError
+from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_to_dict
 
 
@@ -90,7 +91,6 @@ def import_minari(
     )
     if src.total_episodes == 0:
         raise TokWorldError(f"minari dataset {src.id!r} has no episodes")
-    action_value = action_converter(action_space)
 
     def rows():
         episodes = tqdm(
@@ -109,8 +109,9 @@ def import_minari(
                 ep.terminations,
                 ep.truncations,
                 convert,
-                action_value,
+                action_space,
                 where=f"minari dataset {src.id!r}, episode {ep.id}",
+                columns=("actions", "rewards"),
             )
 
     return write_trajectories(rows, out, meta, (frame_size, frame_size, 3))

@@ -20,8 +20,9 @@ import cv2
 import datasets
 import numpy as np
 
-from tokworld.data.format import trajectory_row
+from tokworld.data.format import check_steps, trajectory_row
 from tokworld.errors import TokWorldError
+from tokworld.tokenizer.codecs import space_from_dict
 
 SPEC_PREFIXES = ("minari", "hf")
 _PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]*):(.+)$")
@@ -179,14 +180,17 @@ def episode_rows(
     terminated: np.ndarray,
     truncated: np.ndarray,
     convert: FrameConverter,
-    action_value: Callable[[np.ndarray], object],
+    space: dict,
     where: str,
+    columns: tuple[str, str] = ("action", "reward"),
 ) -> Iterator[dict]:
     """The rows of one episode in tokworld's schema, after checking it is consistent.
 
     `frames` holds N or N+1 observations for N actions (a trailing final observation is
-    dropped); rewards and end flags hold N values. An episode whose last step carries no end flag
-    is marked truncated: its recording stopped there. `where` names the episode in errors.
+    dropped); rewards and end flags hold N values; every action must be one the action `space`
+    holds and every reward finite. An episode whose last step carries no end flag is marked
+    truncated: its recording stopped there. `where` names the episode and `columns` the source's
+    action and reward columns in errors.
     """
     n = len(actions)
     if n == 0:
@@ -203,12 +207,26 @@ def episode_rows(
     ends = np.flatnonzero(np.asarray(terminated[:-1]) | np.asarray(truncated[:-1]))
     if ends.size:
         raise TokWorldError(f"{where}: step {ends[0]} ends the episode before its last step")
+    check_source_steps(actions, rewards, space, lambda t: f"{where}, step {t}", columns)
+    action_value = action_converter(space)
     for t in range(n):
         action = action_value(actions[t])
         frame, last = convert(frames[t]), t == n - 1
         yield trajectory_row(
             episode, t, frame, action, rewards[t], terminated[t], truncated[t], last
         )
+
+
+def check_source_steps(
+    actions, rewards, space: dict, where: Callable[[int], str], columns: tuple[str, str]
+) -> None:
+    """`check_steps` on source data, whose actions may come as (N, 1) for a Discrete space or
+    (N, *shape) for a Box or MultiDiscrete one."""
+    actions = np.asarray(actions)
+    flat = actions.reshape(len(actions), -1) if actions.ndim > 1 else actions
+    if space["type"] == "Discrete" and flat.ndim == 2 and flat.shape[1] == 1:
+        flat = flat[:, 0]
+    check_steps(flat, rewards, space_from_dict(space), where, columns)
 
 
 def action_converter(space: dict) -> Callable[[np.ndarray], object]:

@@ -20,7 +20,6 @@ steps past it are left out. Index t of a per-step list is horizon t + 1: the fra
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from tokworld.data.format import TrajectoryMeta, episode_bounds, load_trajectories
-from tokworld.data.windows import split_episodes
+from tokworld.data.mixture import recorded_held_out
 from tokworld.errors import TokWorldError
 from tokworld.eval.media import pyplot
 from tokworld.eval.tokenizer_metrics import ssim
@@ -318,19 +317,11 @@ def held_out_dataset(run: str | Path, dataset: str | None = None) -> tuple[datas
     """(episodes, description) to evaluate a run on.
 
     With `dataset`, all of it; without, the episodes `tokworld pretrain` held out of the run's
-    training set (the split recorded in `RUN/pretrain.json` is recomputed).
+    training set, as it recorded them (`tokworld.data.mixture.recorded_held_out`).
     """
     if dataset is not None:
         return load_trajectories(dataset), dataset
-    settings_file = Path(run) / "pretrain.json"
-    if not settings_file.exists():
-        raise TokWorldError(f"run {run} has no pretrain.json: pass --dataset")
-    settings = json.loads(settings_file.read_text())
-    if settings.get("eval_fraction", 0) <= 0:
-        raise TokWorldError(f"run {run} held out no episodes (eval_fraction 0): pass --dataset")
-    ds = load_trajectories(settings["dataset"])
-    held = split_episodes(ds, settings["eval_fraction"], settings.get("seed", 0))[1]
-    return held, f"{settings['dataset']} (episodes held out of training)"
+    return recorded_held_out(run)
 
 
 def plot_fidelity(result: dict, path: str | Path) -> Path:

@@ -364,7 +364,7 @@ def test_report_is_self_contained_and_renders_without_console_errors(static, tmp
     "args, message",
     [
         (["eval-model", "--run", "RUN", "--horizon", "0"], "must be positive"),
-        (["eval-model", "--run", "RUN"], "has no pretrain.json"),
+        (["eval-model", "--run", "RUN"], "no held_out.json"),
         (["eval-model", "--run", "MISSING", "--dataset", "DATA"], "has no world_model/"),
         (["eval-model", "--run", "RUN", "--dataset", "DATA", "--context", "20"], "longer than"),
         (["report", "--run", "RUN", "--out", "OUT", "--fidelity", "DATA"], "is not the output"),

@@ -1,11 +1,15 @@
-"""`tokworld pretrain`: frame tokenizer -> cached codes -> world model, on one offline dataset.
+"""`tokworld pretrain`: frame tokenizer -> cached codes -> world model, on offline datasets.
 
-`dataset` is a local dataset, a Hub id, or a `minari:`/`hf:` spec (`tokworld.data.importers`; Minari
-datasets are converted once into `$TOKWORLD_CACHE/imports`, default `~/.cache/tokworld`).
+Each `dataset` is a local dataset, a Hub id, or a `minari:`/`hf:` spec (`tokworld.data.importers`;
+Minari datasets are converted once into `$TOKWORLD_CACHE/imports`, default `~/.cache/tokworld`).
+Several datasets train one tokenizer and one world model (`tokworld.data.mixture`): every window
+carries its dataset's task identity, each dataset gives held-out episodes, and `mix` weighs how
+often each is sampled.
 
 A run directory::
 
     RUN/pretrain.json       the run's settings (a resume must use the same ones)
+    RUN/held_out.json       the datasets (with fingerprints) and the episodes held out of them
     RUN/tokenizer/          frame tokenizer: config.json + model.safetensors
     RUN/codes/              the dataset tokenized once: codes, actions, rewards, ends
     RUN/world_model/        world model: config.json + model.safetensors
@@ -22,25 +26,20 @@ function; the main process alone writes files (holding the run's lock), the othe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from accelerate import PartialState
+from torch.utils.data import Subset
 
 from tokworld.config import TokWorldConfig
-from tokworld.data.format import (
-    TrajectoryMeta,
-    episode_bounds,
-    load_trajectories,
-    validate_trajectories,
-)
-from tokworld.data.importers import resolve_dataset_spec
-from tokworld.data.windows import split_episodes
+from tokworld.data.format import episode_bounds
+from tokworld.data.mixture import held_out_episodes, load_mixture, mixed_rows, split_by_task
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, recover, write_json_atomic
 from tokworld.model import TokWorldModel
@@ -49,16 +48,22 @@ from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.accel import seed_everything
 from tokworld.training.checkpoint import open_run
-from tokworld.training.loop import TrainConfig
-from tokworld.training.tokenizer import tokenize_dataset, train_tokenizer
-from tokworld.training.world_model import train_world_model
+from tokworld.training.loop import TrainConfig, evaluate
+from tokworld.training.tokenizer import FrameDataset, tokenize_dataset, train_tokenizer
+from tokworld.training.world_model import held_out_windows, train_world_model
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Settings of a pretraining run; `preset` sizes both the tokenizer and the world model."""
 
-    dataset: str = field(metadata={"help": "dataset directory, Hub id, minari:ID or hf:ID"})
+    dataset: tuple[str, ...] = field(
+        metadata={"help": "dataset directory, Hub id, minari:ID or hf:ID; repeat for several"}
+    )
+    mix: tuple[float, ...] | None = field(
+        default=None,
+        metadata={"help": "sampling weight of each --dataset, in order (default: by size)"},
+    )
     preset: str = field(default="small", metadata={"choices": NAMES})
     tokenizer: str | None = field(
         default=None, metadata={"help": "reuse this trained tokenizer directory"}
@@ -79,6 +84,18 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if isinstance(self.dataset, str):
+            object.__setattr__(self, "dataset", (self.dataset,))
+        object.__setattr__(self, "dataset", tuple(self.dataset))
+        if not self.dataset:
+            raise TokWorldError("pretraining needs at least one --dataset")
+        if self.mix is not None:
+            object.__setattr__(self, "mix", tuple(float(w) for w in self.mix))
+            if len(self.mix) != len(self.dataset) or min(self.mix) <= 0:
+                raise TokWorldError(
+                    f"--mix needs one positive weight per --dataset ({len(self.dataset)}), "
+                    f"got {list(self.mix)}"
+                )
         check_preset(self.preset)
         positive = ("world_model_steps", "batch_size", "tokenizer_batch_size", "grad_accum",
                     "checkpoint_every", "tokenize_batch_size")  # fmt: skip
@@ -104,26 +121,28 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
         reused = FrameTokenizer.from_pretrained(cfg.tokenizer, device=str(state.device))
     frame_size = (reused.config if reused else FrameTokenizerConfig.preset(cfg.preset)).frame_size
     with state.main_process_first():  # a `minari:` spec is converted once, by the main process
-        path = resolve_dataset_spec(cfg.dataset, _cache_dir() / "imports", frame_size)
-    ds = load_trajectories(path)
-    validate_trajectories(ds)
-    meta = TrajectoryMeta.from_dataset(ds)
+        ds, meta, parts = load_mixture(cfg.dataset, frame_size)
     settings = asdict(cfg)
     with open_run(out, state, resume, "pretrain.json", settings):  # inputs are good: write
-        return _run(cfg, out, ds, meta, reused, resume, state, progress)
+        return _run(cfg, out, ds, meta, parts, reused, resume, state, progress)
 
 
-def _run(cfg, out, ds, meta, reused, resume, state, progress) -> dict:
+def _run(cfg, out, ds, meta, parts, reused, resume, state, progress) -> dict:
     """The stages of `pretrain` in the opened run directory `out`."""
     metrics = _read_metrics(out)
-    train_ds, eval_ds = _split(ds, cfg)
+    train_ds, eval_ds = split_by_task(ds, cfg.eval_fraction, cfg.seed)
+    held = held_out_episodes(eval_ds)
+    if state.is_main_process:
+        record = {"datasets": [asdict(p) for p in parts], "frame_size": meta.frame_size}
+        write_json_atomic(out / "held_out.json", {**record, "episodes": held})
     metrics["dataset"] = {
-        "path": cfg.dataset,
+        "path": cfg.dataset[0] if len(cfg.dataset) == 1 else list(cfg.dataset),
         "env_id": meta.env_id,
         "steps": len(ds),
         "episodes": len(episode_bounds(ds)[0]),
-        "held_out_episodes": 0 if eval_ds is None else len(episode_bounds(eval_ds)[0]),
+        "held_out_episodes": len(held),
         "source": meta.source,  # provenance: collect settings, or the import's spec and conversion
+        "datasets": [asdict(p) for p in parts],
     }
 
     tokenizer = _tokenizer_stage(
@@ -135,7 +154,7 @@ def _run(cfg, out, ds, meta, reused, resume, state, progress) -> dict:
     vocab = Vocabulary.from_spaces(meta.space, tokenizer.codebook_size, tokenizer.tokens_per_frame)
     seed_everything(cfg.seed)
     model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab))
-    train_codes, eval_codes = _split(codes, cfg)
+    train_codes, eval_codes = split_by_task(codes, cfg.eval_fraction, cfg.seed)
     start = time.perf_counter()
     result = train_world_model(
         model,
@@ -145,8 +164,11 @@ def _run(cfg, out, ds, meta, reused, resume, state, progress) -> dict:
         eval_ds=eval_codes,
         resume=_continues(stage, resume, state),
         progress=progress,
+        mix=cfg.mix,
     )
     metrics["world_model"] = {**result, "seconds": round(time.perf_counter() - start, 1)}
+    if eval_codes is not None:
+        metrics["world_model"]["eval_by_dataset"] = _eval_by_dataset(model, eval_codes, parts, cfg)
     metrics["world_size"] = result["world_size"]
     metrics["distributed_type"] = result["distributed_type"]
     if state.is_main_process:
@@ -154,6 +176,18 @@ def _run(cfg, out, ds, meta, reused, resume, state, progress) -> dict:
         write_json_atomic(out / "metrics.json", metrics)
     state.wait_for_everyone()
     return metrics
+
+
+def _eval_by_dataset(model, held: datasets.Dataset, parts, cfg: PretrainConfig) -> dict:
+    """Held-out metrics (`eval/...`) of each dataset of the mixture, by its spec."""
+    tasks = np.asarray(held.select_columns(["task"]).with_format("numpy")[:]["task"])
+    train_cfg = _world_model_train_config(cfg)
+    return {
+        parts[t].spec: evaluate(
+            model, held_out_windows(model, held.select(np.flatnonzero(tasks == t))), train_cfg
+        )
+        for t in np.unique(tasks).tolist()
+    }
 
 
 def _world_model_train_config(cfg: PretrainConfig) -> TrainConfig:
@@ -169,13 +203,6 @@ def _world_model_train_config(cfg: PretrainConfig) -> TrainConfig:
     )
 
 
-def _split(ds: datasets.Dataset, cfg: PretrainConfig):
-    """(train, held-out episodes or None): the same episodes for frames and for codes."""
-    if cfg.eval_fraction <= 0 or len(episode_bounds(ds)[0]) < 2:
-        return ds, None
-    return split_episodes(ds, cfg.eval_fraction, cfg.seed)
-
-
 def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state, progress):
     """The run's frame tokenizer: already saved, `reused` (from `cfg.tokenizer`), or trained."""
     final = out / "tokenizer"
@@ -189,7 +216,7 @@ def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state
     else:
         stage = out / "train_state" / "tokenizer"
         tokenizer, result = train_tokenizer(
-            train_ds,
+            _mixed_frames(train_ds, cfg),
             stage,
             preset=cfg.preset,
             steps=cfg.tokenizer_steps,
@@ -222,9 +249,12 @@ def _codes_stage(cfg, out, tokenizer, ds, state) -> datasets.Dataset:
     return datasets.load_from_disk(str(final))
 
 
-def _cache_dir() -> Path:
-    """Where converted `minari:` datasets are kept between runs: `$TOKWORLD_CACHE`."""
-    return Path(os.environ.get("TOKWORLD_CACHE", Path.home() / ".cache" / "tokworld"))
+def _mixed_frames(ds: datasets.Dataset, cfg: PretrainConfig):
+    """The frames the tokenizer trains on: `ds`, or with `cfg.mix` its tasks in those shares."""
+    if cfg.mix is None:
+        return ds
+    tasks = np.asarray(ds.select_columns(["task"]).with_format("numpy")[:]["task"])
+    return Subset(FrameDataset(ds), mixed_rows(tasks, list(cfg.mix), cfg.seed).tolist())
 
 
 def _continues(stage: Path, resume: bool, state: PartialState) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import Subset
 
 from tokworld.data.format import TrajectoryMeta, episode_bounds
+from tokworld.data.mixture import mixed_rows
 from tokworld.data.windows import WindowDataset
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
@@ -49,8 +50,9 @@ def window_dataset(model: TokWorldModel, ds: datasets.Dataset) -> WindowDataset:
     vocab = model.vocab
     vocab.check_action_space(TrajectoryMeta.from_dataset(ds).space)
     check_codes(vocab, ds)
-    ds = ds.select_columns(["episode_index", *WINDOW_COLUMNS])
-    return WindowDataset(ds, model.config.context_steps, WINDOW_COLUMNS)
+    columns = WINDOW_COLUMNS + (("task",) if "task" in ds.column_names else ())
+    ds = ds.select_columns(["episode_index", *columns])
+    return WindowDataset(ds, model.config.context_steps, columns)
 
 
 def held_out_windows(model: TokWorldModel, ds: datasets.Dataset) -> Subset:
@@ -81,16 +83,24 @@ def train_world_model(
     eval_ds: datasets.Dataset | None = None,
     resume: bool = False,
     progress: bool = True,
+    mix: tuple[float, ...] | None = None,
 ) -> dict:
     """Train `model` on the codes dataset `ds`; return the final metrics.
+
+    `mix` weighs the tasks of a mixture (`ds`'s `task` column): task t's windows make up the
+    share `mix[t] / sum(mix)` of what training samples.
 
     `eval_ds` (held-out episodes) is evaluated every `cfg.eval_every` steps and at the end
     (metrics prefixed `eval/`). Checkpoints go to `out_dir/train_state`; resuming one made with
     another model or train config is an error.
     """
+    windows = window_dataset(model, ds)
+    if mix is not None:
+        tasks = np.asarray(ds.select_columns(["task"]).with_format("numpy")[:]["task"])
+        windows = Subset(windows, mixed_rows(tasks[windows.starts], list(mix), cfg.seed).tolist())
     return train(
         model,
-        window_dataset(model, ds),
+        windows,
         cfg,
         out_dir,
         name="world_model",

@@ -3,7 +3,8 @@
 Each field of a frozen config dataclass becomes `--field-name` with the field's type, default
 and `metadata["help"]`; `metadata["flag"]` renames the flag (e.g. `env_id` -> `--env`),
 `metadata["choices"]` restricts it, `metadata["required"]` makes it required and
-`metadata["cli"] = False` keeps it off the command line. A bool field
+`metadata["cli"] = False` keeps it off the command line. A `tuple[X, ...]` field is a flag
+given once per item (`--dataset A --dataset B`). A bool field
 that defaults to False is a switch. A field that is itself a config dataclass contributes its own
 fields' flags. `config_from_args` reads them back into the dataclass.
 """
@@ -22,10 +23,15 @@ def _fields(cls) -> list[tuple[dataclasses.Field, type]]:
 
 
 def _scalar(hint) -> type:
-    """`int | None` -> int; `str` -> str."""
+    """`int | None` -> int; `str` -> str; `tuple[float, ...]` -> tuple[float, ...]."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     return hint
+
+
+def _item(kind) -> type | None:
+    """The item type of a `tuple[X, ...]` field (given as a repeated flag), else None."""
+    return typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else None
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -60,9 +66,11 @@ def add_config_flags(
             parser.add_argument(flag_name(f), action="store_true", dest=dest, help=help_text)
             continue
         required = f.metadata.get("required", default is None and f.default is dataclasses.MISSING)
+        item = _item(kind)
         parser.add_argument(
             flag_name(f),
-            type=kind,
+            type=item or kind,
+            action="append" if item else "store",
             default=None if required else default,
             required=required,
             choices=f.metadata.get("choices"),
@@ -85,5 +93,6 @@ def config_from_args(cls, args: argparse.Namespace, **given):
             continue
         dest = f"{cls.__name__}.{f.name}"
         if hasattr(args, dest):
-            values[f.name] = getattr(args, dest)
+            value = getattr(args, dest)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)

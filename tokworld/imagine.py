@@ -16,6 +16,7 @@ reward -> end, end -> first frame code, then one per frame code.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -198,3 +199,31 @@ class ImaginationEngine:
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor | None:
         return None if self.decoder is None else self.decoder(codes)
+
+    # ---- snapshots --------------------------------------------------------------------------
+    # Everything a dream's future depends on; a new piece of rollout state joins this tuple.
+    SNAPSHOT_STATE = ("cache", "pending", "pos", "generator")
+
+    def snapshot(self) -> dict:
+        """A deep copy of the dream's state (KV ring cache, pending tokens, stream position,
+        RNG state): `restore(state)` later continues it bit-identically."""
+        if self.cache is None:
+            raise TokWorldError("call start(context) before snapshot()")
+        return {name: _copied(getattr(self, name)) for name in self.SNAPSHOT_STATE}
+
+    def restore(self, state: dict) -> None:
+        """Return to a `snapshot()`; the snapshot stays unchanged, so it can be restored again."""
+        missing = [name for name in self.SNAPSHOT_STATE if name not in state]
+        if missing:
+            raise TokWorldError(f"not an imagination snapshot: it has no {missing[0]!r}")
+        for name in self.SNAPSHOT_STATE:
+            setattr(self, name, _copied(state[name]))
+
+
+def _copied(value):
+    """A deep copy; a torch.Generator (which `copy.deepcopy` refuses) is copied by its state."""
+    if isinstance(value, torch.Generator):
+        twin = torch.Generator(device=value.device)
+        twin.set_state(value.get_state())
+        return twin
+    return copy.deepcopy(value)

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "tokworld.cli.imagine",
     "tokworld.cli.evaluate",
     "tokworld.cli.demo",
+    "tokworld.cli.play",
 )
 
 

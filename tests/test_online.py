@@ -30,6 +30,7 @@ CONFIG = OnlineConfig(
     preset="tiny",
     tokenizer_steps=2,
     tokenizer_batch_size=8,
+    codebook_size=32,  # not the tiny preset's 64
     world_model_steps=2,
     world_model_batch_size=4,
     imagination=ImaginationConfig(steps=2, batch_size=4, horizon=3, context_steps=2),
@@ -57,6 +58,9 @@ def _weights(run_dir) -> dict[str, torch.Tensor]:
 def test_two_epochs_write_models_data_and_a_learning_curve(run):
     out, metrics = run
     assert CONFIG.epochs == 2 and metrics["epochs"] == 2
+    tokenizer = json.loads((out / "tokenizer" / "config.json").read_text())
+    world_model = json.loads((out / "world_model" / "config.json").read_text())
+    assert tokenizer["codebook_size"] == world_model["vocab"]["codebook_size"] == 32
     assert metrics["env_steps"] == 60 == len(run_dataset(out))
     assert [e["env_steps"] for e in metrics["learning_curve"]] == [40, 60]
     assert sorted(p.name for p in (out / "data").iterdir()) == ["chunk_000", "chunk_001"]

@@ -33,14 +33,15 @@ import numpy as np
 from tokworld.config import TokWorldConfig
 from tokworld.data.collect import collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
+from tokworld.data.mixture import fingerprint
 from tokworld.errors import TokWorldError
-from tokworld.folders import atomic_dir, recover, start_run, write_json_atomic
+from tokworld.folders import atomic_dir, read_json, recover, start_run, write_json_atomic
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic, Agent, build_policy
 from tokworld.presets import NAMES, check_preset
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
-from tokworld.tokenizer.frame import FrameTokenizer
+from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.accel import seed_everything
 from tokworld.training.imagination import ImaginationConfig, train_policy
@@ -71,6 +72,9 @@ class OnlineConfig:
     policy_input: str = field(default="frames", metadata={"choices": ("frames", "tokens")})
     tokenizer_steps: int = field(default=100, metadata={"help": "per epoch (0: frozen)"})
     tokenizer_batch_size: int = 32
+    codebook_size: int | None = field(
+        default=None, metadata={"help": "codes of a tokenizer built from scratch (the preset's)"}
+    )
     world_model_steps: int = field(default=200, metadata={"help": "per epoch"})
     world_model_batch_size: int = 32
     world_model_lr: float = 3e-4
@@ -122,9 +126,27 @@ class Models:
     policy: ActorCritic | None = None
 
 
+def run_chunks(run: str | Path) -> dict[int, Path]:
+    """{epoch: RUN/data/chunk_XXX} of the run, in epoch order. Hidden entries (a writer's
+    leftovers) are skipped; anything else in RUN/data is refused, so that nothing but the run's
+    own steps is ever trained on."""
+    data, chunks = Path(run) / "data", {}
+    for path in sorted(data.iterdir()) if data.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        number = path.name.removeprefix("chunk_")
+        if not (path.is_dir() and path.name.startswith("chunk_") and number.isdigit()):
+            raise TokWorldError(
+                f"{path} is not a chunk of run {run}: its data/ holds only the chunk_XXX "
+                "datasets the run collected; move it away"
+            )
+        chunks[int(number)] = path
+    return chunks
+
+
 def run_dataset(run: str | Path) -> datasets.Dataset:
     """The run's real steps: its chunks in order, episode indices renumbered to stay unique."""
-    chunks = sorted((Path(run) / "data").glob("chunk_*"))
+    chunks = list(run_chunks(run).values())
     if not chunks:
         raise TokWorldError(f"run {run} has no data/chunk_* datasets")
     parts = [load_trajectories(str(c)) for c in chunks]
@@ -168,11 +190,13 @@ def _run(cfg: OnlineConfig, out: Path, models: Models, resume: bool, progress: b
     for folder in (snapshot, *(out / name for name in MODELS)):
         recover(folder)
     if resume and (snapshot / "state.json").exists():
-        state = json.loads((snapshot / "state.json").read_text())
+        keys = {"epoch": int, "history": list, "chunks": dict}
+        state = read_json(snapshot / "state.json", "online checkpoint", keys=keys)
         first, history = state["epoch"] + 1, state["history"]
+        _check_chunks(out, state["chunks"])
         models = _load_models(snapshot)
-    for chunk in (out / "data").glob("chunk_*"):  # the unfinished epoch's data, if any
-        if int(chunk.name.split("_")[1]) >= first:
+    for epoch, chunk in run_chunks(out).items():  # the unfinished epoch's data, if any
+        if epoch >= first:
             shutil.rmtree(chunk)
     metrics = _metrics(out, cfg, history)
     for epoch in range(first, cfg.epochs):
@@ -207,8 +231,10 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
     space = TrajectoryMeta.from_dataset(ds).space
 
     if models.tokenizer is None:
+        sizes = {} if cfg.codebook_size is None else {"codebook_size": cfg.codebook_size}
         models.tokenizer, result = train_tokenizer(
-            ds, work / "tokenizer", cfg.preset, steps=max(1, cfg.tokenizer_steps),
+            ds, work / "tokenizer", config=FrameTokenizerConfig.preset(cfg.preset, **sizes),
+            steps=max(1, cfg.tokenizer_steps),
             batch_size=cfg.tokenizer_batch_size, progress=progress, seed=seed,
             checkpoint_every=max(1, cfg.tokenizer_steps),
         )  # fmt: skip
@@ -272,10 +298,30 @@ def _commit(out: Path, epoch: int, models: Models, history: list[dict]) -> None:
             getattr(models, name).save_pretrained(tmp / name)
         policy_state = out / "train_state" / "work" / "policy" / "train_state"
         shutil.copytree(policy_state, tmp / "policy_state")
-        (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
+        chunks = _chunk_fingerprints(out)
+        state = {"epoch": epoch, "history": history, "chunks": chunks}
+        (tmp / "state.json").write_text(json.dumps(state))
     for name in MODELS:
         with atomic_dir(out / name, replace=True) as tmp:
             shutil.copytree(snapshot / name, tmp, dirs_exist_ok=True)
+
+
+def _chunk_fingerprints(out: Path) -> dict[str, str]:
+    """{chunk name: fingerprint of its steps} of the run's data."""
+    return {p.name: fingerprint(load_trajectories(str(p))) for p in run_chunks(out).values()}
+
+
+def _check_chunks(out: Path, recorded: dict) -> None:
+    """Refuse to resume on data that changed since the checkpoint: the chunks of the finished
+    epochs must hold what they held when the epochs trained on them."""
+    now = _chunk_fingerprints(out)
+    for name, before in recorded.items():
+        after = now.get(name)
+        if after != before:
+            change = "is missing" if after is None else f"changed (fingerprint {before} -> {after})"
+            raise TokWorldError(
+                f"cannot resume {out}: {out / 'data' / name} {change} since it was trained on"
+            )
 
 
 def _load_models(snapshot: Path) -> Models:

@@ -1,10 +1,11 @@
-"""Imagination throughput: imagined steps/s with decoded frames, transformer vs decoder share,
-and the per-step time early vs late in one long rollout (flat cost means a ratio near 1).
+"""Imagination throughput per frame decoding mode: imagined steps/s with decoded frames and with
+codes only (what a `policy_input="tokens"` policy reads), the decoder's share, and the per-step
+time early vs late in one long rollout (flat cost means a ratio near 1).
 
-With `iris=True` (`tokworld bench imagine --iris`), IRIS's imagination at the same model size
-and batch (`eval.iris_reference`) is timed in the same process, in blocks of 20 steps taken in
-turn with ours, and the report gives the speedup: a ratio both sides measured under the same
-machine load, which this shared machine's absolute figures are not.
+Every line (a mode with frames, the same mode without the decoder, and with `iris=True` IRIS's
+imagination at the same model size and batch, `eval.iris_reference`) is timed in the same
+process, in blocks of 20 steps taken in turn, and speedups are ratios of lines measured under the
+same machine load, which this shared machine's absolute figures are not.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import gymnasium as gym
 import torch
 
-from tokworld.config import TokWorldConfig
+from tokworld.config import FRAME_DECODINGS, TokWorldConfig
 from tokworld.eval.iris_reference import (
     CODEBOOK,
     TOKENS_PER_FRAME,
@@ -27,6 +28,9 @@ from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
+
+BLOCK = 20  # steps per timed block
+TOKENS = ", tokens"  # suffix of a line without the decoder
 
 
 class _TimedDecoder:
@@ -42,14 +46,15 @@ class _TimedDecoder:
         return frames
 
 
-def build(preset: str, num_actions: int = 4, device: str = "cpu"):
-    """Randomly initialised tokenizer and world model of a preset (speed does not need weights)."""
+def build(preset: str, num_actions: int = 4, device: str = "cpu", **overrides):
+    """Randomly initialised tokenizer and world model of a preset (speed does not need weights);
+    `overrides` change world-model config fields (e.g. `frame_decoding`)."""
     torch.manual_seed(0)
     tokenizer = FrameTokenizer(FrameTokenizerConfig.preset(preset)).to(device).eval()
     vocab = Vocabulary.from_spaces(
         gym.spaces.Discrete(num_actions), tokenizer.codebook_size, tokenizer.tokens_per_frame
     )
-    model = TokWorldModel(TokWorldConfig.preset(preset, vocab)).to(device).eval()
+    model = TokWorldModel(TokWorldConfig.preset(preset, vocab, **overrides)).to(device).eval()
     return model, tokenizer
 
 
@@ -72,6 +77,18 @@ def _timed_steps(step, actions: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def _flatness(engine: ImaginationEngine, context: dict, actions: torch.Tensor, steps: int) -> dict:
+    """Per-step time at `steps` and at the end of one rollout of len(actions) steps (medians
+    over `BLOCK` steps), from a fresh start."""
+    engine.start(context)
+    per_step = [_timed_steps(engine.step, actions[t : t + 1]) for t in range(len(actions))]
+    early = statistics.median(per_step[max(0, steps - BLOCK) : steps])
+    late = statistics.median(per_step[-BLOCK:])
+    n = len(actions)
+    return {f"step_time_s_at_{steps}": early, f"step_time_s_at_{n}": late,
+            f"ratio_{n}_over_{steps}": late / early}  # fmt: skip
+
+
 @torch.no_grad()
 def bench_imagine(
     preset: str = "base",
@@ -82,56 +99,88 @@ def bench_imagine(
     device: str = "cpu",
     compile: bool = False,
     iris: bool = False,
+    modes: tuple[str, ...] | None = None,
 ) -> dict:
-    """Figures of imagination at `batch` rows; see the module docstring."""
-    model, tokenizer = build(preset, device=device)
-    decoder = _TimedDecoder(tokenizer)
-    engine = ImaginationEngine(model, decoder, SamplingConfig(), seed=0, compile=compile)
-    actions = torch.randint(0, model.vocab.action.sizes[0], (long_steps, batch), device=device)
-    engine.start(random_context(model, batch, context))
-    warmup = time.perf_counter()
-    for t in range(3):
-        engine.step(actions[t])
-    warmup = time.perf_counter() - warmup
-    runs = {"ours": engine.step}
+    """Figures of imagination at `batch` rows for each frame decoding mode in `modes` (default:
+    the preset's); see the module docstring.
+
+    `lines` holds, per line (`"token"`, `"parallel"`, and each with `", tokens"`: no decoder),
+    its imagined steps/s, decoder share, warm-up and speedup over IRIS; the flat-cost figures
+    are measured on the lines without the decoder (the transformer and its cache alone). The
+    top-level figures repeat the first mode's, and `parallel_over_token` compares the modes.
+    """
+    actions = torch.randint(0, 4, (long_steps, batch), device=device)
+    runs, engines, decoders, warmup = {}, {}, {}, {}
+    for mode in modes or (None,):
+        overrides = {"frame_decoding": mode} if mode else {}  # default: the preset's
+        model, tokenizer = build(preset, device=device, **overrides)
+        mode = model.config.frame_decoding
+        decoders[mode] = _TimedDecoder(tokenizer)
+        for name, decoder in ((mode, decoders[mode]), (mode + TOKENS, None)):
+            engine = ImaginationEngine(model, decoder, SamplingConfig(), seed=0, compile=compile)
+            engine.start(random_context(model, batch, context))
+            warmup[name] = _timed_steps(engine.step, actions[:3])  # torch.compile's included
+            runs[name], engines[name] = engine.step, engine
     if iris:
         runs["iris"] = _iris_imagination(model, batch, device).step
         _timed_steps(runs["iris"], actions[:3])
-    # Throughput: blocks of 20 steps, ours and IRIS's in turn, so both see the same machine.
-    window = min(20, steps)
+    # Throughput: blocks of BLOCK steps, every line in turn, so all see the same machine.
     blocks = {name: [] for name in runs}
-    decoder.seconds = 0.0
-    for i in range(0, steps, window):
+    for decoder in decoders.values():
+        decoder.seconds = 0.0
+    for i in range(0, steps, BLOCK):
         for name, step in runs.items():
-            blocks[name].append(_timed_steps(step, actions[i : i + window]))
-    decode_share = decoder.seconds / sum(blocks["ours"])
-    per_s = {name: batch * steps / sum(seconds) for name, seconds in blocks.items()}
-    # Flat cost: one long rollout from a fresh start, medians over `window` steps.
-    engine.start(random_context(model, batch, context))
-    per_step = [_timed_steps(engine.step, actions[t : t + 1]) for t in range(long_steps)]
-    early = statistics.median(per_step[max(0, steps - window) : steps])
-    late = statistics.median(per_step[-window:])
+            blocks[name].append(_timed_steps(step, actions[i : i + BLOCK]))
+    lines = {}
+    for name, seconds in blocks.items():
+        line = {"imagined_steps_per_s": batch * steps / sum(seconds)}
+        if name in decoders:
+            line["decoder_share"] = decoders[name].seconds / sum(seconds)
+        if name != "iris":
+            line["warmup_s"] = warmup[name]  # 3 steps
+        if iris and name != "iris":
+            line["speedup_vs_iris"] = sum(blocks["iris"]) / sum(seconds)
+            line["speedup_vs_iris_per_block"] = _ratios(blocks["iris"], seconds)
+        lines[name] = line
+    # Flat cost: one long rollout per mode from a fresh start, without the decoder.
+    modes = tuple(decoders)
+    for mode in modes:
+        model = engines[mode + TOKENS].model
+        flat = _flatness(engines[mode + TOKENS], random_context(model, batch, context),
+                         actions, steps)  # fmt: skip
+        lines[mode + TOKENS].update(flat)
+    first = modes[0]
     result = {
         "preset": preset,
         "batch": batch,
+        "context": context,
         "device": device,
         "threads": torch.get_num_threads(),
         "compile": compile,
-        "warmup_s": warmup,  # 3 steps, torch.compile's compilation included
-        "imagined_steps_per_s": per_s["ours"],
-        "batch_steps_per_s": per_s["ours"] / batch,
-        "decoder_share": decode_share,
-        "transformer_share": 1 - decode_share,
-        f"step_time_s_at_{steps}": early,
-        f"step_time_s_at_{long_steps}": late,
-        f"ratio_{long_steps}_over_{steps}": late / early,
+        "frame_decoding": first,
+        "imagined_steps_per_s": lines[first]["imagined_steps_per_s"],
+        "batch_steps_per_s": lines[first]["imagined_steps_per_s"] / batch,
+        "decoder_share": lines[first]["decoder_share"],
+        "transformer_share": 1 - lines[first]["decoder_share"],
+        **{k: v for k, v in lines[first + TOKENS].items() if k.startswith(("step_", "ratio_"))},
     }
     if iris:
-        ratios = [b / a for a, b in zip(blocks["ours"], blocks["iris"], strict=True)]
-        result["iris_imagined_steps_per_s"] = per_s["iris"]
-        result["speedup_vs_iris"] = per_s["ours"] / per_s["iris"]
-        result["speedup_vs_iris_per_block"] = ratios
+        result["iris_imagined_steps_per_s"] = lines.pop("iris")["imagined_steps_per_s"]
+        result["speedup_vs_iris"] = lines[first]["speedup_vs_iris"]
+        result["speedup_vs_iris_per_block"] = lines[first]["speedup_vs_iris_per_block"]
+    if set(FRAME_DECODINGS) <= set(modes):
+        result["parallel_over_token"] = {
+            what: {"speedup": sum(blocks["token" + suffix]) / sum(blocks["parallel" + suffix]),
+                   "per_block": _ratios(blocks["token" + suffix], blocks["parallel" + suffix])}
+            for what, suffix in (("frames", ""), ("tokens", TOKENS))
+        }  # fmt: skip
+    result["lines"] = lines
     return result
+
+
+def _ratios(slow: list[float], fast: list[float]) -> list[float]:
+    """Per block: how many times faster `fast` ran than `slow`."""
+    return [s / f for s, f in zip(slow, fast, strict=True)]
 
 
 def _iris_imagination(model: TokWorldModel, batch: int, device: str) -> IrisImagination:

@@ -259,6 +259,31 @@ class Vocabulary:
         lo, hi = ranges[pos, 0:1], ranges[pos, 1:2]
         return (ids >= lo) & (ids < hi)
 
+    # ---- parallel frame prediction --------------------------------------------------------
+    @property
+    def predicted_kinds(self) -> tuple[Kind, ...]:
+        """Kind of each token one step predicts after its action, in stream order: the rest of
+        the action's block (reward and end), then the next block's frame."""
+        kinds = [k for k in self.step_segments if k != Kind.ACTION]
+        return tuple(k for k in kinds for _ in range(self.count(k)))
+
+    def query_index(self, positions: torch.Tensor) -> torch.Tensor:
+        """Stream positions of predicted tokens -> their index in `predicted_kinds`."""
+        return (positions - self.segment(Kind.ACTION).stop) % self.block_size
+
+    def query_context(self, positions: torch.Tensor) -> torch.Tensor:
+        """Stream positions of predicted tokens -> the last position they are predicted from:
+        their step's last action token."""
+        return positions - self.query_index(positions) - 1
+
+    def predicted_positions(self, steps: int) -> torch.Tensor:
+        """(n,) stream positions, in `steps` whole blocks from position 0, of every token that
+        follows an action in the stream: each block's reward and end, each frame but the first."""
+        positions = torch.arange(steps * self.block_size)
+        kinds = self.kinds(len(positions))
+        after = (kinds != Kind.ACTION) & (positions >= self.segment(Kind.ACTION).start)
+        return positions[after]
+
     # ---- encode / decode ------------------------------------------------------------------
     def ids(self, kind: Kind, values) -> torch.Tensor:
         """One kind's values -> its global ids (..., count(kind)).

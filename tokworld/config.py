@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from transformers import MistralConfig, PreTrainedConfig
 
+from tokworld.errors import TokWorldError
 from tokworld.presets import preset_fields
 from tokworld.tokenizer.vocab import Vocabulary
+
+FRAME_DECODINGS = ("token", "parallel")
 
 
 class TokWorldConfig(PreTrainedConfig):
@@ -17,6 +20,11 @@ class TokWorldConfig(PreTrainedConfig):
     the oldest (RoPE is relative, so nothing is re-encoded): a rollout of any length costs the
     same per step. `vocab` is the saved layout of the shared vocabulary. Use
     `TokWorldConfig.preset(name, vocab)`.
+
+    `frame_decoding` is how a step's tokens are predicted. `"token"`: one at a time, each from
+    the token before it (an imagined step is K + 2 forward passes). `"parallel"`: reward, end and
+    all K frame codes at once, each from a learned query placed at its stream position that reads
+    the real tokens up to the step's action (an imagined step is one forward pass).
     """
 
     model_type = "tokworld"
@@ -34,6 +42,7 @@ class TokWorldConfig(PreTrainedConfig):
     reward_loss_weight: float = 1.0
     end_loss_weight: float = 1.0
     action_loss_weight: float = 0.0
+    frame_decoding: str = "token"
     initializer_range: float = 0.02
 
     @classmethod
@@ -41,6 +50,14 @@ class TokWorldConfig(PreTrainedConfig):
         """`tiny` (tests), `small` (CPU), `base` (IRIS-sized: 10 layers, 256 wide, 4 heads)."""
         known = set(cls.__annotations__) - {"vocab"}
         return cls(vocab=vocab.to_dict(), **preset_fields(name, "world_model", known, overrides))
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.frame_decoding not in FRAME_DECODINGS:
+            raise TokWorldError(
+                f"frame_decoding must be one of {', '.join(FRAME_DECODINGS)}, "
+                f"got {self.frame_decoding!r}"
+            )
 
     @property
     def vocabulary(self) -> Vocabulary:

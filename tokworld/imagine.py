@@ -8,10 +8,15 @@ from fresh real context while the others go on: its new context is encoded alone
 positions the batch is at, and replaces that row's slots.
 
 A step walks the vocabulary's block layout from the current frame to the next one
-(`Vocabulary.step_segments`): the action segment is given and joins the tokens waiting to be
-fed, every other token is sampled from one forward of the tokens before it. For the default
-order that is `K + 2` forwards of a few tokens each: [last frame code, action tokens] -> reward,
-reward -> end, end -> first frame code, then one per frame code.
+(`Vocabulary.step_segments`). With token decoding the action segment is given and joins the
+tokens waiting to be fed, every other token is sampled from one forward of the tokens before it.
+For the default order that is `K + 2` forwards of a few tokens each: [last frame code, action
+tokens] -> reward, reward -> end, end -> first frame code, then one per frame code.
+
+With parallel decoding (`frame_decoding="parallel"`) a step is one forward: [the previous step's
+sampled tokens, action tokens, queries] -> every token the step predicts (reward, end, the K
+frame codes), each sampled from its query's logits. The sampled tokens wait to be written into
+the cache by the next step's forward, so queries are never left visible in it.
 """
 
 from __future__ import annotations
@@ -65,15 +70,23 @@ class ImaginationEngine:
     ):
         self.model = world_model.eval()
         self.model.backbone.set_attn_implementation(ATTENTION)
-        # torch.compile of the per-token forward (two graphs: 2 and 1 new tokens at the batch
-        # size of `start`): on CPU the transformer's share of a step runs ~1.7x faster after a
-        # one-time warm-up of about a minute.
+        # torch.compile of the per-step forwards (two graphs: token decoding's 2 and 1 new
+        # tokens, parallel decoding's first step and the others, at the batch size of `start`):
+        # on CPU the transformer's share of a step runs ~1.7x faster after a one-time warm-up
+        # of about a minute.
         # Starts and row restarts, whose shapes vary, stay eager.
         self.step_model = torch.compile(self.model, dynamic=False) if compile else self.model
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling
         self.window = world_model.config.window_tokens
+        self.parallel = world_model.parallel
+        predicted = len(self.vocab.predicted_kinds)
+        # Parallel decoding's queries, as offsets from the step's last action token.
+        self.query_offsets = torch.arange(1, 1 + predicted, device=world_model.device)
+        # The most tokens one step's forward writes: what is pending, the action, the queries.
+        pending, queries = (predicted, predicted) if self.parallel else (1, 0)
+        self.most_written = pending + self.vocab.count(Kind.ACTION) + queries
         self.device = world_model.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.cache: RingCache | None = None
@@ -107,17 +120,8 @@ class ImaginationEngine:
         if action.shape[0] != b:
             raise TokWorldError(f"expected actions for {b} rows, got shape {tuple(action.shape)}")
         vocab = self.vocab
-        pending, sampled = self.pending, {}
-        for kind in vocab.step_segments:
-            if kind == Kind.ACTION:
-                pending = torch.cat([pending, vocab.ids(Kind.ACTION, action)], 1)
-                continue
-            tokens = []
-            for _ in range(vocab.count(kind)):
-                pending = self._sample(self._feed(pending))
-                tokens.append(pending)
-            sampled[kind] = torch.cat(tokens, 1)
-        self.pending = pending
+        action_ids = vocab.ids(Kind.ACTION, action)
+        sampled = self._parallel_step(action_ids) if self.parallel else self._token_step(action_ids)
         codes = vocab.values(Kind.FRAME, sampled[Kind.FRAME])
         reward = vocab.values(Kind.REWARD, sampled[Kind.REWARD])
         terminated = vocab.values(Kind.END, sampled[Kind.END])
@@ -130,14 +134,20 @@ class ImaginationEngine:
         Returns the start step of just those rows.
         """
         tokens = self._context_tokens(context)
-        n = tokens.shape[1] - 1
+        # The rows' last tokens join the others' pending ones, at the same stream positions; a
+        # context shorter than those is padded in front with tokens the rows never see.
+        width = self.pending.shape[1]
+        pad = max(0, width - tokens.shape[1])
+        tokens = torch.cat([tokens[:, :1].expand(-1, pad), tokens], 1)
+        n = tokens.shape[1] - width
         keep = min(n, self.pos)
         fresh = self._new_cache(tokens.shape[0])
         if keep:
             positions = torch.arange(self.pos - keep, self.pos, device=self.device)
             self._forward(fresh, tokens[:, n - keep : n], positions)
+        fresh.first[:] = self.pos - keep + pad
         self.cache.copy_rows(torch.as_tensor(rows, device=self.device), fresh)
-        self.pending[rows] = tokens[:, -1:]
+        self.pending[rows] = tokens[:, n:]
         codes = context["codes"][:, -1].to(self.device).long()
         zeros = torch.zeros(len(rows), device=self.device)
         return ImaginedStep(codes, zeros, zeros.bool(), self._decode(codes))
@@ -163,19 +173,59 @@ class ImaginationEngine:
 
     def _new_cache(self, batch: int) -> RingCache:
         layers = self.model.config.num_hidden_layers
-        return RingCache(layers, batch, self.window, self.device)
+        return RingCache(layers, batch, self.window, self.device, spare=self.most_written - 1)
 
-    def _forward(self, cache: RingCache, tokens: torch.Tensor, positions: torch.Tensor, model=None):
-        """Run `tokens` (B, q) at stream `positions` (q,) on `cache`; return last logits (B, V)."""
-        mask = cache.prepare(positions)
+    def _forward(
+        self,
+        cache: RingCache,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        model=None,
+        queries: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run `tokens` (B, q) at stream `positions` (q,) on `cache`; return the last logits
+        (B, V), or with parallel decoding's `queries` (Q,) positions, theirs (B, Q, V)."""
+        written = positions if queries is None else torch.cat([positions, queries])
+        mask = cache.prepare(written)
         out = (self.model if model is None else model)(
             tokens,
             position_ids=positions.unsqueeze(0),
             cache=cache,
             use_cache=True,
             attention_mask=mask,
+            query_positions=queries,
         )
-        return out.logits[:, -1]
+        if queries is None:
+            return out.logits[:, -1]
+        cache.release(queries)
+        return out.logits[:, -len(queries) :]
+
+    def _token_step(self, action_ids: torch.Tensor) -> dict[Kind, torch.Tensor]:
+        """Token decoding: the step's tokens one forward each; returns the ids of each kind."""
+        pending, sampled = self.pending, {}
+        for kind in self.vocab.step_segments:
+            if kind == Kind.ACTION:
+                pending = torch.cat([pending, action_ids], 1)
+                continue
+            tokens = []
+            for _ in range(self.vocab.count(kind)):
+                pending = self._sample(self._feed(pending))
+                tokens.append(pending)
+            sampled[kind] = torch.cat(tokens, 1)
+        self.pending = pending
+        return sampled
+
+    def _parallel_step(self, action_ids: torch.Tensor) -> dict[Kind, torch.Tensor]:
+        """Parallel decoding: the pending tokens and the action in, one query per predicted
+        token; every token sampled from one forward. Returns the ids of each kind."""
+        tokens = torch.cat([self.pending, action_ids], 1)  # (B, n)
+        positions = torch.arange(self.pos, self.pos + tokens.shape[1], device=self.device)
+        queries = positions[-1] + self.query_offsets  # (Q,)
+        logits = self._forward(self.cache, tokens, positions, self.step_model, queries)
+        self.pending = self._sample(logits)[..., 0]  # (B, Q)
+        self.pos = int(queries[0])
+        kinds = torch.tensor(self.vocab.predicted_kinds, device=self.device)
+        return {kind: self.pending[:, kinds == kind] for kind in Kind if kind != Kind.ACTION}
 
     def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append `tokens` (B, q) to every row's stream; return the logits after them."""
@@ -184,7 +234,7 @@ class ImaginationEngine:
         return self._forward(self.cache, tokens, positions, self.step_model)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, V) masked logits -> (B, 1) token ids."""
+        """(..., V) masked logits -> (..., 1) token ids."""
         s = self.sampling
         if s.greedy:
             return logits.argmax(-1, keepdim=True)

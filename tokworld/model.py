@@ -2,6 +2,13 @@
 
 One embedding table and one output head over the whole vocabulary. At every position the logits
 of every kind that cannot come next are masked to -inf, in training and in sampling alike.
+
+With `frame_decoding="parallel"` the model also has one learned query embedding per token a step
+predicts after its action (`Vocabulary.predicted_kinds`: reward, end, the next frame's K codes).
+Queries are appended after the real tokens, each at the stream position of the token it
+predicts (RoPE sees where it is), under a block-causal mask: a query reads the real tokens up to
+its step's last action token and the queries of its step up to itself; real tokens never read a
+query. One forward over a window predicts every step of it at once.
 """
 
 from __future__ import annotations
@@ -41,18 +48,32 @@ class TokWorldModel(PreTrainedModel):
         self.vocab = config.vocabulary
         self.backbone = MistralModel(config.backbone_config())
         self.head = torch.nn.Linear(config.hidden_size, self.vocab.size, bias=False)
-        self._next_allowed: torch.Tensor | None = None
+        self.parallel = config.frame_decoding == "parallel"
+        if self.parallel:
+            count = len(self.vocab.predicted_kinds)
+            self.queries = torch.nn.Embedding(count, config.hidden_size)
+        self._allowed: torch.Tensor | None = None
         self.post_init()
 
-    def next_allowed(self, device: torch.device) -> torch.Tensor:
-        """(block, V) bool; row j: ids allowed after a token at block position j.
+    def allowed(self, device: torch.device) -> torch.Tensor:
+        """(block, V) bool; row j: ids allowed at block position j.
 
         Derived from the vocabulary, not a buffer: `from_pretrained` would leave a buffer unset.
         """
-        if self._next_allowed is None or self._next_allowed.device != device:
-            mask = self.vocab.allowed_mask(self.vocab.block_size, start=1)
-            self._next_allowed = mask.to(device)
-        return self._next_allowed
+        if self._allowed is None or self._allowed.device != device:
+            self._allowed = self.vocab.allowed_mask(self.vocab.block_size).to(device)
+        return self._allowed
+
+    def parallel_mask(self, positions: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(L + Q, L + Q) bool, True where a token may attend: real tokens at `positions` (L,)
+        read the real tokens up to themselves, queries at `queries` (Q,) the real tokens up to
+        their step's last action and their step's queries up to themselves."""
+        position = torch.cat([positions, queries])
+        reads = torch.cat([positions, self.vocab.query_context(queries)])  # last real one read
+        query = torch.cat([torch.zeros_like(positions), torch.ones_like(queries)]).bool()
+        real_key = ~query[None, :] & (position[None, :] <= reads[:, None])
+        same_step = query[:, None] & query[None, :] & (reads[:, None] == reads[None, :])
+        return real_key | (same_step & (position[None, :] <= position[:, None]))
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         std = self.config.initializer_range
@@ -72,25 +93,43 @@ class TokWorldModel(PreTrainedModel):
         cache: Cache | None = None,
         use_cache: bool = False,
         attention_mask: torch.Tensor | None = None,
+        query_positions: torch.Tensor | None = None,
     ) -> TokWorldOutput:
         """input_ids (B, L) at stream positions `position_ids` (1, L) (default: after the cache).
 
-        `attention_mask` (B, cached + L), 1 where a token may be attended to, is only needed when
-        some cache slots are padding (imagination restarting a row).
+        `query_positions` (Q,), parallel decoding only: Q queries appended after the L tokens,
+        at the positions of the tokens they predict; the last Q logits are theirs. Without a
+        cache their mask (`parallel_mask`) is built here.
+
+        `attention_mask` (B, 1, L [+ Q], cached + L [+ Q]), True or 0 where a token may attend,
+        is needed with a cache (imagination) and replaces the causal mask.
         """
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device) + past
             position_ids = position_ids.unsqueeze(0)
+        block = self.vocab.block_size
+        embeds = self.backbone.embed_tokens(input_ids)  # (B, L, E)
+        allowed = self.allowed(embeds.device)[(position_ids + 1) % block]  # the next token's
+        if query_positions is not None:
+            if not self.parallel:
+                raise TokWorldError("queries need a world model with frame_decoding='parallel'")
+            queries = self.queries(self.vocab.query_index(query_positions))  # (Q, E)
+            embeds = torch.cat([embeds, queries.expand(len(embeds), -1, -1)], 1)
+            if attention_mask is None and cache is None:
+                mask = self.parallel_mask(position_ids[0], query_positions)
+                attention_mask = mask.expand(len(embeds), 1, -1, -1)
+            position_ids = torch.cat([position_ids, query_positions.unsqueeze(0)], 1)
+            at = self.allowed(embeds.device)[query_positions % block]  # the token's own
+            allowed = torch.cat([allowed, at.unsqueeze(0)], 1)
         out = self.backbone(
-            input_ids=input_ids,
+            inputs_embeds=embeds,
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
             attention_mask=attention_mask,
         )
         logits = self.head(out.last_hidden_state)
-        allowed = self.next_allowed(logits.device)[position_ids % self.vocab.block_size]
         logits = logits.masked_fill(~allowed, float("-inf"))
         return TokWorldOutput(logits=logits, cache=out.cache)
 
@@ -100,6 +139,24 @@ class TokWorldModel(PreTrainedModel):
             batch["codes"], batch["action"], batch["reward"], batch["terminated"]
         )
         return rearrange(blocks, "b t n -> b (t n)")
+
+    def _predictions(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, n, V) of a window's tokens (B, L) and the positions (n,) they predict.
+
+        Token decoding: every token but the first, each from the one before. Parallel decoding:
+        each action token from the one before (the behaviour prior), then every token that
+        follows an action from its query.
+        """
+        length = tokens.shape[1]
+        positions = torch.arange(length, device=tokens.device)
+        if not self.parallel:
+            return self(tokens[:, :-1]).logits, positions[1:]
+        queries = self.vocab.predicted_positions(length // self.vocab.block_size)
+        queries = queries.to(tokens.device)
+        logits = self(tokens, query_positions=queries).logits  # (B, L + Q, V)
+        actions = positions[self.vocab.kinds(length).to(tokens.device) == Kind.ACTION]
+        logits = torch.cat([logits[:, actions - 1], logits[:, length:]], 1)
+        return logits, torch.cat([actions, queries])
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """Weighted cross-entropy per token kind; padded steps (`mask` False) give no loss.
@@ -112,12 +169,10 @@ class TokWorldModel(PreTrainedModel):
                 f"training windows of {batch['codes'].shape[1]} steps exceed the model's "
                 f"context of {self.config.context_steps} steps"
             )
-        block = self.vocab.block_size
-        logits = self(tokens[:, :-1]).logits
-        targets = tokens[:, 1:]
-        valid = rearrange(batch["mask"], "b t -> b t 1").expand(-1, -1, block)
-        valid = rearrange(valid, "b t n -> b (t n)")[:, 1:]
-        kinds = self.vocab.kinds(tokens.shape[1], start=0)[1:].to(tokens.device)
+        logits, at = self._predictions(tokens)
+        targets = tokens[:, at]
+        valid = batch["mask"][:, at // self.vocab.block_size]  # the target's step is real
+        kinds = self.vocab.kinds(tokens.shape[1]).to(tokens.device)[at]
         ce = F.cross_entropy(
             rearrange(logits, "b l v -> (b l) v"), targets.reshape(-1), reduction="none"
         )

@@ -1,10 +1,16 @@
-"""A fixed-size KV cache for imagination: a ring of `window` slots per layer, written in place.
+"""A fixed-size KV cache for imagination: a ring of slots per layer, written in place.
 
 transformers' `DynamicCache` concatenates the whole cache on every new token, which makes a
 token cost O(window) in copies; with a ring, a new token overwrites the oldest slot and nothing
 moves. Keys carry their rotary (RoPE) phase from the moment they were written and attention is
-order-free over keys, so slot order does not matter: `attention_mask(positions)` tells each
-query which slots it may see (written, not in its future, inside its window, valid for its row).
+order-free over keys, so slot order does not matter: `prepare(positions)` tells each new token
+which slots it may see (written, not in its future, inside its window, of its row's context).
+
+The ring holds `window + spare` slots: a forward of up to `spare + 1` tokens then never
+overwrites a slot that its earliest token still sees, so every token sees exactly its window.
+Parallel decoding's queries are written like any token, at the positions of the tokens they
+predict (later in the stream than every real token of their forward, so no real token sees
+them), and `release`d after the forward.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ ATTENTION = "tokworld_ring"
 
 
 class RingLayer(DynamicLayer):
-    """One layer's keys and values in `window` preallocated slots."""
+    """One layer's keys and values in the ring's preallocated slots."""
 
     def __init__(self, ring: RingCache):
         super().__init__()
@@ -29,7 +35,7 @@ class RingLayer(DynamicLayer):
         """Write (B, H, q, D) states at the ring's current slots; return all slots."""
         if not self.is_initialized:
             b, h, _, d = key_states.shape
-            shape = (b, h, self.ring.window, d)
+            shape = (b, h, self.ring.slots, d)
             self.keys = key_states.new_zeros(shape)
             self.values = value_states.new_zeros(shape)
             self.device, self.is_initialized = key_states.device, True
@@ -39,42 +45,55 @@ class RingLayer(DynamicLayer):
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self.ring.window
+        return self.ring.slots
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.ring.window, 0
+        return self.ring.slots, 0
 
 
 class RingCache(Cache):
-    """KV cache of `window` slots; the token at stream position p lives in slot p % window."""
+    """KV cache of `window + spare` slots; stream position p lives in slot p % slots.
 
-    def __init__(self, num_layers: int, batch: int, window: int, device: torch.device):
-        self.window = window
+    A token sees the `window` positions up to its own. Row r's context starts at stream position
+    `first[r]` (a row restarted from fresh context starts later than the others): what the row
+    holds before it is hidden from the row, though each token always sees itself.
+    """
+
+    def __init__(
+        self, num_layers: int, batch: int, window: int, device: torch.device, spare: int = 0
+    ):
+        self.window, self.slots = window, window + spare
         super().__init__(layers=[RingLayer(self) for _ in range(num_layers)])
-        self.slot_position = torch.full((window,), -1, dtype=torch.long, device=device)
-        self.valid = torch.zeros(batch, window, dtype=torch.bool, device=device)
+        self.slot_position = torch.full((self.slots,), -1, dtype=torch.long, device=device)
+        self.first = torch.zeros(batch, 1, 1, dtype=torch.long, device=device)
         self.write_slots = torch.zeros(0, dtype=torch.long, device=device)
 
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
         """Claim the slots of stream `positions` (q,) for the next forward; return its mask.
 
-        The mask (B, 1, q, window) is additive: 0 where query i may attend to a slot, -inf where
+        The mask (B, 1, q, slots) is additive: 0 where token i may attend to a slot, -inf where
         not. Built once per forward, it serves every layer.
         """
-        self.write_slots = positions % self.window
+        self.write_slots = positions % self.slots
         self.slot_position[self.write_slots] = positions
-        self.valid[:, self.write_slots] = True
-        held = self.slot_position.unsqueeze(0)  # (1, window)
+        held = self.slot_position.unsqueeze(0)  # (1, slots)
         query = positions.unsqueeze(1)  # (q, 1)
-        visible = (held >= 0) & (held <= query) & (held > query - self.window)  # (q, window)
-        return additive((visible.unsqueeze(0) & self.valid.unsqueeze(1)).unsqueeze(1))
+        visible = (held >= 0) & (held <= query) & (held > query - self.window)  # (q, slots)
+        mine = (held >= self.first) | (held == query)  # (B, q, slots)
+        return additive((visible & mine).unsqueeze(1))
+
+    def release(self, positions: torch.Tensor) -> None:
+        """Forget the tokens at stream `positions` (parallel decoding's queries): no later token
+        sees their slots until a real token is written there."""
+        self.slot_position[positions % self.slots] = -1
 
     def copy_rows(self, rows: torch.Tensor, other: RingCache) -> None:
-        """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same window)."""
+        """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same slots)."""
         for mine, theirs in zip(self.layers, other.layers, strict=True):
-            mine.keys[rows] = theirs.keys
-            mine.values[rows] = theirs.values
-        self.valid[rows] = other.valid
+            if theirs.is_initialized:
+                mine.keys[rows] = theirs.keys
+                mine.values[rows] = theirs.values
+        self.first[rows] = other.first
 
 
 def additive(allowed: torch.Tensor) -> torch.Tensor:

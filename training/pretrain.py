@@ -37,7 +37,7 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import Subset
 
-from tokworld.config import TokWorldConfig
+from tokworld.config import FRAME_DECODINGS, TokWorldConfig
 from tokworld.data.format import episode_bounds
 from tokworld.data.mixture import held_out_episodes, load_mixture, mixed_rows, split_by_task
 from tokworld.errors import TokWorldError
@@ -65,6 +65,14 @@ class PretrainConfig:
         metadata={"help": "sampling weight of each --dataset, in order (default: by size)"},
     )
     preset: str = field(default="small", metadata={"choices": NAMES})
+    frame_decoding: str | None = field(
+        default=None,
+        metadata={
+            "choices": FRAME_DECODINGS,
+            "help": "world model: predict a step's tokens one at a time or all in one pass "
+            "(default: the preset's)",
+        },
+    )
     tokenizer: str | None = field(
         default=None, metadata={"help": "reuse this trained tokenizer directory"}
     )
@@ -153,7 +161,8 @@ def _run(cfg, out, ds, meta, parts, reused, resume, state, progress) -> dict:
     stage = out / "train_state" / "world_model"
     vocab = Vocabulary.from_spaces(meta.space, tokenizer.codebook_size, tokenizer.tokens_per_frame)
     seed_everything(cfg.seed)
-    model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab))
+    decoding = {} if cfg.frame_decoding is None else {"frame_decoding": cfg.frame_decoding}
+    model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab, **decoding))
     train_codes, eval_codes = split_by_task(codes, cfg.eval_fraction, cfg.seed)
     start = time.perf_counter()
     result = train_world_model(

@@ -9,6 +9,7 @@ import torch
 
 from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.cli.outputs import add_overwrite_flag, claim, write_json
+from tokworld.config import FRAME_DECODINGS
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench import run_suite
 from tokworld.eval.bench_imagine import bench_imagine
@@ -57,11 +58,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(q)
     q.add_argument("--device", default=DEVICE)
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    q.add_argument("--compile", action="store_true", help="torch.compile the per-token forward")
+    q.add_argument("--compile", action="store_true", help="torch.compile the per-step forwards")
     q.add_argument(
         "--iris",
         action="store_true",
         help="also time IRIS's imagination at the same size, interleaved with ours",
+    )
+    q.add_argument(
+        "--frame-decoding",
+        nargs="+",
+        choices=FRAME_DECODINGS,
+        default=list(FRAME_DECODINGS),
+        help="the modes timed, each with frames and without the decoder (default: both)",
     )
     q.set_defaults(func=_bench_imagine)
     q = what.add_parser(
@@ -112,7 +120,8 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
     claim([args.json], args.overwrite)
     result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
-                           compile=args.compile, iris=args.iris)  # fmt: skip
+                           compile=args.compile, iris=args.iris,
+                           modes=tuple(dict.fromkeys(args.frame_decoding)))  # fmt: skip
     return write_json(result, args.json)
 
 

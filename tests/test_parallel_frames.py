@@ -1,0 +1,293 @@
+"""Parallel frame prediction: a step's reward, end and K frame codes come out of one forward
+pass, from queries that read the past up to the action; the cached imagination equals one
+forward over the window; masks, losses, restarts, snapshots and saving follow; both modes run
+through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from tokworld.cli import main
+from tokworld.config import TokWorldConfig
+from tokworld.data.format import load_trajectories, validate_trajectories
+from tokworld.dream import DreamVectorEnv
+from tokworld.errors import TokWorldError
+from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.model import TokWorldModel
+from tokworld.tokenizer import Kind, Vocabulary
+
+K = 4
+DEFAULT = (Kind.FRAME, Kind.ACTION, Kind.REWARD, Kind.END)
+SWAPPED = (Kind.FRAME, Kind.ACTION, Kind.END, Kind.REWARD)
+
+
+def _vocab(order=DEFAULT, space: gym.Space | None = None) -> Vocabulary:
+    space = gym.spaces.Discrete(3) if space is None else space
+    return Vocabulary.from_spaces(space, 16, K, reward_codec="sign", order=order)
+
+
+def _model(vocab: Vocabulary, decoding="parallel", context_steps=4, seed=0) -> TokWorldModel:
+    torch.manual_seed(seed)
+    config = TokWorldConfig.preset(
+        "tiny", vocab, frame_decoding=decoding, context_steps=context_steps
+    )
+    return TokWorldModel(config).eval()
+
+
+def _actions(vocab: Vocabulary, shape: tuple, g: torch.Generator) -> torch.Tensor:
+    parts = [torch.randint(0, n, shape, generator=g) for n in vocab.action.sizes]
+    return parts[0] if vocab.action.kind == "Discrete" else torch.stack(parts, -1)
+
+
+def _steps(vocab: Vocabulary, b: int, t: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "codes": torch.randint(0, vocab.codebook_size, (b, t, K), generator=g),
+        "action": _actions(vocab, (b, t), g),
+        "reward": torch.randint(-1, 2, (b, t), generator=g).float(),
+        "terminated": torch.rand(b, t, generator=g) < 0.3,
+        "mask": torch.ones(b, t, dtype=torch.bool),
+    }
+
+
+def _stream(vocab, context, actions, outs) -> torch.Tensor:
+    """The token stream of a rollout: the context, then each imagined step (B, L)."""
+    b = actions.shape[1]
+    acted = rearrange(torch.cat([actions, torch.zeros_like(actions[:1])]), "t b ... -> b t ...")
+    imagined = {
+        "codes": torch.stack([o.codes for o in outs], 1),
+        "reward": torch.stack([o.reward for o in outs] + [torch.zeros(b)], 1),
+        "terminated": torch.stack([o.terminated for o in outs] + [torch.zeros(b).bool()], 1),
+    }
+    steps = {
+        "codes": torch.cat([context["codes"], imagined["codes"]], 1),
+        "action": torch.cat([context["action"][:, :-1], acted], 1),
+        "reward": torch.cat([context["reward"][:, :-1], imagined["reward"]], 1),
+        "terminated": torch.cat([context["terminated"][:, :-1], imagined["terminated"]], 1),
+    }
+    blocks = vocab.encode(steps["codes"], steps["action"], steps["reward"], steps["terminated"])
+    return rearrange(blocks, "b t n -> b (t n)")
+
+
+def _recording(engine: ImaginationEngine) -> list[torch.Tensor]:
+    """The logits the engine samples from, one (B, Q, V) per step."""
+    seen = []
+    sample = engine._sample
+    engine._sample = lambda logits: seen.append(logits) or sample(logits)
+    return seen
+
+
+def test_predicted_tokens_follow_the_block_layout():
+    vocab = _vocab(SWAPPED)
+    assert vocab.predicted_kinds == (Kind.END, Kind.REWARD) + (Kind.FRAME,) * K
+    block = vocab.block_size  # K + 1 + 2
+    positions = vocab.predicted_positions(3)
+    assert positions.tolist() == [5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 19, 20]
+    assert vocab.query_index(positions).tolist() == [0, 1, 2, 3, 4, 5] * 2 + [0, 1]
+    context = [4] * 6 + [4 + block] * 6 + [4 + 2 * block] * 2
+    assert vocab.query_context(positions).tolist() == context
+    kinds = vocab.kinds(3 * block)[positions]
+    assert kinds.tolist() == [int(vocab.predicted_kinds[i]) for i in vocab.query_index(positions)]
+
+
+def test_queries_read_the_past_up_to_their_action_and_real_tokens_never_read_queries():
+    vocab = _vocab()
+    model = _model(vocab)
+    length = 3 * vocab.block_size
+    queries = vocab.predicted_positions(3)
+    mask = model.parallel_mask(torch.arange(length), queries)
+    real, query = mask[:length], mask[length:]
+    assert torch.equal(real[:, :length], torch.ones(length, length).tril().bool())
+    assert not real[:, length:].any()
+    context = vocab.query_context(queries)
+    for i, (p, c) in enumerate(zip(queries.tolist(), context.tolist(), strict=True)):
+        assert query[i, :length].nonzero()[:, 0].tolist() == list(range(c + 1))
+        same_step = [length + j for j, q in enumerate(queries.tolist()) if c < q <= p]
+        assert query[i].nonzero()[:, 0].tolist() == list(range(c + 1)) + same_step
+
+
+@pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
+def test_logits_stay_in_each_kind_slice(order):
+    vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
+    model = _model(vocab)
+    tokens = rearrange(vocab.encode(*list(_steps(vocab, 2, 3).values())[:4]), "b t n -> b (t n)")
+    queries = vocab.predicted_positions(3)
+    with torch.no_grad():
+        logits = model(tokens, query_positions=queries).logits
+    length = tokens.shape[1]
+    targets = torch.cat([torch.arange(1, length + 1), queries])  # real: the next; query: its own
+    for row, position in zip(logits[0], targets.tolist(), strict=True):
+        lo, hi = vocab.block_ranges[position % vocab.block_size]
+        assert torch.isfinite(row[lo:hi]).all()
+        assert torch.isinf(row[:lo]).all() and torch.isinf(row[hi:]).all()
+
+
+def test_the_loss_reads_each_kind_at_its_queries_and_skips_padding():
+    vocab = _vocab()
+    model = _model(vocab)
+    batch = _steps(vocab, 2, 3)
+    batch["mask"][1, 2] = False  # the second row's last step is padding
+    tokens = model.tokens_of(batch)
+    queries = vocab.predicted_positions(3)
+    with torch.no_grad():
+        logits = model(tokens, query_positions=queries).logits[:, tokens.shape[1] :]
+        _, metrics = model.compute_loss(batch)
+    block = vocab.block_size
+    for kind in (Kind.REWARD, Kind.END, Kind.FRAME):
+        at = [i for i, p in enumerate(queries.tolist()) if vocab.kinds(block)[p % block] == kind]
+        rows = [(b, i) for b in range(2) for i in at if batch["mask"][b, queries[i] // block]]
+        picked = torch.stack([logits[b, i] for b, i in rows])
+        target = torch.stack([tokens[b, queries[i]] for b, i in rows])
+        expected = F.cross_entropy(picked, target)
+        torch.testing.assert_close(metrics[f"{kind.name.lower()}_loss"], expected)
+    assert "action_loss" in metrics  # from the token before each action, as in token decoding
+
+
+def test_parallel_training_lowers_the_loss():
+    vocab = _vocab()
+    model = _model(vocab).train()
+    batch = _steps(vocab, 4, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = model.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert model.queries.weight.grad is not None
+
+
+@pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
+@pytest.mark.parametrize("steps", [3, 9])  # within the 4-step window, and well beyond it
+def test_cached_imagination_equals_one_forward_over_the_window(order, steps):
+    vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
+    model = _model(vocab)
+    engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+    seen = _recording(engine)
+    context = _steps(vocab, 2, 2, seed=1)
+    engine.start(context)
+    actions = _actions(vocab, (steps, 2), torch.Generator().manual_seed(2))
+    outs = [engine.step(a) for a in actions]
+    tokens = _stream(vocab, context, actions, outs)
+    length = tokens.shape[1]
+    queries = vocab.predicted_positions(length // vocab.block_size)
+    positions = torch.cat([torch.arange(length), queries])
+    window = model.config.window_tokens  # beyond it, a sliding window over stream positions
+    mask = model.parallel_mask(torch.arange(length), queries)
+    mask &= positions[None, :] > positions[:, None] - window
+    with torch.no_grad():
+        logits = model(tokens, query_positions=queries, attention_mask=mask[None, None]).logits
+    # The engine's queries: those of the steps it imagined (after the context's last frame).
+    context = vocab.query_context(queries)
+    first = vocab.block_size + vocab.segment(Kind.ACTION).stop - 1
+    imagined = (context >= first) & (context < length - vocab.block_size)
+    expected = logits[:, length:][:, imagined]
+    torch.testing.assert_close(torch.cat(seen, 1), expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(expected.argmax(-1), tokens[:, queries[imagined]])  # greedy: its tokens
+
+
+@pytest.mark.parametrize("decoding, forwards", [("parallel", 1), ("token", K + 2)])
+def test_a_step_is_one_forward_pass(decoding, forwards):
+    vocab = _vocab()
+    model = _model(vocab, decoding)
+    engine = ImaginationEngine(model, sampling=SamplingConfig(temperature=1.5), seed=3)
+    engine.start(_steps(vocab, 3, 2))
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    for _ in range(5):
+        out = engine.step(torch.tensor([0, 1, 2]))
+        assert out.codes.shape == (3, K) and out.codes.max() < vocab.codebook_size
+        assert out.reward.shape == (3,) and out.terminated.dtype == torch.bool
+    assert len(calls) == 5 * forwards
+
+
+@pytest.mark.parametrize("fresh_steps", [1, 3])  # a 1-step context is shorter than what waits
+def test_restarting_a_row_leaves_the_others_untouched(fresh_steps):
+    vocab = _vocab()
+    model = _model(vocab)
+    context, fresh = _steps(vocab, 3, 3), _steps(vocab, 1, fresh_steps, seed=5)
+    a = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+    b = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+    for engine in (a, b):
+        engine.start(context)
+        engine.step(torch.tensor([0, 1, 2]))
+    b.restart_rows(torch.tensor([1]), fresh)
+    alone = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+    alone.start(fresh)
+    for action in ([2, 2, 2], [1, 0, 1], [0, 0, 0]):
+        out_a, out_b = a.step(torch.tensor(action)), b.step(torch.tensor(action))
+        assert torch.equal(out_a.codes[[0, 2]], out_b.codes[[0, 2]])
+        # The restarted row goes on as if it had started from the fresh context alone.
+        assert torch.equal(alone.step(torch.tensor(action[1:2])).codes[0], out_b.codes[1])
+
+
+def test_a_snapshot_restores_a_parallel_dream():
+    if not hasattr(ImaginationEngine, "snapshot"):
+        pytest.skip("ImaginationEngine.snapshot is not there yet")
+    vocab = _vocab()
+    engine = ImaginationEngine(_model(vocab), sampling=SamplingConfig(temperature=1.0), seed=1)
+    engine.start(_steps(vocab, 2, 3))
+    engine.step(torch.tensor([0, 1]))
+    engine.restart_rows(torch.tensor([0]), _steps(vocab, 1, 1, seed=4))
+    state = engine.snapshot()
+    runs = []
+    for _ in range(2):
+        engine.restore(state)
+        runs.append(torch.stack([engine.step(torch.tensor([2, 0])).codes for _ in range(3)]))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_save_and_load_keep_the_mode_and_the_queries(tmp_path):
+    model = _model(_vocab())
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["frame_decoding"] == "parallel"
+    loaded = TokWorldModel.from_pretrained(tmp_path)
+    assert loaded.config.frame_decoding == "parallel" and loaded.parallel
+    assert torch.equal(loaded.queries.weight, model.queries.weight)
+    with pytest.raises(TokWorldError, match="frame_decoding must be one of token, parallel"):
+        TokWorldConfig.preset("tiny", _vocab(), frame_decoding="maskgit")
+    token = _model(_vocab(), "token")
+    with pytest.raises(TokWorldError, match="frame_decoding='parallel'"):
+        token(torch.zeros(1, 3, dtype=torch.long), query_positions=torch.tensor([5]))
+
+
+@pytest.mark.slow  # pretrain, imagine, eval-model, finetune and the dream env: 5-8 s per mode
+@pytest.mark.parametrize("decoding", ["token", "parallel"])
+def test_both_modes_run_through_the_command_line(decoding, minigrid_dataset, pretrain_argv,
+                                                 tmp_path):  # fmt: skip
+    run = tmp_path / "run"
+    assert main(pretrain_argv(minigrid_dataset, run, frame_decoding=decoding)) == 0
+    config = json.loads((run / "world_model" / "config.json").read_text())
+    assert config["frame_decoding"] == decoding
+    out = tmp_path / "imagined"
+    assert main(["imagine", "--run", str(run), "--dataset", minigrid_dataset, "--episodes", "2",
+                 "--steps", "3", "--context", "2", "--out", str(out)]) == 0  # fmt: skip
+    validate_trajectories(load_trajectories(str(out / "dataset")))
+    fidelity = tmp_path / "fidelity.json"
+    assert main(["eval-model", "--run", str(run), "--context", "2", "--horizon", "3",
+                 "--windows", "2", "--json", str(fidelity)]) == 0  # fmt: skip
+    assert len(json.loads(fidelity.read_text())["per_step"]["psnr_vs_real"]) == 3
+    env = DreamVectorEnv(str(run), minigrid_dataset, num_envs=2, context_steps=1,
+                         max_episode_steps=2)  # fmt: skip
+    env.reset(seed=0)
+    for _ in range(4):  # restarts from 1-step contexts every other step
+        obs, *_ = env.step(np.array([0, 1]))
+        assert obs.shape == (2, 64, 64, 3)
+    finetuned = tmp_path / "finetuned"
+    assert main(["finetune", "--run", str(run), "--env", "MiniGrid-Empty-5x5-v0",
+                 "--env-steps", "30", "--initial-steps", "30", "--tokenizer-steps", "1",
+                 "--tokenizer-batch-size", "4", "--world-model-steps", "2",
+                 "--world-model-batch-size", "2", "--policy-steps", "1", "--batch-size", "2",
+                 "--horizon", "2", "--context", "2", "--eval-episodes", "1",
+                 "--out", str(finetuned)]) == 0  # fmt: skip
+    config = json.loads((finetuned / "world_model" / "config.json").read_text())
+    assert config["frame_decoding"] == decoding

@@ -121,14 +121,15 @@ def test_hello_names_the_actions_and_a_key_takes_one_step(client):
         ({"type": "sampling", "temperature": 1, "top_k": 0}, "top-k must be empty or"),
         ({"type": "sampling", "temperature": 1, "greedy": "yes"}, "greedy must be true or"),
         ("not json", "not a JSON message"),
+        (b"{}", "messages must be JSON text"),
         ([1, 2], "a message must be a JSON object"),
     ],
 )
 def test_bad_input_gets_one_line_and_the_dream_goes_on(client, message, error):
     with client.websocket_connect("/ws") as ws:
         _open(ws)
-        if isinstance(message, str):
-            ws.send_text(message)
+        if isinstance(message, str | bytes):
+            (ws.send_text if isinstance(message, str) else ws.send_bytes)(message)
             reply = ws.receive_json()
         else:
             reply = _ask(ws, message)
@@ -248,6 +249,18 @@ def test_a_broken_run_is_a_message_on_the_page_not_a_dead_server(tiny_run, tmp_p
                 error = ws.receive_json()
             assert error["type"] == "error" and error["fatal"] and message in error["message"]
             assert client.get("/").status_code == 200
+
+
+def test_an_online_runs_chunks_are_its_data(tmp_path, minigrid_dataset):
+    for chunk in ("chunk_000", "chunk_001"):
+        shutil.copytree(minigrid_dataset, tmp_path / "data" / chunk)
+    data = find_run_data(tmp_path)
+    one = load_trajectories(minigrid_dataset)
+    episodes = len(set(one["episode_index"]))
+    assert len(data.dataset) == 2 * len(one)
+    assert len(set(data.dataset["episode_index"])) == len(data.episode_seeds) == 2 * episodes
+    assert data.episode_ordinals == 2 * list(range(episodes))  # each chunk was collected anew
+    validate_trajectories(data.dataset)
 
 
 def test_controls_name_ale_actions_and_give_every_action_a_key():

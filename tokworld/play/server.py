@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import socket
 import threading
@@ -66,7 +65,8 @@ class Player:
         """A new session (its own dream) for a new tab."""
         world = self.world()
         n = next(self._numbers)
-        session = PlaySession(world, f"session-{self._started}-{n}", seed=self.cfg.seed + n)
+        with world.lock:  # a new engine sets up the shared model
+            session = PlaySession(world, f"session-{self._started}-{n}", seed=self.cfg.seed + n)
         self.sessions.append(session)
         log.info("%s opened", session.name)
         return session
@@ -113,9 +113,10 @@ def create_app(cfg: PlayConfig) -> Starlette:
         await ws.accept()
         try:
             session = await anyio.to_thread.run_sync(player.open)
-        except TokWorldError as e:
-            log.error("cannot open a dream: %s", e)
-            await ws.send_json({"type": "error", "fatal": True, "message": str(e)})
+        except Exception as e:  # the run cannot be loaded: say why, keep serving
+            text = str(e) if isinstance(e, TokWorldError) else f"{type(e).__name__}: {e}"
+            log.error("cannot open a dream: %s", text)
+            await ws.send_json({"type": "error", "fatal": True, "message": text})
             await ws.close()
             return
         send_lock = asyncio.Lock()
@@ -127,15 +128,14 @@ def create_app(cfg: PlayConfig) -> Starlette:
 
         async def answer(fn: Callable, *args):
             try:
-                await send(await run(fn, *args))
+                reply = await run(fn, *args)
             except TokWorldError as e:
                 log.warning("%s: %s", session.name, e)
-                await send({"type": "error", "message": str(e)})
-            except (WebSocketDisconnect, asyncio.CancelledError):
-                raise
+                reply = {"type": "error", "message": str(e)}
             except Exception as e:  # a bug must not end the server or the dream: report it
                 log.exception("%s: internal error", session.name)
-                await send({"type": "error", "message": f"internal error: {type(e).__name__}: {e}"})
+                reply = {"type": "error", "message": f"internal error: {type(e).__name__}: {e}"}
+            await send(reply)
 
         async def tick():
             while True:
@@ -148,19 +148,14 @@ def create_app(cfg: PlayConfig) -> Starlette:
             await answer(session.restart)
             if cfg.fps:
                 ticker = asyncio.create_task(tick())
-            while True:
-                text = await ws.receive_text()
-                try:
-                    message = json.loads(text)
-                except json.JSONDecodeError:
-                    await answer(_bad_json, text)
-                    continue
-                await answer(session.handle, message)
+            while (message := await ws.receive())["type"] != "websocket.disconnect":
+                await answer(session.handle_text, message.get("text"))
         except WebSocketDisconnect:
             pass
         finally:
-            if ticker is not None:
+            if ticker is not None:  # stopped, and its end (a send to a closed socket) collected
                 ticker.cancel()
+                await asyncio.gather(ticker, return_exceptions=True)
             await run(player.close, session)
 
     @asynccontextmanager
@@ -173,10 +168,6 @@ def create_app(cfg: PlayConfig) -> Starlette:
     )
     app.state.player = player
     return app
-
-
-def _bad_json(text: str):
-    raise TokWorldError(f"not a JSON message: {text[:60]!r}")
 
 
 def _listen(host: str, port: int) -> socket.socket:

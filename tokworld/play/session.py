@@ -8,6 +8,7 @@ env beside it, and its recording.
 from __future__ import annotations
 
 import base64
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -48,6 +49,16 @@ class PlaySession:
         self.saved_steps = 0
 
     # ---- the protocol ---------------------------------------------------------------------
+    def handle_text(self, text) -> dict | None:
+        """`handle` a message sent as JSON text."""
+        if not isinstance(text, str):
+            raise TokWorldError("messages must be JSON text, not binary")
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise TokWorldError(f"not a JSON message: {text[:60]!r}") from None
+        return self.handle(message)
+
     def handle(self, message) -> dict | None:
         """Do what `message` asks; return the reply (None: a step queued for the next tick)."""
         if not isinstance(message, dict):

@@ -7,11 +7,15 @@ never leaves a half-written folder or file that looks complete:
   appears at `final` only when the block succeeds, and the sibling is gone either way.
 - `replace_dir(tmp, final)`: swap a complete directory in for an existing one via `NAME.old`;
   `recover(final)` undoes what a kill between the two renames left (call it before reading).
-- `write_json_atomic(path, obj)`: the same for one small JSON file.
+- `atomic_file(final)`: the same for one file; `write_json_atomic(path, obj)` for a JSON one;
+  `files_into(folder)`: files written aside, then renamed into a folder that holds more.
+- `read_json(path, what)`: a JSON file a user may have touched, checked, or one clear line.
 - `start_run(out, settings, resume, record_name)`: create or resume a run folder and hold its
   lock (`out/.lock`, with the holder's pid) while writing it.
 
-Imports nothing of tokworld's but `tokworld.errors`, so every layer above may use it.
+A failed write (disk full, no permission, read-only) is one TokWorldError line naming the
+output, never a traceback. Imports nothing of tokworld's but `tokworld.errors`, so every layer
+above may use it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -55,6 +60,37 @@ def check_output_dir(out: str | Path, kind: str = "output directory", hint: str 
 
 
 @contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn a failed write inside the block (disk full, no permission, read-only: see
+    `io_failure`) into one TokWorldError line naming the output `path`."""
+    try:
+        yield
+    except Exception as e:
+        if io_failure(e) is None:
+            raise
+        raise write_error(path, e) from None
+
+
+def io_failure(error: BaseException) -> str | None:
+    """Why a write failed, when `error` is an OS error or a library's error wrapping one
+    (Rust libraries such as safetensors end theirs with "(os error N)"); None otherwise."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    code = re.search(r"\(os error (\d+)\)", str(error))
+    return os.strerror(int(code.group(1))) if code else None
+
+
+def write_error(path: str | Path, error: BaseException) -> TokWorldError:
+    """One line for a failed write of `path` (see `io_failure`), naming the file it concerned
+    when that is neither `path` nor a temporary sibling of it."""
+    other = getattr(error, "filename", None)
+    shown = other and PARTIAL not in str(other) and Path(other) != Path(path)
+    return TokWorldError(
+        f"cannot write {path}: {io_failure(error)}" + (f" ({other})" if shown else "")
+    )
+
+
+@contextmanager
 def atomic_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
     """Yield an empty directory that becomes `final` when the block ends without error.
 
@@ -62,25 +98,59 @@ def atomic_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
     the umask's permissions, unlike the sibling); scratch files that must not end up in `final`
     go in its parent, the sibling, which is removed whether the block succeeds or fails.
     `final` must be missing or empty, unless `replace`: then an existing one is swapped out by
-    `replace_dir`.
+    `replace_dir`. A failed write is one TokWorldError line (`writing`).
     """
     final = Path(final)
-    try:
+    with writing(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL}", dir=final.parent))
-    except OSError as e:
-        raise TokWorldError(f"cannot write to {final}: {e.strerror or e}") from None
     try:
-        tmp = work / final.name
-        tmp.mkdir()
-        yield tmp
-        if replace:
-            replace_dir(tmp, final)
-        else:
-            check_output_dir(final)
-            if final.exists():
-                final.rmdir()
-            tmp.rename(final)
+        with writing(final):
+            tmp = work / final.name
+            tmp.mkdir()
+            yield tmp
+            if replace:
+                replace_dir(tmp, final)
+            else:
+                check_output_dir(final)
+                if final.exists():
+                    final.rmdir()
+                tmp.rename(final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path (same suffix) to write the file `final` at; it replaces
+    `final` when the block ends without error and is removed either way. A missing parent
+    folder is made; a failed write is one TokWorldError line (`writing`)."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.stem}{PARTIAL}{os.getpid()}{final.suffix}")
+    try:
+        with writing(final):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def files_into(folder: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty temporary folder inside `folder` (which may hold other things, such as
+    a train state); when the block ends without error each file written there replaces its
+    namesake in `folder`, those named in `last` after the others, so that their presence says
+    the rest is complete. The temporary folder goes either way; a failed write is one line."""
+    folder = Path(folder)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".files{PARTIAL}", dir=folder))
+    try:
+        with writing(folder):
+            yield work
+            for path in sorted(work.iterdir(), key=lambda p: p.name in last):
+                os.replace(path, folder / path.name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -140,16 +210,57 @@ def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     """Write `obj` as valid JSON (`json_text`) to `path` through a temporary sibling and a
     rename; a missing parent folder is made. OS errors (disk full, permissions) become one
     TokWorldError line."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
         tmp.write_text(json_text(obj, indent))
-        os.replace(tmp, path)
+
+
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer",
+              float: "a number", bool: "true or false", type(None): "null"}  # fmt: skip
+
+
+def _json_type(value: Any) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def read_json(
+    path: str | Path,
+    what: str,
+    kind: type = dict,
+    keys: dict[str, type | tuple[type, ...]] | None = None,
+) -> Any:
+    """The JSON value in the file `path`, which a user may have edited, damaged or replaced.
+
+    It must be a `kind` (dict: a JSON object) and, as an object, hold every key of `keys` with
+    a value of that type or tuple of types (a bool is not an int). Anything else (a missing
+    or unreadable file, text that is not JSON, a missing key, a wrong type) raises one
+    TokWorldError line naming `what` and `path`.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
     except OSError as e:
-        raise TokWorldError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise TokWorldError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except ValueError as e:  # UnicodeDecodeError included
+        raise TokWorldError(f"cannot read {what} {path}: it is not valid JSON ({e})") from None
+    problem = _type_problem(value, kind, "it")
+    for key, types in (keys or {}).items():
+        if problem is not None:
+            break
+        if key not in value:
+            problem = f"it has no {key!r} entry"
+        else:
+            problem = _type_problem(value[key], types, f"its {key!r} entry")
+    if problem is not None:
+        raise TokWorldError(f"cannot read {what} {path}: {problem}")
+    return value
+
+
+def _type_problem(value: Any, types: type | tuple[type, ...], name: str) -> str | None:
+    types = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return None
+    wanted = " or ".join(JSON_TYPES.get(t, t.__name__) for t in types)
+    return f"{name} is {_json_type(value)}, expected {wanted}"
 
 
 def first_change(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
@@ -178,7 +289,7 @@ def check_run(
     recorded = out / record_name if record_name else None
     if resume and out.is_dir() and (recorded is None or recorded.exists()):
         if recorded is not None:
-            change = first_change(json.loads(recorded.read_text()), _as_json(settings))
+            change = first_change(read_json(recorded, "run settings"), _as_json(settings))
             if change is not None:
                 key, old, new = change
                 raise TokWorldError(
@@ -200,10 +311,8 @@ def start_run(
     a TokWorldError naming this one's pid. Under `accelerate`, only the main process calls it.
     """
     out = check_run(out, settings, resume, record_name)  # before anything is written
-    try:
+    with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TokWorldError(f"cannot write to {out}: {e.strerror or e}") from None
     fd = _lock(out)
     try:
         check_run(out, settings, resume, record_name)  # again, now that no one else writes
@@ -232,7 +341,8 @@ def _lock(out: Path) -> int:
     """Hold an exclusive `flock` on `out/.lock` and write our pid in it; return its fd."""
     path = out / LOCK
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with writing(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -177,6 +178,25 @@ def test_the_real_env_stands_beside_the_dream(client):
         assert real["frame"].startswith("data:image/png") and real["diff"].startswith("data:")
         after = _ask(ws, {"type": "step", "action": LEFT})
         assert after["real"]["psnr"] is None or after["real"]["psnr"] > 0
+
+
+def test_without_a_collection_seed_the_page_says_why_there_is_no_real_env(
+    tiny_run, minigrid_dataset, tmp_path
+):
+    ds = load_trajectories(minigrid_dataset)
+    meta = TrajectoryMeta.from_dataset(ds)
+    ds.info.description = replace(meta, source={"kind": "import"}).to_json()
+    ds.save_to_disk(str(tmp_path / "data"))
+    cfg = PlayConfig(
+        run=str(tiny_run), dataset=str(tmp_path / "data"), real=True, record_dir=str(tmp_path)
+    )
+    with TestClient(create_app(cfg)) as client, client.websocket_connect("/ws") as ws:
+        _, frame = _open(ws)
+        assert frame["real"] == {
+            "note": "no real env: the dataset records no collection seed: the real env cannot "
+            "be put where the context ends"
+        }
+        assert _ask(ws, {"type": "step", "action": LEFT})["real"]["note"].startswith("no real")
 
 
 def test_a_recorded_session_validates_and_replays_to_the_same_frames(client, tiny_run):

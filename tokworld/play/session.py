@@ -215,6 +215,7 @@ class PlaySession:
             self.real.start(self.world.starts.origin(e.window), e.actions)
             self.real_note = self.real.note
         except TokWorldError as err:
+            self.close()
             self.real, self.real_note = None, f"no real env: {err}"
 
     def _real_view(self, imagined: np.ndarray) -> dict:

@@ -69,9 +69,13 @@ def bench(run: str, dataset: str | None, presses: int, record_dir: str) -> dict:
     with serving(cfg) as (url, _):
         time_presses(url, 5)  # warm-up
         times = np.array(time_presses(url, presses))
-    return {"presses": presses, "median_ms": float(np.median(times)),
-            "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(times.mean()),
-            "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "presses": presses,
+        "median_ms": float(np.median(times)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "mean_ms": float(times.mean()),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

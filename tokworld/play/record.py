@@ -60,8 +60,9 @@ class Episode:
     def branch(self, fork: str) -> Episode:
         """A new episode continuing this one's steps, restored from the fork named `fork`."""
         lists = {k: list(getattr(self, k)) for k in ("frames", "actions", "rewards", "terminated")}
-        return replace(self, forked_from=fork, inherited=self.steps, sampling=list(self.sampling),
-                       **lists)  # fmt: skip
+        return replace(
+            self, forked_from=fork, inherited=self.steps, sampling=list(self.sampling), **lists
+        )
 
     def describe(self) -> dict:
         """JSON for the dataset's metadata: where the episode starts and how it was drawn."""
@@ -69,8 +70,13 @@ class Episode:
         for t, s in enumerate(self.sampling):
             if not runs or runs[-1][1] != asdict(s):
                 runs.append([t, asdict(s)])
-        return {"window": self.window, "seed": self.seed, "forked_from": self.forked_from,
-                "inherited_steps": self.inherited, "sampling": runs}  # fmt: skip
+        return {
+            "window": self.window,
+            "seed": self.seed,
+            "forked_from": self.forked_from,
+            "inherited_steps": self.inherited,
+            "sampling": runs,
+        }
 
 
 def frame_of(out: ImaginedStep) -> np.ndarray:
@@ -87,14 +93,26 @@ def save_episodes(episodes: list[Episode], out: Path, meta: TrajectoryMeta, sour
     """Write `out/dataset` (trajectory schema; `source` plus each episode's `describe()` in its
     metadata) and `out/session.gif`, replacing an earlier save at `out`."""
     kept = recordable(episodes)
-    played = TrajectoryMeta(meta.env_id, meta.action_space, meta.frame_size,
-                            {**source, "episodes": [e.describe() for e in kept]})  # fmt: skip
+    played = TrajectoryMeta(
+        meta.env_id,
+        meta.action_space,
+        meta.frame_size,
+        {**source, "episodes": [e.describe() for e in kept]},
+    )
 
     def rows():
         for i, e in enumerate(kept):
             for t in range(e.steps):
-                yield trajectory_row(i, t, e.frames[t], e.actions[t], e.rewards[t],
-                                     e.terminated[t], False, t == e.steps - 1)  # fmt: skip
+                yield trajectory_row(
+                    i,
+                    t,
+                    e.frames[t],
+                    e.actions[t],
+                    e.rewards[t],
+                    e.terminated[t],
+                    False,
+                    t == e.steps - 1,
+                )
 
     out = Path(out)
     with atomic_dir(out, replace=True) as tmp:

@@ -203,8 +203,9 @@ def serve(cfg: PlayConfig) -> dict:
         app.state.player.world()
     except TokWorldError as e:  # the page shows it too; a fixed run loads on the next tab
         log.error("%s", e)
-    print(f"tokworld play: open {url} (Ctrl-C to stop; sessions go to {cfg.sessions_dir})",
-          flush=True)  # fmt: skip
+    print(
+        f"tokworld play: open {url} (Ctrl-C to stop; sessions go to {cfg.sessions_dir})", flush=True
+    )
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn stopped gracefully, then re-raised the signal

@@ -73,8 +73,9 @@ class PlaySession:
         if kind == "restart":
             return self.restart()
         if kind == "sampling":
-            return self.set_sampling(message.get("temperature"), message.get("top_k"),
-                                     message.get("greedy", False))  # fmt: skip
+            return self.set_sampling(
+                message.get("temperature"), message.get("top_k"), message.get("greedy", False)
+            )
         if kind == "fork":
             return self.fork(message.get("name"))
         if kind == "restore":
@@ -88,10 +89,16 @@ class PlaySession:
     def hello(self) -> dict:
         """What the page needs before the first frame: env, actions and keys, settings."""
         cfg = self.world.cfg
-        return {"type": "hello", "session": self.name, "env_id": self.world.meta.env_id,
-                "fps": cfg.fps, "real": cfg.real, "starts": len(self.world.starts),
-                "sampling": asdict(self.engine.sampling),
-                **self.world.controls.to_json()}  # fmt: skip
+        return {
+            "type": "hello",
+            "session": self.name,
+            "env_id": self.world.meta.env_id,
+            "fps": cfg.fps,
+            "real": cfg.real,
+            "starts": len(self.world.starts),
+            "sampling": asdict(self.engine.sampling),
+            **self.world.controls.to_json(),
+        }
 
     # ---- actions --------------------------------------------------------------------------
     def restart(self, note: str = "") -> dict:
@@ -161,9 +168,14 @@ class PlaySession:
         if not episodes:
             raise TokWorldError("nothing to record yet: take a step first")
         cfg = self.world.cfg
-        source = {"kind": "play", "frames": "imagined", "run": str(cfg.run),
-                  "context_dataset": self.world.data.description, "context_steps": cfg.context,
-                  "session": self.name}  # fmt: skip
+        source = {
+            "kind": "play",
+            "frames": "imagined",
+            "run": str(cfg.run),
+            "context_dataset": self.world.data.description,
+            "context_steps": cfg.context,
+            "session": self.name,
+        }
         saved = save_episodes(episodes, cfg.sessions_dir / self.name, self.world.meta, source)
         self.saved_steps = self.total_steps
         return {"type": "saved", **saved}
@@ -186,13 +198,20 @@ class PlaySession:
         e = self.episode
         last = e.steps - 1
         frame = e.frames[-1]
-        message = {"type": "frame", "episode": len(self.episodes) - 1, "step": e.steps,
-                   "action": e.actions[last] if e.steps else None,
-                   "action_name": self.world.controls.name(e.actions[last]) if e.steps else None,
-                   "reward": e.rewards[last] if e.steps else 0.0, "return": float(sum(e.rewards)),
-                   "terminated": e.ended, "forks": list(self.forks),
-                   "sampling": asdict(self.engine.sampling), "imagined": data_url(frame),
-                   "note": note}  # fmt: skip
+        message = {
+            "type": "frame",
+            "episode": len(self.episodes) - 1,
+            "step": e.steps,
+            "action": e.actions[last] if e.steps else None,
+            "action_name": self.world.controls.name(e.actions[last]) if e.steps else None,
+            "reward": e.rewards[last] if e.steps else 0.0,
+            "return": float(sum(e.rewards)),
+            "terminated": e.ended,
+            "forks": list(self.forks),
+            "sampling": asdict(self.engine.sampling),
+            "imagined": data_url(frame),
+            "note": note,
+        }
         if self.world.cfg.real:
             message["real"] = self._real_view(frame)
         return message
@@ -223,8 +242,13 @@ class PlaySession:
             return {"note": self.real_note}
         real = self.real.frame
         diff = np.abs(real.astype(np.int16) - imagined.astype(np.int16)).astype(np.uint8)
-        return {"frame": data_url(real), "diff": data_url(diff), "psnr": psnr(real, imagined),
-                "ended": self.real.ended, "note": self.real_note}  # fmt: skip
+        return {
+            "frame": data_url(real),
+            "diff": data_url(diff),
+            "psnr": psnr(real, imagined),
+            "ended": self.real.ended,
+            "note": self.real_note,
+        }
 
     def _sampling_text(self) -> str:
         s = self.engine.sampling

@@ -75,6 +75,7 @@ def add_config_flags(
             required=required,
             choices=f.metadata.get("choices"),
             dest=dest,
+            metavar=f.name.upper(),
             help=help_text
             if default is None
             else f"{help_text or ''} (default: {default})".lstrip(),

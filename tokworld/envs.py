@@ -30,6 +30,9 @@ def make_env(
     - Envs whose observations already are HxWx3 uint8 frames: resized.
     - Everything else (classic control, ...): the `rgb_array` render is the observation.
     """
+    for name, value in (("frame size", frame_size), ("frame skip", frame_skip)):
+        if value < 1:
+            raise TokWorldError(f"{name} must be >= 1, got {value}")
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
     try:
         if env_id.startswith("ALE/"):
@@ -50,7 +53,7 @@ def make_env(
             env = gym.make(env_id, render_mode="rgb_array", **kwargs)
             if not _is_frame_space(env.observation_space):
                 env = AddRenderObservation(env, render_only=True)
-    except gym.error.Error as e:
+    except (gym.error.Error, ImportError) as e:  # `module:Env-v0` imports `module`
         raise TokWorldError(f"unknown or unusable env id {env_id!r}: {e}") from None
     if not _is_frame_space(env.observation_space):
         raise TokWorldError(f"env {env_id!r} does not give HxWx3 frames")

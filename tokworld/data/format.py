@@ -179,12 +179,15 @@ def load_trajectories(
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
             try:
                 return datasets.load_from_disk(str(path))
-            except (OSError, ValueError) as e:
-                raise TokWorldError(f"cannot load dataset {path}: {e}") from None
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # damaged
+                raise TokWorldError(f"cannot load dataset {path}: {_first_line(e)}") from None
         files = sorted(str(p) for p in path.rglob("*.parquet"))
         if not files:
             raise TokWorldError(f"{path} holds neither a saved dataset nor parquet files")
-        ds = datasets.load_dataset("parquet", data_files=files, split=split)
+        try:
+            ds = datasets.load_dataset("parquet", data_files=files, split=split)
+        except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
+            raise TokWorldError(f"cannot load parquet files in {path}: {_first_line(e)}") from None
         card = path / "README.md"
         return _with_card_meta(ds, str(card)) if card.exists() else ds
     if path.exists() or path_or_id.startswith((".", "/")):
@@ -196,6 +199,12 @@ def load_trajectories(
             return datasets.load_dataset(path_or_id, split=split, revision="refs/convert/parquet")
         raise TokWorldError(f"cannot load dataset {path_or_id!r}: {e}") from None
     return _with_card_meta(ds, path_or_id)
+
+
+def _first_line(error: BaseException) -> str:
+    """`error` as one line: its type and the first line of its message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _with_card_meta(ds: datasets.Dataset, card: str) -> datasets.Dataset:
@@ -236,7 +245,7 @@ def validate_trajectories(ds: datasets.Dataset) -> None:
     cols = ds.select_columns(["episode_index", "frame_index", "terminated", "truncated"])
     table = cols.with_format("numpy")[:]
     ep, idx = table["episode_index"], table["frame_index"]
-    ends = _flags(table, "terminated") | _flags(table, "truncated")
+    ends = end_flags(table["terminated"], "terminated") | end_flags(table["truncated"], "truncated")
     new_episode = np.r_[True, ep[1:] != ep[:-1]]
     if np.any(np.diff(ep) < 0) or len(np.unique(ep)) != int(new_episode.sum()):
         raise TokWorldError("episode_index is not grouped: rows of an episode must be contiguous")
@@ -261,15 +270,17 @@ def validate_trajectories(ds: datasets.Dataset) -> None:
     )
 
 
-def _flags(table: dict, column: str) -> np.ndarray:
-    """A column of end flags as bool; anything but booleans (or 0/1) is an error."""
-    flags = np.asarray(table[column])
+def end_flags(values, column: str, where: Callable[[int], str] = "row {}".format) -> np.ndarray:
+    """End flags as bool; anything but booleans or 0/1 (text such as "False" included, which
+    `bool` would read as true) is an error naming `column` and `where(i)` the first bad one."""
+    flags = np.asarray(values)
     if flags.dtype != bool:
         numbers = flags.dtype.kind in "iuf"
         bad = np.flatnonzero((flags != 0) & (flags != 1)) if numbers else [0]
         if len(bad):
+            value = flags.reshape(-1)[bad[0] : bad[0] + 1].tolist()[0]
             raise TokWorldError(
-                f"column {column!r} holds {flags[bad[0]]!r} (row {bad[0]}): expected true/false"
+                f"column {column!r} holds {value!r} ({where(bad[0])}): expected true/false"
             )
     return flags.astype(bool)
 

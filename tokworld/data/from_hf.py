@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from tqdm.auto import tqdm
 
-from tokworld.data.format import TrajectoryMeta, write_trajectories
+from tokworld.data.format import TrajectoryMeta, end_flags, write_trajectories
 from tokworld.data.importers import (
     FrameConverter,
     action_converter,
@@ -293,7 +293,11 @@ def import_hf(
     def check(arrays: dict, first: int) -> None:
         """A batch of one-row-per-step data (an episode row is checked by `episode_rows`)."""
         actions, rewards = arrays[m["action"]], arrays[m["reward"]]
-        check_source_steps(actions, rewards, space, lambda i: f"{ref} row {first + i}", names)
+        where = lambda i: f"{ref} row {first + i}"  # noqa: E731
+        check_source_steps(actions, rewards, space, where, names)
+        for key in ("terminated", "truncated"):
+            if key in m:
+                end_flags(arrays[m[key]], m[key], where)
 
     def rows() -> Iterator[dict]:
         batch_size, unit = (1, "episode") if per_episode else (256, "step")
@@ -327,12 +331,12 @@ def _ends_description(m: dict[str, str]) -> str:
     return "; ".join(parts)
 
 
-def _flags(row: dict, m: dict[str, str], key: str, n: int) -> np.ndarray:
+def _flags(row: dict, m: dict[str, str], key: str, n: int, where: str) -> np.ndarray:
     """Per-step flags of an episode row: a sequence, one value for the episode, or none."""
     flags = np.zeros(n, dtype=bool)
     if key not in m:
         return flags
-    values = np.asarray(row[m[key]]).astype(bool)
+    values = end_flags(row[m[key]], m[key], lambda t: f"{where}, step {t}")
     if values.ndim == 0:
         flags[-1:] = values
         return flags
@@ -347,8 +351,8 @@ def _episode_layout(ds, m, convert, space: dict, ref: str) -> Iterator[dict]:
             row[m["observation"]],
             actions,
             np.asarray(row[m["reward"]]),
-            _flags(row, m, "terminated", len(actions)),
-            _flags(row, m, "truncated", len(actions)),
+            _flags(row, m, "terminated", len(actions), f"{ref} row {i}"),
+            _flags(row, m, "truncated", len(actions), f"{ref} row {i}"),
             convert,
             space,
             where=f"{ref} row {i}",

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tokworld.errors import TokWorldError
-from tokworld.folders import atomic_dir, recover, start_run
+from tokworld.folders import atomic_dir, read_json, recover, start_run
 
 
 def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -113,21 +114,33 @@ def load_train_state(
     recover(path)
     if not (path / "state.json").exists():
         raise TokWorldError(f"no train state to resume from in {path}")
+    state = read_state(path)
     try:
-        state = json.loads((path / "state.json").read_text())
         load_model(model, str(path / "model.safetensors"))
         opt_tensors = load_file(str(path / "optimizer.safetensors"))
         rng_tensors = load_file(str(path / "rng.safetensors"))
-    except (OSError, ValueError, RuntimeError) as e:
-        raise TokWorldError(f"cannot resume from {path}: {e}") from None
-    optimizer.load_state_dict(_join_optimizer(state["optimizer"], opt_tensors))
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    rank = rank if rank < len(state["rng"]) else 0
-    prefix = f"{rank}."
-    mine = {k[len(prefix) :]: v for k, v in rng_tensors.items() if k.startswith(prefix)}
-    set_rng_state(state["rng"][rank], mine)
+        optimizer.load_state_dict(_join_optimizer(state["optimizer"], opt_tensors))
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        rank = rank if rank < len(state["rng"]) else 0
+        prefix = f"{rank}."
+        mine = {k[len(prefix) :]: v for k, v in rng_tensors.items() if k.startswith(prefix)}
+        set_rng_state(state["rng"][rank], mine)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, IndexError,
+            SafetensorError) as e:  # fmt: skip
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TokWorldError(
+            f"cannot resume from {path}: the train state is damaged or does not fit this model "
+            f"({type(e).__name__}: {first})"
+        ) from None
     return state["step"], state["extra"]
+
+
+def read_state(path: str | Path) -> dict:
+    """The `state.json` of the train state `path`, checked to hold what resuming reads."""
+    keys = {"step": int, "optimizer": dict, "scheduler": (dict, type(None)), "rng": list,
+            "extra": dict}  # fmt: skip
+    return read_json(Path(path) / "state.json", "train state", keys=keys)
 
 
 @contextmanager

@@ -18,7 +18,6 @@ the optimizer; only the actor-critic learns.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
 from tokworld.training.accel import describe, make_accelerator
 from tokworld.training.checkpoint import load_train_state, rng_state, save_train_state
-from tokworld.training.loop import require_finite
+from tokworld.training.loop import check_resume_config, require_finite, resume_config
 
 
 @dataclass(frozen=True)
@@ -190,6 +189,15 @@ class ImaginationLoss(torch.nn.Module):
             t.lerp_(p, 1 - d)
 
 
+def _resume_config(policy: ActorCritic, cfg: ImaginationConfig) -> dict:
+    """What a policy checkpoint must have been trained with to be continued: the policy's and
+    the imagination config, but for `steps` (a continuation trains up to more) and `seed` (the
+    online loop reseeds every epoch)."""
+    config = resume_config(policy.config.to_dict(), cfg)
+    del config["train"]["steps"], config["train"]["seed"]
+    return config
+
+
 def train_policy(
     policy: ActorCritic,
     world_model: TokWorldModel,
@@ -206,7 +214,8 @@ def train_policy(
     `ds` is a trajectory dataset to take real context from (its `codes` column if it has one,
     else frames encoded by `tokenizer`). `out_dir/train_state` holds the policy, its target,
     the return scale, the optimizer and the RNG after the last update; with `resume` training
-    continues from there up to `cfg.steps` updates in all. Returns the last logged metrics.
+    continues from there up to `cfg.steps` updates in all, with the same policy and settings
+    (`steps` and `seed` aside). Returns the last logged metrics.
     """
     out_dir = Path(out_dir)
     state_dir = out_dir / "train_state"
@@ -222,11 +231,17 @@ def train_policy(
     module = ImaginationLoss(policy.train(), cfg)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     start, history = 0, []
+    config = _resume_config(policy, cfg)
     if resume:
+        check_resume_config(state_dir, config)
         start, extra = load_train_state(
             state_dir, module, optimizer, None, rank=accelerator.process_index
         )
         history = extra.get("history", [])
+        if start > cfg.steps:
+            raise TokWorldError(
+                f"cannot resume {state_dir}: it has {start} updates, more than steps={cfg.steps}"
+            )
     wrapped, optimizer = accelerator.prepare(module, optimizer)
     rank_seed = cfg.seed + 1000 * accelerator.process_index
     context = RealContext(ds, cfg.context_steps, tokenizer, seed=rank_seed + start)
@@ -258,7 +273,7 @@ def train_policy(
     accelerator.end_training()
     states = gather_object([rng_state()])
     if accelerator.is_main_process:
-        extra = {"history": history, "config": json.loads(json.dumps(asdict(cfg)))}
+        extra = {"history": history, "config": config}
         save_train_state(state_dir, module, optimizer, None, cfg.steps, states, extra)
     accelerator.wait_for_everyone()
     policy.eval()

@@ -23,7 +23,12 @@ from tqdm.auto import tqdm
 from tokworld.errors import TokWorldError
 from tokworld.folders import first_change, recover, write_json_atomic
 from tokworld.training.accel import describe, make_accelerator
-from tokworld.training.checkpoint import load_train_state, rng_state, save_train_state
+from tokworld.training.checkpoint import (
+    load_train_state,
+    read_state,
+    rng_state,
+    save_train_state,
+)
 
 
 @dataclass(frozen=True)
@@ -131,8 +136,8 @@ def train(
 
     `out_dir/train_state` holds the checkpoint (every `checkpoint_every` steps and at the end);
     `out_dir/logs` the tracker logs; `out_dir/history.json` the logged metrics. With `resume`,
-    training continues from the checkpoint exactly. `config_to_check` (e.g. the model config) is
-    stored with the checkpoint, and resuming with a different one is an error.
+    training continues from the checkpoint exactly. `config_to_check` (`resume_config`: the model
+    and training configs) is stored with the checkpoint, and resuming with another is an error.
     """
     out_dir = Path(out_dir)
     state_dir = out_dir / "train_state"
@@ -141,7 +146,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start, history = 0, []
     if resume:
-        _check_resume_config(state_dir, config_to_check)
+        check_resume_config(state_dir, config_to_check)
         start, extra = load_train_state(
             state_dir, model, optimizer, scheduler, rank=accelerator.process_index
         )
@@ -222,18 +227,24 @@ def require_finite(accelerator, value, what: str, name: str, step: int) -> None:
         )
 
 
-def _check_resume_config(state_dir: Path, config: dict | None) -> None:
-    """Before loading anything: a checkpoint made with another config cannot be resumed."""
+def check_resume_config(state_dir: Path, config: dict | None) -> None:
+    """Before loading anything: the checkpoint in `state_dir` (if any) made with another config
+    than `config` (None: any) cannot be resumed; the one-line error names the first change."""
     recover(state_dir)
-    path = state_dir / "state.json"
-    if config is None or not path.exists():
+    if config is None or not (state_dir / "state.json").exists():
         return
-    saved = json.loads(path.read_text())["extra"].get("config")
+    saved = read_state(state_dir)["extra"].get("config")
     if saved != config:
         raise TokWorldError(
             f"cannot resume {state_dir}: it was trained with another config "
             f"({_first_difference(saved, config)})"
         )
+
+
+def resume_config(model_config: dict, train_config) -> dict:
+    """What a checkpoint must have been trained with to be resumed, as JSON: the model's
+    config and the stage's whole training config (a dataclass: lr, batch size, seed, steps...)."""
+    return json.loads(json.dumps({"model": model_config, "train": asdict(train_config)}))
 
 
 def _first_difference(old, new) -> str:

@@ -318,9 +318,9 @@ def _check_chunks(out: Path, recorded: dict) -> None:
     for name, before in recorded.items():
         after = now.get(name)
         if after != before:
-            change = "is missing" if after is None else f"changed (fingerprint {before} -> {after})"
+            change = "is gone" if after is None else f"changed (fingerprint {before} -> {after})"
             raise TokWorldError(
-                f"cannot resume {out}: {out / 'data' / name} {change} since it was trained on"
+                f"cannot resume {out}: {out / 'data' / name} {change} since the run trained on it"
             )
 
 

@@ -8,7 +8,8 @@ often each is sampled.
 
 A run directory::
 
-    RUN/pretrain.json       the run's settings (a resume must use the same ones)
+    RUN/pretrain.json       the run's settings and datasets' fingerprints (a resume must use
+                            the same ones)
     RUN/held_out.json       the datasets (with fingerprints) and the episodes held out of them
     RUN/tokenizer/          frame tokenizer: config.json + model.safetensors
     RUN/codes/              the dataset tokenized once: codes, actions, rewards, ends
@@ -25,7 +26,6 @@ function; the main process alone writes files (holding the run's lock), the othe
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,7 +41,7 @@ from tokworld.config import FRAME_DECODINGS, TokWorldConfig
 from tokworld.data.format import episode_bounds
 from tokworld.data.mixture import held_out_episodes, load_mixture, mixed_rows, split_by_task
 from tokworld.errors import TokWorldError
-from tokworld.folders import atomic_dir, recover, write_json_atomic
+from tokworld.folders import atomic_dir, read_json, recover, write_json_atomic
 from tokworld.model import TokWorldModel
 from tokworld.presets import NAMES, check_preset
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
@@ -130,7 +130,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
     frame_size = (reused.config if reused else FrameTokenizerConfig.preset(cfg.preset)).frame_size
     with state.main_process_first():  # a `minari:` spec is converted once, by the main process
         ds, meta, parts = load_mixture(cfg.dataset, frame_size)
-    settings = asdict(cfg)
+    # The datasets' content too: a resume on data that changed since would train on other data.
+    settings = {**asdict(cfg), "fingerprints": {p.spec: p.fingerprint for p in parts}}
     with open_run(out, state, resume, "pretrain.json", settings):  # inputs are good: write
         return _run(cfg, out, ds, meta, parts, reused, resume, state, progress)
 
@@ -287,4 +288,4 @@ def _save(model, directory: Path) -> None:
 
 def _read_metrics(out: Path) -> dict:
     path = out / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, "run metrics") if path.exists() else {}

@@ -21,11 +21,11 @@ from torch.utils.data import Dataset
 
 from tokworld.data.format import load_trajectories
 from tokworld.errors import TokWorldError
-from tokworld.folders import atomic_dir, check_output_dir
+from tokworld.folders import atomic_dir, check_output_dir, files_into
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.training.accel import seed_everything
 from tokworld.training.checkpoint import open_run
-from tokworld.training.loop import TrainConfig, train
+from tokworld.training.loop import TrainConfig, resume_config, train
 
 
 class FrameDataset(Dataset):
@@ -72,7 +72,8 @@ def train_tokenizer(
     `dataset` (and `eval_dataset`) is a trajectory dataset, its path, or a map-style dataset
     of `{"observation": uint8 (H, W, 3)}`. `config` replaces the `preset`. Other keyword
     arguments are `TrainConfig` fields (lr, warmup_steps, checkpoint_every, seed, grad_accum,
-    ...). k-means codebook init is switched off when one batch holds fewer latent vectors than
+    ...); `resume` continues a checkpoint made with the same model and training configs only.
+    k-means codebook init is switched off when one batch holds fewer latent vectors than
     the codebook has codes (k-means would have to duplicate samples). Returns (the trained
     model in eval mode, the final metrics).
     """
@@ -103,11 +104,12 @@ def train_tokenizer(
             name="tokenizer",
             resume=resume,
             eval_dataset=None if eval_dataset is None else _as_frames(eval_dataset),
-            config_to_check=config.to_dict(),
+            config_to_check=resume_config(config.to_dict(), cfg),
             progress=progress,
         )
-        if state.is_main_process:
-            model.save_pretrained(out_dir)
+        if state.is_main_process:  # beside the train state; the weights last: then it is whole
+            with files_into(out_dir, last=("model.safetensors",)) as tmp:
+                model.save_pretrained(tmp)
     return model.eval(), metrics
 
 

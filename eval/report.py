@@ -23,6 +23,7 @@ from tokworld.errors import TokWorldError
 from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset, plot_fidelity
 from tokworld.eval.media import pyplot, side_by_side, write_gif
 from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+from tokworld.folders import atomic_file, read_json
 from tokworld.run import load_run
 
 CONFIG_FILES = (
@@ -94,7 +95,7 @@ def _table(data: dict) -> str:
 def config_section(run: Path) -> str:
     """Settings and final metrics: one table per JSON file the run holds."""
     tables = [
-        f"<div><h3>{html.escape(name)}</h3>{_table(json.loads((run / name).read_text()))}</div>"
+        f"<div><h3>{html.escape(name)}</h3>{_table(read_json(run / name, 'run file'))}</div>"
         for name in CONFIG_FILES
         if (run / name).exists()
     ]
@@ -138,14 +139,14 @@ def curve_figure(history: list[dict], title: str) -> bytes | None:
 
 def return_figure(rows: list[dict], title: str) -> bytes | None:
     """PNG of every `*return*` entry of `rows` (nested keys dotted) against their `env_steps`."""
-    rows = [_flatten(r) for r in rows if "env_steps" in r]
-    keys = sorted({k for r in rows for k in r if "return" in k})
+    rows = [_flatten(r) for r in rows if _number(r.get("env_steps"))]
+    keys = sorted({k for r in rows for k in r if "return" in k and _number(r[k])})
     if not keys:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for key in keys:
-        pts = [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None]
+        pts = [(r["env_steps"], r[key]) for r in rows if _number(r.get(key))]
         ax.plot(*zip(*pts, strict=True), marker=".", label=_plain(key))
     ax.set(xlabel="real env steps", ylabel="return", title=_plain(title))
     ax.legend(fontsize=7)
@@ -162,41 +163,54 @@ def histories(run: Path) -> list[tuple[str, list[dict]]]:
     """
     found = []
     for path in sorted(run.rglob("history.json")):
-        found.append((path.parent, _read_json(path)))
-    for path in sorted(run.rglob("state.json")):
+        found.append((path.parent, _history(read_json(path, "training history", list), path)))
+    for path in sorted(run.rglob("state.json")):  # train states', and saved datasets' own
         stage = path.parent.parent if path.parent.name == "train_state" else path.parent
-        extra = _read_json(path)
-        extra = extra.get("extra") if isinstance(extra, dict) else None
+        extra = read_json(path, "state file").get("extra")
         if (
             isinstance(extra, dict)
             and extra.get("history")
             and not (stage / "history.json").exists()
         ):
-            found.append((stage, extra["history"]))
+            found.append((stage, _history(extra["history"], path)))
     unique: list[tuple[str, list[dict]]] = []
     for stage, rows in found:
-        if isinstance(rows, list) and rows and all(rows != seen for _, seen in unique):
+        if rows and all(rows != seen for _, seen in unique):
             unique.append((str(stage.relative_to(run)), rows))
     return unique
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _history(rows, path: Path, nested: bool = False) -> list[dict]:
+    """`rows`, read from `path`, checked to be a history: a list of JSON objects of numbers
+    (or null); `nested`: of any JSON values (an online run's epochs). One line if not."""
+    for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
+        bad = None if isinstance(row, dict) else row
+        if not nested and bad is None:
+            bad = next((v for v in row.values() if not _number(v) and v is not None), None)
+        if bad is not None or not isinstance(rows, list):
+            raise TokWorldError(
+                f"cannot read the training history in {path}: entry {i} holds {bad!r}, "
+                "expected a list of JSON objects of numbers"
+            )
+    return rows
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def curves_section(run: Path) -> str:
     """Training curves of every history under the run, and returns against real env steps
     (from histories that log `env_steps`, and the learning curve of an online run)."""
     stages = histories(run)
-    metrics = _read_json(run / "metrics.json") or {}
+    path = run / "metrics.json"
+    metrics = read_json(path, "run metrics") if path.exists() else {}
     curve = [
-        {"env_steps": p["env_steps"], "eval return": p["return"]}
-        for p in metrics.get("learning_curve", [])
+        {"env_steps": p.get("env_steps"), "eval return": p.get("return")}
+        for p in _history(metrics.get("learning_curve", []), path)
     ]
-    stages_and_online = [*stages, ("metrics.json", curve + metrics.get("history", []))]
+    online = curve + _history(metrics.get("history", []), path, nested=True)
+    stages_and_online = [*stages, ("metrics.json", online)]
     figures = [(name, curve_figure(rows, name)) for name, rows in stages]
     figures += [(name, return_figure(rows, f"{name}: return")) for name, rows in stages_and_online]
     parts = [f"<figure>{_img(png, 'image/png', name)}</figure>" for name, png in figures if png]
@@ -321,17 +335,15 @@ def write_report(
         f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(str(run.resolve()))}"
         f"</p>{''.join(sections)}</body></html>"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    with atomic_file(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return {"report": str(out), "bytes": len(page), "dataset": described}
 
 
 def _read_fidelity(path: str) -> dict:
+    keys = {"per_step": dict, "at_horizon": dict, "context": int, "horizon": int,
+            "windows": int, "reward": dict, "end": dict}  # fmt: skip
     try:
-        result = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise TokWorldError(f"cannot read fidelity JSON {path}: {e}") from None
-    needed = {"per_step", "at_horizon", "context", "horizon"}
-    if not isinstance(result, dict) or not needed <= result.keys():
-        raise TokWorldError(f"{path} is not the output of `tokworld eval-model --json`")
-    return result
+        return read_json(path, "fidelity JSON", keys=keys)
+    except TokWorldError as e:
+        raise TokWorldError(f"{e}: it is not the output of `tokworld eval-model --json`") from None

@@ -82,8 +82,12 @@ class ImaginationEngine:
         self.window = world_model.config.window_tokens
         self.parallel = world_model.parallel
         predicted = len(self.vocab.predicted_kinds)
-        # Parallel decoding's queries, as offsets from the step's last action token.
+        # Parallel decoding's queries, as offsets from the step's last action token, and which
+        # of them predict each kind.
         self.query_offsets = torch.arange(1, 1 + predicted, device=world_model.device)
+        kinds = torch.tensor(self.vocab.predicted_kinds)
+        self.queries_of = {k: (kinds == k).nonzero()[:, 0].to(world_model.device)
+                           for k in dict.fromkeys(self.vocab.predicted_kinds)}  # fmt: skip
         # The most tokens one step's forward writes: what is pending, the action, the queries.
         pending, queries = (predicted, predicted) if self.parallel else (1, 0)
         self.most_written = pending + self.vocab.count(Kind.ACTION) + queries
@@ -223,9 +227,8 @@ class ImaginationEngine:
         queries = positions[-1] + self.query_offsets  # (Q,)
         logits = self._forward(self.cache, tokens, positions, self.step_model, queries)
         self.pending = self._sample(logits)[..., 0]  # (B, Q)
-        self.pos = int(queries[0])
-        kinds = torch.tensor(self.vocab.predicted_kinds, device=self.device)
-        return {kind: self.pending[:, kinds == kind] for kind in Kind if kind != Kind.ACTION}
+        self.pos += tokens.shape[1]
+        return {kind: self.pending[:, at] for kind, at in self.queries_of.items()}
 
     def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append `tokens` (B, q) to every row's stream; return the logits after them."""

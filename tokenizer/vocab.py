@@ -317,6 +317,14 @@ class Vocabulary:
             return self.reward.decode(local[..., 0])
         return local[..., 0] == TERMINAL
 
+    def is_event(self, ids: torch.Tensor) -> torch.Tensor:
+        """True where a global id is a rare event: a nonzero reward or a terminal end."""
+        ids = torch.as_tensor(ids)
+        zero = int(self.ids(Kind.REWARD, 0.0))
+        reward = self.id_slice(Kind.REWARD)
+        nonzero = (ids >= reward.start) & (ids < reward.stop) & (ids != zero)
+        return nonzero | (ids == self.id_slice(Kind.END).start + TERMINAL)
+
     def encode(self, codes, action, reward, terminated) -> torch.Tensor:
         """Steps -> token blocks. codes (..., K), action (...,) or (..., D) -> (..., block)."""
         frame, action_ids = self.ids(Kind.FRAME, codes), self.ids(Kind.ACTION, action)

@@ -184,12 +184,17 @@ class TokWorldModel(PreTrainedModel):
             Kind.END: self.config.end_loss_weight,
             Kind.ACTION: self.config.action_loss_weight,
         }
+        events = self.vocab.is_event(targets)
         total = logits.new_zeros(())
         metrics = {}
         for kind, weight in weights.items():
             sel = valid & (kinds == int(kind))
             count = sel.sum().clamp(min=1)
             loss = (ce * sel).sum() / count
+            rare = sel & events
+            if kind in (Kind.REWARD, Kind.END) and rare.any():
+                balance = self.config.event_balance
+                loss = (1 - balance) * loss + balance * (ce * rare).sum() / rare.sum()
             name = kind.name.lower()
             metrics[f"{name}_loss"] = loss.detach()
             metrics[f"{name}_acc"] = ((correct & sel).sum() / count).detach()

@@ -75,6 +75,19 @@ class OnlineConfig:
     codebook_size: int | None = field(
         default=None, metadata={"help": "codes of a tokenizer built from scratch (the preset's)"}
     )
+    reward_codec: str = field(
+        default="symlog",
+        metadata={
+            "choices": ("symlog", "sign"),
+            "help": "world model built here: rewards as symlog bins, or their sign (3 tokens, "
+            "IRIS's Atari clipping: a sparse reward lands in one token)",
+        },
+    )
+    event_balance: float | None = field(
+        default=None,
+        metadata={"help": "world model built here: weight of the rare reward/end events' mean "
+                  "loss against the mean over all steps (default: TokWorldConfig's)"},
+    )  # fmt: skip
     world_model_steps: int = field(default=200, metadata={"help": "per epoch"})
     world_model_batch_size: int = 32
     world_model_lr: float = 3e-4
@@ -253,8 +266,10 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
     codes = codes.remove_columns("observation")
 
     if models.world_model is None:
-        vocab = Vocabulary.from_spaces(space, tokenizer.codebook_size, tokenizer.tokens_per_frame)
-        models.world_model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab))
+        vocab = Vocabulary.from_spaces(space, tokenizer.codebook_size, tokenizer.tokens_per_frame,
+                                       reward_codec=cfg.reward_codec)  # fmt: skip
+        balance = {} if cfg.event_balance is None else {"event_balance": cfg.event_balance}
+        models.world_model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab, **balance))
     wcfg = TrainConfig(
         steps=cfg.world_model_steps, batch_size=cfg.world_model_batch_size, lr=cfg.world_model_lr,
         warmup_steps=min(100, cfg.world_model_steps // 10),

@@ -73,6 +73,19 @@ class PretrainConfig:
             "(default: the preset's)",
         },
     )
+    reward_codec: str = field(
+        default="symlog",
+        metadata={
+            "choices": ("symlog", "sign"),
+            "help": "world model built here: rewards as symlog bins, or their sign (3 tokens, "
+            "IRIS's Atari clipping: a sparse reward lands in one token)",
+        },
+    )
+    event_balance: float | None = field(
+        default=None,
+        metadata={"help": "world model built here: weight of the rare reward/end events' mean "
+                  "loss against the mean over all steps (default: TokWorldConfig's)"},
+    )  # fmt: skip
     tokenizer: str | None = field(
         default=None, metadata={"help": "reuse this trained tokenizer directory"}
     )
@@ -160,10 +173,13 @@ def _run(cfg, out, ds, meta, parts, reused, resume, state, progress) -> dict:
     codes = _codes_stage(cfg, out, tokenizer, ds, state)
 
     stage = out / "train_state" / "world_model"
-    vocab = Vocabulary.from_spaces(meta.space, tokenizer.codebook_size, tokenizer.tokens_per_frame)
+    size, per_frame = tokenizer.codebook_size, tokenizer.tokens_per_frame
+    vocab = Vocabulary.from_spaces(meta.space, size, per_frame, reward_codec=cfg.reward_codec)
     seed_everything(cfg.seed)
     decoding = {} if cfg.frame_decoding is None else {"frame_decoding": cfg.frame_decoding}
-    model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab, **decoding))
+    balance = {} if cfg.event_balance is None else {"event_balance": cfg.event_balance}
+    options = {**balance, **decoding}
+    model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab, **options))
     train_codes, eval_codes = split_by_task(codes, cfg.eval_fraction, cfg.seed)
     start = time.perf_counter()
     result = train_world_model(

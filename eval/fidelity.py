@@ -82,11 +82,13 @@ def choose_windows(ds: datasets.Dataset, context: int, horizon: int, n: int):
 
 
 def load_windows(ds, starts, valid, length: int, tokenizer, batch_size: int = 256) -> dict:
-    """Windows padded to `length`: codes (N, L, K), action, reward, terminated, observation."""
+    """Windows padded to `length`: codes (N, L, K), action, reward, terminated, observation (and
+    task, for a mixture's datasets)."""
     frame_column = "observation" if "observation" in ds.column_names else "codes"
     if frame_column not in ds.column_names:
         raise TokWorldError("dataset has neither an 'observation' nor a 'codes' column")
     columns = [frame_column, "action", "reward", "terminated"]
+    columns += ["task"] if "task" in ds.column_names else []
     table = ds.select_columns(columns).with_format("numpy", dtype=None)
     out: dict[str, list] = {c: [] for c in columns}
     for s, v in zip(starts, valid, strict=True):
@@ -132,7 +134,8 @@ def open_loop(
     imagined: dict[str, list] = {"codes": [], "frames": [], "reward": [], "end": []}
     for b in range(0, n, batch_size):
         rows = {k: v[b : b + batch_size] for k, v in windows.items()}
-        engine.start({k: rows[k][:, :context] for k in ("codes", "action", "reward", "terminated")})
+        keys = ("codes", "action", "reward", "terminated", "task")
+        engine.start({k: rows[k][:, :context] for k in keys if k in rows})
         steps = [engine.step(rows["action"][:, context - 1 + t]) for t in range(horizon)]
         imagined["codes"].append(torch.stack([s.codes.cpu() for s in steps], 1))
         imagined["frames"].append(torch.stack([to_uint8(s.frames).cpu() for s in steps], 1))

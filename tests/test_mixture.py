@@ -8,7 +8,9 @@ import shutil
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
+from tokworld.adapt import adapt_world_model
 from tokworld.cli import main
 from tokworld.data.format import (
     TrajectoryMeta,
@@ -18,6 +20,7 @@ from tokworld.data.format import (
 )
 from tokworld.data.mixture import load_mixture, mixed_rows, recorded_held_out, split_by_task
 from tokworld.errors import TokWorldError
+from tokworld.run import load_world_model
 from tokworld.tokenizer.codecs import space_to_dict
 
 
@@ -43,12 +46,16 @@ def three_actions(tmp_path_factory) -> str:
     return synthetic(tmp_path_factory.mktemp("mix") / "three", gym.spaces.Discrete(3))
 
 
-def test_two_datasets_with_other_action_spaces_train_one_model(
-    minigrid_dataset, three_actions, pretrain_argv, tmp_path, capsys
-):
-    out = tmp_path / "run"
-    argv = pretrain_argv(minigrid_dataset, out) + ["--dataset", three_actions]
-    assert main(argv) == 0
+@pytest.fixture(scope="module")
+def mixed_run(minigrid_dataset, three_actions, pretrain_argv, tmp_path_factory):
+    """A tiny run pretrained on MiniGrid (Discrete(7)) and the Discrete(3) dataset at once."""
+    out = tmp_path_factory.mktemp("mixed") / "run"
+    assert main(pretrain_argv(minigrid_dataset, out) + ["--dataset", three_actions]) == 0
+    return out
+
+
+def test_two_datasets_with_other_action_spaces_train_one_model(mixed_run):
+    out = mixed_run
     metrics = json.loads((out / "metrics.json").read_text())
     specs = [d["spec"] for d in metrics["dataset"]["datasets"]]
     assert len(specs) == 2
@@ -110,3 +117,33 @@ def test_a_changed_dataset_is_not_evaluated_as_held_out(tiny_run, minigrid_datas
     with pytest.raises(TokWorldError, match="changed since"):
         recorded_held_out(run)
     assert len(load_trajectories(minigrid_dataset)) > len(recorded_held_out(tiny_run)[0])
+
+
+def test_finetuning_adds_a_task_and_an_action_slice_and_keeps_the_rest(mixed_run):
+    model = load_world_model(mixed_run)
+    assert model.config.tasks == ["MiniGrid-Empty-5x5-v0", "Synthetic-v0"]
+    table = model.task_embedding.weight
+    assert table.shape[0] == 2 and table.abs().sum() > 0  # learned from zeros
+    adapted = adapt_world_model(model, gym.spaces.Discrete(5), task="Third-v0")
+    assert adapted.config.tasks == [*model.config.tasks, "Third-v0"]
+    assert torch.equal(adapted.task_embedding.weight[:2], table)
+    assert not adapted.task_embedding.weight[2].any()  # a new task starts as no change
+    old, new = model.vocab, adapted.vocab
+    assert new.action.sizes == (5,) and old.action.sizes == (7,)
+    kept_old, kept_new = old.shared_ids(new)
+    for name in ("backbone.embed_tokens.weight", "head.weight"):
+        assert torch.equal(adapted.state_dict()[name][kept_new], model.state_dict()[name][kept_old])
+    ours, theirs = adapted.state_dict(), model.state_dict()
+    same = [k for k in theirs if k not in ("backbone.embed_tokens.weight", "head.weight",
+                                           "task_embedding.weight")]  # fmt: skip
+    assert all(torch.equal(ours[k], theirs[k]) for k in same)
+
+
+def test_the_task_identity_changes_what_the_model_predicts(mixed_run):
+    model = load_world_model(mixed_run)
+    tokens = torch.zeros(1, model.vocab.block_size, dtype=torch.long)
+    with torch.no_grad():
+        first, second, default = (model(tokens, task=torch.tensor([t])).logits for t in (0, 1, 1))
+        assert not torch.equal(first, second)
+        assert torch.equal(second, model(tokens).logits)  # no task: the last one's
+    assert torch.equal(second, default)

@@ -15,19 +15,28 @@ import torch
 from tokworld.model import TokWorldModel
 
 ROWS = ("backbone.embed_tokens.weight", "head.weight")  # (vocab size, width) both
+TASKS = "task_embedding.weight"  # (tasks, width)
 
 
-def adapt_world_model(model: TokWorldModel, action_space: gym.Space, seed: int = 0):
-    """`model` for `action_space`: a new model whose vocabulary differs only in the action slice.
+def adapt_world_model(
+    model: TokWorldModel, action_space: gym.Space, seed: int = 0, task: str | None = None
+):
+    """`model` for `action_space` (and, when it has task identities, the task `task`): a new
+    model whose vocabulary differs only in the action slice and whose task table has a fresh
+    row (zeros: no change to the inputs yet) for a task it has not seen.
 
-    Returns `model` itself when the action space is already its own.
+    Returns `model` itself when nothing changes.
     """
     old = model.vocab
     vocab = old.with_action_space(action_space, bins=old.action.bins)
-    if vocab == old:
+    tasks = list(model.config.tasks or [])
+    new_task = bool(tasks) and task is not None and task not in tasks
+    if vocab == old and not new_task:
         return model
     config = copy.deepcopy(model.config)
     config.vocab = vocab.to_dict()
+    if new_task:
+        config.tasks = [*tasks, task]
     torch.manual_seed(seed)
     new = TokWorldModel(config)
     old_ids, new_ids = old.shared_ids(vocab)
@@ -37,6 +46,8 @@ def adapt_world_model(model: TokWorldModel, action_space: gym.Space, seed: int =
         for name, tensor in state.items():
             if name in ROWS:
                 tensor[new_ids] = theirs[name][old_ids].to(tensor.device)
+            elif name == TASKS:
+                tensor[: len(tasks)] = theirs[name]
             else:
                 tensor.copy_(theirs[name])
     return new.to(model.device)

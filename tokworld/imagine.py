@@ -94,6 +94,7 @@ class ImaginationEngine:
         self.device = world_model.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.cache: RingCache | None = None
+        self.task: torch.Tensor | None = None  # (B,) task identities, None: the model's last
 
     # ---- public API -----------------------------------------------------------------------
     @torch.no_grad()
@@ -105,6 +106,7 @@ class ImaginationEngine:
         """
         tokens = self._context_tokens(context)
         b = tokens.shape[0]
+        self.task = self._task(context)
         self.cache = self._new_cache(b)
         self.pos = tokens.shape[1] - 1  # stream position of the pending token
         if self.pos:
@@ -146,9 +148,12 @@ class ImaginationEngine:
         n = tokens.shape[1] - width
         keep = min(n, self.pos)
         fresh = self._new_cache(tokens.shape[0])
+        task = self._task(context)
+        if self.task is not None:
+            self.task[rows] = task
         if keep:
             positions = torch.arange(self.pos - keep, self.pos, device=self.device)
-            self._forward(fresh, tokens[:, n - keep : n], positions)
+            self._forward(fresh, tokens[:, n - keep : n], positions, task=task)
         fresh.first[:] = self.pos - keep + pad
         self.cache.copy_rows(torch.as_tensor(rows, device=self.device), fresh)
         self.pending[rows] = tokens[:, n:]
@@ -175,6 +180,13 @@ class ImaginationEngine:
         after_frame = self.vocab.block_size - self.vocab.segment(Kind.FRAME).stop
         return tokens[:, : tokens.shape[1] - after_frame]
 
+    def _task(self, context: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The rows' task identities (B,) from the context's `task` column, if the model has
+        tasks and the context names them; otherwise the model's default (its last task)."""
+        if not self.model.config.tasks or "task" not in context:
+            return None
+        return torch.as_tensor(context["task"])[:, -1].to(self.device).long()
+
     def _new_cache(self, batch: int) -> RingCache:
         layers = self.model.config.num_hidden_layers
         return RingCache(layers, batch, self.window, self.device, spare=self.most_written - 1)
@@ -186,6 +198,7 @@ class ImaginationEngine:
         positions: torch.Tensor,
         model=None,
         queries: torch.Tensor | None = None,
+        task: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run `tokens` (B, q) at stream `positions` (q,) on `cache`; return the last logits
         (B, V), or with parallel decoding's `queries` (Q,) positions, theirs (B, Q, V)."""
@@ -198,6 +211,7 @@ class ImaginationEngine:
             use_cache=True,
             attention_mask=mask,
             query_positions=queries,
+            task=self.task if task is None else task,
         )
         if queries is None:
             return out.logits[:, -1]
@@ -255,7 +269,7 @@ class ImaginationEngine:
 
     # ---- snapshots --------------------------------------------------------------------------
     # Everything a dream's future depends on; a new piece of rollout state joins this tuple.
-    SNAPSHOT_STATE = ("cache", "pending", "pos", "generator")
+    SNAPSHOT_STATE = ("cache", "pending", "pos", "generator", "task")
 
     def snapshot(self) -> dict:
         """A deep copy of the dream's state (KV ring cache, pending tokens, stream position,

@@ -52,8 +52,13 @@ class TokWorldModel(PreTrainedModel):
         if self.parallel:
             count = len(self.vocab.predicted_kinds)
             self.queries = torch.nn.Embedding(count, config.hidden_size)
+        self.task_embedding = None
+        if config.tasks:
+            self.task_embedding = torch.nn.Embedding(len(config.tasks), config.hidden_size)
         self._allowed: torch.Tensor | None = None
         self.post_init()
+        if self.task_embedding is not None:  # a new task starts as no change to the inputs
+            torch.nn.init.zeros_(self.task_embedding.weight)
 
     def allowed(self, device: torch.device) -> torch.Tensor:
         """(block, V) bool; row j: ids allowed at block position j.
@@ -94,6 +99,7 @@ class TokWorldModel(PreTrainedModel):
         use_cache: bool = False,
         attention_mask: torch.Tensor | None = None,
         query_positions: torch.Tensor | None = None,
+        task: torch.Tensor | None = None,
     ) -> TokWorldOutput:
         """input_ids (B, L) at stream positions `position_ids` (1, L) (default: after the cache).
 
@@ -103,6 +109,8 @@ class TokWorldModel(PreTrainedModel):
 
         `attention_mask` (B, 1, L [+ Q], cached + L [+ Q]), True or 0 where a token may attend,
         is needed with a cache (imagination) and replaces the causal mask.
+
+        `task` (B,): the rows' task identities (`config.tasks`); default the last task.
         """
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
@@ -122,6 +130,10 @@ class TokWorldModel(PreTrainedModel):
             position_ids = torch.cat([position_ids, query_positions.unsqueeze(0)], 1)
             at = self.allowed(embeds.device)[query_positions % block]  # the token's own
             allowed = torch.cat([allowed, at.unsqueeze(0)], 1)
+        if self.task_embedding is not None:
+            if task is None:
+                task = torch.full((len(embeds),), len(self.config.tasks) - 1, device=embeds.device)
+            embeds = embeds + self.task_embedding(task.to(embeds.device)).unsqueeze(1)
         out = self.backbone(
             inputs_embeds=embeds,
             position_ids=position_ids,
@@ -140,7 +152,9 @@ class TokWorldModel(PreTrainedModel):
         )
         return rearrange(blocks, "b t n -> b (t n)")
 
-    def _predictions(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _predictions(
+        self, tokens: torch.Tensor, task: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, n, V) of a window's tokens (B, L) and the positions (n,) they predict.
 
         Token decoding: every token but the first, each from the one before. Parallel decoding:
@@ -150,10 +164,10 @@ class TokWorldModel(PreTrainedModel):
         length = tokens.shape[1]
         positions = torch.arange(length, device=tokens.device)
         if not self.parallel:
-            return self(tokens[:, :-1]).logits, positions[1:]
+            return self(tokens[:, :-1], task=task).logits, positions[1:]
         queries = self.vocab.predicted_positions(length // self.vocab.block_size)
         queries = queries.to(tokens.device)
-        logits = self(tokens, query_positions=queries).logits  # (B, L + Q, V)
+        logits = self(tokens, query_positions=queries, task=task).logits  # (B, L + Q, V)
         actions = positions[self.vocab.kinds(length).to(tokens.device) == Kind.ACTION]
         logits = torch.cat([logits[:, actions - 1], logits[:, length:]], 1)
         return logits, torch.cat([actions, queries])
@@ -169,7 +183,8 @@ class TokWorldModel(PreTrainedModel):
                 f"training windows of {batch['codes'].shape[1]} steps exceed the model's "
                 f"context of {self.config.context_steps} steps"
             )
-        logits, at = self._predictions(tokens)
+        task = batch["task"][:, 0] if "task" in batch else None  # a window is one task's
+        logits, at = self._predictions(tokens, task)
         targets = tokens[:, at]
         valid = batch["mask"][:, at // self.vocab.block_size]  # the target's step is real
         kinds = self.vocab.kinds(tokens.shape[1]).to(tokens.device)[at]

@@ -28,6 +28,7 @@ def finetune(
                 f"run {run} was trained on {tokenizer.config.frame_size}px frames, not "
                 f"{cfg.frame_size}px"
             )
-        models = Models(tokenizer, adapt_world_model(world_model, space, cfg.seed))
+        adapted = adapt_world_model(world_model, space, cfg.seed, task=cfg.env_id)
+        models = Models(tokenizer, adapted)
     source = {"run": None if run is None else str(run)}
     return train_online(cfg, out, models, resume=resume, progress=progress, source=source)

@@ -178,7 +178,7 @@ def _run(cfg, out, ds, meta, parts, reused, resume, state, progress) -> dict:
     seed_everything(cfg.seed)
     decoding = {} if cfg.frame_decoding is None else {"frame_decoding": cfg.frame_decoding}
     balance = {} if cfg.event_balance is None else {"event_balance": cfg.event_balance}
-    options = {**balance, **decoding}
+    options = {**balance, **decoding, "tasks": [p.env_id for p in parts]}
     model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab, **options))
     train_codes, eval_codes = split_by_task(codes, cfg.eval_fraction, cfg.seed)
     start = time.perf_counter()

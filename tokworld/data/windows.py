@@ -70,6 +70,7 @@ class RealContext:
         if self.frame_column == "observation" and tokenizer is None:
             raise TokWorldError("dataset has no 'codes' column: a tokenizer is needed to encode it")
         columns = (self.frame_column, "action", "reward", "terminated")
+        columns += ("task",) if "task" in ds.column_names else ()
         self.windows = WindowDataset(ds, steps, columns=columns)
         self.full = np.flatnonzero(self.windows.valid == steps)
         if not self.full.size:

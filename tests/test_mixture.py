@@ -48,9 +48,11 @@ def three_actions(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def mixed_run(minigrid_dataset, three_actions, pretrain_argv, tmp_path_factory):
-    """A tiny run pretrained on MiniGrid (Discrete(7)) and the Discrete(3) dataset at once."""
+    """A tiny run pretrained on MiniGrid (Discrete(7)) and the Discrete(3) dataset at once,
+    with a 32-code tokenizer (not the tiny preset's 64)."""
     out = tmp_path_factory.mktemp("mixed") / "run"
-    assert main(pretrain_argv(minigrid_dataset, out) + ["--dataset", three_actions]) == 0
+    extra = ["--dataset", three_actions, "--codebook-size", "32"]
+    assert main(pretrain_argv(minigrid_dataset, out) + extra) == 0
     return out
 
 
@@ -63,6 +65,8 @@ def test_two_datasets_with_other_action_spaces_train_one_model(mixed_run):
     assert set(by_dataset) == set(specs)  # every dataset gave held-out episodes
     assert all("eval/frame_acc" in m and "eval/reward_acc" in m for m in by_dataset.values())
     vocab = json.loads((out / "world_model" / "config.json").read_text())["vocab"]
+    tokenizer = json.loads((out / "tokenizer" / "config.json").read_text())
+    assert tokenizer["codebook_size"] == vocab["codebook_size"] == 32
     assert vocab["action"]["sizes"] == [7]  # MiniGrid's 7 and the other's 3 share one slice
     held, described = recorded_held_out(out)
     assert set(np.unique(held["task"])) == {0, 1} and "held out" in described

@@ -91,6 +91,9 @@ class PretrainConfig:
     )
     tokenizer_steps: int = 2000
     tokenizer_batch_size: int = 64
+    codebook_size: int | None = field(
+        default=None, metadata={"help": "codes of the tokenizer trained here (the preset's)"}
+    )
     world_model_steps: int = 2000
     batch_size: int = field(default=32, metadata={"help": "world-model batch per process"})
     lr: float = field(
@@ -140,7 +143,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
     reused = None
     if cfg.tokenizer is not None:
         reused = FrameTokenizer.from_pretrained(cfg.tokenizer, device=str(state.device))
-    frame_size = (reused.config if reused else FrameTokenizerConfig.preset(cfg.preset)).frame_size
+    frame_size = (reused.config if reused else _tokenizer_config(cfg)).frame_size
     with state.main_process_first():  # a `minari:` spec is converted once, by the main process
         ds, meta, parts = load_mixture(cfg.dataset, frame_size)
     # The datasets' content too: a resume on data that changed since would train on other data.
@@ -244,7 +247,7 @@ def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state
         tokenizer, result = train_tokenizer(
             _mixed_frames(train_ds, cfg),
             stage,
-            preset=cfg.preset,
+            config=_tokenizer_config(cfg),
             steps=cfg.tokenizer_steps,
             batch_size=cfg.tokenizer_batch_size,
             resume=_continues(stage, resume, state),
@@ -273,6 +276,12 @@ def _codes_stage(cfg, out, tokenizer, ds, state) -> datasets.Dataset:
             codes.remove_columns("observation").save_to_disk(str(tmp))
     state.wait_for_everyone()
     return datasets.load_from_disk(str(final))
+
+
+def _tokenizer_config(cfg: PretrainConfig) -> FrameTokenizerConfig:
+    """The config of the tokenizer trained here: the preset's, with `codebook_size` if set."""
+    sizes = {} if cfg.codebook_size is None else {"codebook_size": cfg.codebook_size}
+    return FrameTokenizerConfig.preset(cfg.preset, **sizes)
 
 
 def _mixed_frames(ds: datasets.Dataset, cfg: PretrainConfig):

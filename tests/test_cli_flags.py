@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import pytest
 
@@ -34,14 +35,24 @@ def test_defaults_on_the_command_line_are_the_config_defaults(command, cls, give
     assert config_from_args(cls, args) == cls(**given)
 
 
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _configs(cls) -> list:
+    """`cls` and the config dataclasses nested in it."""
+    nested = [h for h in _hints(cls).values() if dataclasses.is_dataclass(h)]
+    return [cls, *(c for n in nested for c in _configs(n))]
+
+
 @pytest.mark.parametrize(("command", "cls", "given"), CONFIGS, ids=[c[0] for c in CONFIGS])
 def test_every_field_has_its_flag(command, cls, given):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
     flags = {s for a in sub._actions for s in a.option_strings}
-    for c in [cls] + ([ImaginationConfig] if cls is OnlineConfig else []):
+    for c in _configs(cls):
         for f in dataclasses.fields(c):
-            if f.metadata.get("cli", True) and f.name != "imagination":
+            if f.metadata.get("cli", True) and not dataclasses.is_dataclass(_hints(c)[f.name]):
                 assert flag_name(f) in flags, f"{command} has no flag for {c.__name__}.{f.name}"
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from tokworld.adapt import adapt_world_model
 from tokworld.cli import main
-from tokworld.config import TokWorldConfig
+from tokworld.config import ModelChoices, TokWorldConfig
 from tokworld.eval.real_env import evaluate_run
 from tokworld.model import TokWorldModel
 from tokworld.returns import human_normalized
@@ -30,7 +30,7 @@ CONFIG = OnlineConfig(
     preset="tiny",
     tokenizer_steps=2,
     tokenizer_batch_size=8,
-    codebook_size=32,  # not the tiny preset's 64
+    model=ModelChoices(codebook_size=32),  # not the tiny preset's 64
     world_model_steps=2,
     world_model_batch_size=4,
     imagination=ImaginationConfig(steps=2, batch_size=4, horizon=3, context_steps=2),

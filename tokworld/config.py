@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from transformers import MistralConfig, PreTrainedConfig
 
 from tokworld.errors import TokWorldError
 from tokworld.presets import preset_fields
+from tokworld.tokenizer.frame import FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 
 FRAME_DECODINGS = ("token", "parallel")
@@ -102,3 +105,48 @@ class TokWorldConfig(PreTrainedConfig):
             eos_token_id=None,
             tie_word_embeddings=False,
         )
+
+
+@dataclass(frozen=True)
+class ModelChoices:
+    """What `pretrain` and `finetune` choose for the models they build from scratch (a loaded
+    run keeps its own): the tokenizer's codebook, the reward codec, the rare-event balance of
+    the loss and the frame decoding. None keeps the preset's or `TokWorldConfig`'s default."""
+
+    codebook_size: int | None = field(
+        default=None, metadata={"help": "codes of a tokenizer built here (the preset's)"}
+    )
+    reward_codec: str = field(
+        default="symlog",
+        metadata={
+            "choices": ("symlog", "sign"),
+            "help": "world model built here: rewards as symlog bins, or their sign (3 tokens, "
+            "IRIS's Atari clipping: a sparse reward lands in one token)",
+        },
+    )
+    event_balance: float | None = field(
+        default=None,
+        metadata={"help": "world model built here: weight of the rare reward/end events' mean "
+                  "loss against the mean over all steps (default: TokWorldConfig's)"},
+    )  # fmt: skip
+    frame_decoding: str | None = field(
+        default=None,
+        metadata={
+            "choices": FRAME_DECODINGS,
+            "help": "world model built here: predict a step's tokens one at a time or all in "
+            "one pass (default: the preset's)",
+        },
+    )
+
+    def tokenizer_config(self, preset: str) -> FrameTokenizerConfig:
+        """The frame tokenizer's config at `preset`, with the chosen codebook size."""
+        sizes = {} if self.codebook_size is None else {"codebook_size": self.codebook_size}
+        return FrameTokenizerConfig.preset(preset, **sizes)
+
+    def world_model_config(self, preset: str, space, tokenizer, **extra) -> TokWorldConfig:
+        """The world model's config at `preset` for `space` and the frame codes of `tokenizer`."""
+        vocab = Vocabulary.from_spaces(space, tokenizer.codebook_size, tokenizer.tokens_per_frame,
+                                       reward_codec=self.reward_codec)  # fmt: skip
+        chosen = {"event_balance": self.event_balance, "frame_decoding": self.frame_decoding}
+        given = {k: v for k, v in chosen.items() if v is not None}
+        return TokWorldConfig.preset(preset, vocab, **given, **extra)

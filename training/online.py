@@ -30,7 +30,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from tokworld.config import TokWorldConfig
+from tokworld.config import ModelChoices
 from tokworld.data.collect import collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.mixture import fingerprint
@@ -41,8 +41,7 @@ from tokworld.policy import ActorCritic, Agent, build_policy
 from tokworld.presets import NAMES, check_preset
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
-from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
-from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.tokenizer.frame import FrameTokenizer
 from tokworld.training.accel import seed_everything
 from tokworld.training.imagination import ImaginationConfig, train_policy
 from tokworld.training.loop import TrainConfig, train
@@ -72,22 +71,7 @@ class OnlineConfig:
     policy_input: str = field(default="frames", metadata={"choices": ("frames", "tokens")})
     tokenizer_steps: int = field(default=100, metadata={"help": "per epoch (0: frozen)"})
     tokenizer_batch_size: int = 32
-    codebook_size: int | None = field(
-        default=None, metadata={"help": "codes of a tokenizer built from scratch (the preset's)"}
-    )
-    reward_codec: str = field(
-        default="symlog",
-        metadata={
-            "choices": ("symlog", "sign"),
-            "help": "world model built here: rewards as symlog bins, or their sign (3 tokens, "
-            "IRIS's Atari clipping: a sparse reward lands in one token)",
-        },
-    )
-    event_balance: float | None = field(
-        default=None,
-        metadata={"help": "world model built here: weight of the rare reward/end events' mean "
-                  "loss against the mean over all steps (default: TokWorldConfig's)"},
-    )  # fmt: skip
+    model: ModelChoices = field(default_factory=ModelChoices)
     world_model_steps: int = field(default=200, metadata={"help": "per epoch"})
     world_model_batch_size: int = 32
     world_model_lr: float = 3e-4
@@ -244,9 +228,8 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
     space = TrajectoryMeta.from_dataset(ds).space
 
     if models.tokenizer is None:
-        sizes = {} if cfg.codebook_size is None else {"codebook_size": cfg.codebook_size}
         models.tokenizer, result = train_tokenizer(
-            ds, work / "tokenizer", config=FrameTokenizerConfig.preset(cfg.preset, **sizes),
+            ds, work / "tokenizer", config=cfg.model.tokenizer_config(cfg.preset),
             steps=max(1, cfg.tokenizer_steps),
             batch_size=cfg.tokenizer_batch_size, progress=progress, seed=seed,
             checkpoint_every=max(1, cfg.tokenizer_steps),
@@ -266,10 +249,8 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
     codes = codes.remove_columns("observation")
 
     if models.world_model is None:
-        vocab = Vocabulary.from_spaces(space, tokenizer.codebook_size, tokenizer.tokens_per_frame,
-                                       reward_codec=cfg.reward_codec)  # fmt: skip
-        balance = {} if cfg.event_balance is None else {"event_balance": cfg.event_balance}
-        models.world_model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab, **balance))
+        model_cfg = cfg.model.world_model_config(cfg.preset, space, tokenizer)
+        models.world_model = TokWorldModel(model_cfg)
     wcfg = TrainConfig(
         steps=cfg.world_model_steps, batch_size=cfg.world_model_batch_size, lr=cfg.world_model_lr,
         warmup_steps=min(100, cfg.world_model_steps // 10),

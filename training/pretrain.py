@@ -37,15 +37,14 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import Subset
 
-from tokworld.config import FRAME_DECODINGS, TokWorldConfig
+from tokworld.config import ModelChoices
 from tokworld.data.format import episode_bounds
 from tokworld.data.mixture import held_out_episodes, load_mixture, mixed_rows, split_by_task
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, read_json, recover, write_json_atomic
 from tokworld.model import TokWorldModel
 from tokworld.presets import NAMES, check_preset
-from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
-from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.tokenizer.frame import FrameTokenizer
 from tokworld.training.accel import seed_everything
 from tokworld.training.checkpoint import open_run
 from tokworld.training.loop import TrainConfig, evaluate
@@ -65,35 +64,12 @@ class PretrainConfig:
         metadata={"help": "sampling weight of each --dataset, in order (default: by size)"},
     )
     preset: str = field(default="small", metadata={"choices": NAMES})
-    frame_decoding: str | None = field(
-        default=None,
-        metadata={
-            "choices": FRAME_DECODINGS,
-            "help": "world model: predict a step's tokens one at a time or all in one pass "
-            "(default: the preset's)",
-        },
-    )
-    reward_codec: str = field(
-        default="symlog",
-        metadata={
-            "choices": ("symlog", "sign"),
-            "help": "world model built here: rewards as symlog bins, or their sign (3 tokens, "
-            "IRIS's Atari clipping: a sparse reward lands in one token)",
-        },
-    )
-    event_balance: float | None = field(
-        default=None,
-        metadata={"help": "world model built here: weight of the rare reward/end events' mean "
-                  "loss against the mean over all steps (default: TokWorldConfig's)"},
-    )  # fmt: skip
+    model: ModelChoices = field(default_factory=ModelChoices)
     tokenizer: str | None = field(
         default=None, metadata={"help": "reuse this trained tokenizer directory"}
     )
     tokenizer_steps: int = 2000
     tokenizer_batch_size: int = 64
-    codebook_size: int | None = field(
-        default=None, metadata={"help": "codes of the tokenizer trained here (the preset's)"}
-    )
     world_model_steps: int = 2000
     batch_size: int = field(default=32, metadata={"help": "world-model batch per process"})
     lr: float = field(
@@ -143,7 +119,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
     reused = None
     if cfg.tokenizer is not None:
         reused = FrameTokenizer.from_pretrained(cfg.tokenizer, device=str(state.device))
-    frame_size = (reused.config if reused else _tokenizer_config(cfg)).frame_size
+    frame_size = (reused.config if reused else cfg.model.tokenizer_config(cfg.preset)).frame_size
     with state.main_process_first():  # a `minari:` spec is converted once, by the main process
         ds, meta, parts = load_mixture(cfg.dataset, frame_size)
     # The datasets' content too: a resume on data that changed since would train on other data.
@@ -176,13 +152,11 @@ def _run(cfg, out, ds, meta, parts, reused, resume, state, progress) -> dict:
     codes = _codes_stage(cfg, out, tokenizer, ds, state)
 
     stage = out / "train_state" / "world_model"
-    size, per_frame = tokenizer.codebook_size, tokenizer.tokens_per_frame
-    vocab = Vocabulary.from_spaces(meta.space, size, per_frame, reward_codec=cfg.reward_codec)
     seed_everything(cfg.seed)
-    decoding = {} if cfg.frame_decoding is None else {"frame_decoding": cfg.frame_decoding}
-    balance = {} if cfg.event_balance is None else {"event_balance": cfg.event_balance}
-    options = {**balance, **decoding, "tasks": [p.env_id for p in parts]}
-    model = TokWorldModel(TokWorldConfig.preset(cfg.preset, vocab, **options))
+    tasks = [p.env_id for p in parts]
+    model = TokWorldModel(
+        cfg.model.world_model_config(cfg.preset, meta.space, tokenizer, tasks=tasks)
+    )
     train_codes, eval_codes = split_by_task(codes, cfg.eval_fraction, cfg.seed)
     start = time.perf_counter()
     result = train_world_model(
@@ -247,7 +221,7 @@ def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state
         tokenizer, result = train_tokenizer(
             _mixed_frames(train_ds, cfg),
             stage,
-            config=_tokenizer_config(cfg),
+            config=cfg.model.tokenizer_config(cfg.preset),
             steps=cfg.tokenizer_steps,
             batch_size=cfg.tokenizer_batch_size,
             resume=_continues(stage, resume, state),
@@ -276,12 +250,6 @@ def _codes_stage(cfg, out, tokenizer, ds, state) -> datasets.Dataset:
             codes.remove_columns("observation").save_to_disk(str(tmp))
     state.wait_for_everyone()
     return datasets.load_from_disk(str(final))
-
-
-def _tokenizer_config(cfg: PretrainConfig) -> FrameTokenizerConfig:
-    """The config of the tokenizer trained here: the preset's, with `codebook_size` if set."""
-    sizes = {} if cfg.codebook_size is None else {"codebook_size": cfg.codebook_size}
-    return FrameTokenizerConfig.preset(cfg.preset, **sizes)
 
 
 def _mixed_frames(ds: datasets.Dataset, cfg: PretrainConfig):

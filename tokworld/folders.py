@@ -38,6 +38,17 @@ LOCK = ".lock"
 PARTIAL = ".partial-"  # temporary siblings are named `.NAME.partial-XXXX`
 
 
+def existing_parent(path: Path) -> Path:
+    """The nearest folder above `path` that exists (what a write would create `path` in);
+    a TokWorldError when it is a file."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TokWorldError(f"cannot write to {path}: {parent} is a file, not a directory")
+    return parent
+
+
 def check_output_dir(out: str | Path, kind: str = "output directory", hint: str = "") -> Path:
     """Raise TokWorldError unless `out` can become a new directory; return it as a Path.
 
@@ -49,11 +60,7 @@ def check_output_dir(out: str | Path, kind: str = "output directory", hint: str 
         raise TokWorldError(f"cannot write to {out}: it exists and is not a directory")
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise TokWorldError(f"{kind} {out} already exists and is not empty{hint}")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise TokWorldError(f"cannot write to {out}: {parent} is a file, not a directory")
+    parent = existing_parent(out)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise TokWorldError(f"cannot write to {out}: {parent} is not writable")
     return out

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from tokworld.errors import TokWorldError
-from tokworld.folders import write_json_atomic
+from tokworld.folders import existing_parent, write_json_atomic
 
 
 def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +29,7 @@ def claim(paths, overwrite: bool) -> None:
             raise TokWorldError(f"cannot write {path}: it is a directory")
         if path.exists() and not overwrite:
             raise TokWorldError(f"{path} already exists: pass --overwrite to replace it")
-        parent = path.parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise TokWorldError(f"cannot write {path}: {parent} is a file, not a directory")
+        existing_parent(path)
 
 
 def write_json(value, path: str | Path | None):

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokworld.cli import main
+from tokworld.data.convert import FrameConverter
 from tokworld.data.format import TrajectoryMeta, load_trajectories, validate_trajectories
 from tokworld.data.hub import dataset_card
-from tokworld.data.importers import FrameConverter, resolve_dataset_spec
+from tokworld.data.importers import resolve_dataset_spec
 from tokworld.errors import TokWorldError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:minari.utils")

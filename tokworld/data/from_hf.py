@@ -25,13 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from tqdm.auto import tqdm
 
-from tokworld.data.format import TrajectoryMeta, end_flags, write_trajectories
-from tokworld.data.importers import (
+from tokworld.data.convert import (
     FrameConverter,
     action_converter,
     check_source_steps,
     episode_rows,
 )
+from tokworld.data.format import TrajectoryMeta, end_flags, write_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_from_dict, space_to_dict

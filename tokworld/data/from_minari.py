@@ -15,8 +15,8 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
+from tokworld.data.convert import FrameConverter, episode_rows
 from tokworld.data.format import TrajectoryMeta, write_trajectories
-from tokworld.data.importers import FrameConverter, episode_rows
 from tokworld.errors import TokWorldError
 from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_to_dict

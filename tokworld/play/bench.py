@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from websockets.sync.client import connect
 
-from tokworld.config import TokWorldConfig
+from tokworld.config import FRAME_DECODINGS, TokWorldConfig
 from tokworld.data.collect import collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.folders import json_text
@@ -34,17 +34,17 @@ from tokworld.tokenizer.vocab import Vocabulary
 ENV_ID = "MiniGrid-Empty-5x5-v0"
 
 
-def untrained_run(preset: str, folder: Path) -> tuple[str, str]:
-    """(run, dataset): an untrained `preset` run and 200 random MiniGrid steps, in `folder`."""
+def untrained_run(preset: str, folder: Path, frame_decoding: str = "token") -> tuple[str, str]:
+    """(run, dataset): an untrained `preset` run (decoding frames per `frame_decoding`) and 200
+    random MiniGrid steps, in `folder`."""
     dataset = folder / "data"
     collect(ENV_ID, 200, dataset, seed=0, progress=False)
     space = TrajectoryMeta.from_dataset(load_trajectories(str(dataset))).space
     tokenizer = FrameTokenizer(FrameTokenizerConfig.preset(preset))
     tokenizer.save_pretrained(folder / "run" / "tokenizer")
     vocab = Vocabulary.from_spaces(space, tokenizer.codebook_size, tokenizer.tokens_per_frame)
-    TokWorldModel(TokWorldConfig.preset(preset, vocab)).save_pretrained(
-        folder / "run" / "world_model"
-    )
+    config = TokWorldConfig.preset(preset, vocab, frame_decoding=frame_decoding)
+    TokWorldModel(config).save_pretrained(folder / "run" / "world_model")
     return str(folder / "run"), str(dataset)
 
 
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset", help="real starts for --run (default: the run's own)")
     parser.add_argument("--preset", default="small", help="preset of the untrained run")
     parser.add_argument("--presses", type=int, default=50)
+    parser.add_argument("--frame-decoding", default="token", choices=FRAME_DECODINGS,
+                        help="frame decoding of the untrained run")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
     if args.threads:
@@ -91,9 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run, dataset = args.run, args.dataset
         if run is None:
-            run, dataset = untrained_run(args.preset, Path(tmp))
+            run, dataset = untrained_run(args.preset, Path(tmp), args.frame_decoding)
         result = bench(run, dataset, args.presses, str(Path(tmp) / "sessions"))
-    result["run"] = args.run or f"untrained {args.preset} on {ENV_ID}"
+    untrained = f"untrained {args.preset} ({args.frame_decoding} decoding) on {ENV_ID}"
+    result["run"] = args.run or untrained
     print(json_text(result))
     return result
 

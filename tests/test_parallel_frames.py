@@ -231,6 +231,22 @@ def test_restarting_a_row_leaves_the_others_untouched(fresh_steps):
         assert torch.equal(alone.step(torch.tensor(action[1:2])).codes[0], out_b.codes[1])
 
 
+@pytest.mark.slow  # torch.compile
+def test_compiled_parallel_steps_give_the_eager_tokens():
+    vocab = _vocab()
+    model = _model(vocab)
+    context, fresh = _steps(vocab, 3, 2), _steps(vocab, 1, 1, seed=1)
+    rollouts = []
+    for compile in (False, True):
+        engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True), compile=compile)
+        engine.start(context)
+        steps = [engine.step(torch.tensor([1, 2, 0])) for _ in range(3)]
+        engine.restart_rows(torch.tensor([1]), fresh)  # eager, between compiled steps
+        steps += [engine.step(torch.tensor([1, 2, 0])) for _ in range(3)]
+        rollouts.append(torch.stack([s.codes for s in steps]))
+    assert torch.equal(rollouts[0], rollouts[1])
+
+
 def test_a_snapshot_restores_a_parallel_dream():
     if not hasattr(ImaginationEngine, "snapshot"):
         pytest.skip("ImaginationEngine.snapshot is not there yet")

@@ -46,7 +46,9 @@ def test_collect_prints_a_summary_of_the_dataset_it_wrote(capfd, tmp_path):
 
 
 def test_collect_with_a_small_frame_size(tmp_path):
-    summary = collect("CartPole-v1", 30, tmp_path / "cp", frame_size=32, progress=False)
+    summary = collect(
+        "CartPole-v1", 30, tmp_path / "cp", frame_size=32, progress=False, observation="frames"
+    )
     ds = datasets.load_from_disk(summary.out)
     validate_trajectories(ds)
     assert ds.features["observation"].shape == (32, 32, 3)

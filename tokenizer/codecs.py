@@ -21,7 +21,8 @@ BOX_SLACK = 1e-6
 
 
 def space_to_dict(space: gym.Space) -> dict:
-    """A JSON-able description of a Discrete, MultiDiscrete or Box space."""
+    """A JSON-able description of a Discrete, MultiDiscrete or Box space (an infinite Box bound
+    is written as null, which strict JSON can hold)."""
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, gym.spaces.MultiDiscrete):
@@ -29,8 +30,8 @@ def space_to_dict(space: gym.Space) -> dict:
     if isinstance(space, gym.spaces.Box):
         return {
             "type": "Box",
-            "low": [float(x) for x in space.low.reshape(-1)],
-            "high": [float(x) for x in space.high.reshape(-1)],
+            "low": [float(x) if np.isfinite(x) else None for x in space.low.reshape(-1)],
+            "high": [float(x) if np.isfinite(x) else None for x in space.high.reshape(-1)],
         }
     raise TokWorldError(f"unsupported action space {space!r}: use Discrete, MultiDiscrete or Box")
 
@@ -50,8 +51,8 @@ def space_from_dict(spec: dict) -> gym.Space:
                 raise ValueError("nvec must be a non-empty list of positive integers")
             return gym.spaces.MultiDiscrete(nvec)
         if kind == "Box":
-            low = np.asarray(spec["low"], dtype=np.float32)
-            high = np.asarray(spec["high"], dtype=np.float32)
+            low = np.asarray([-np.inf if x is None else x for x in spec["low"]], np.float32)
+            high = np.asarray([np.inf if x is None else x for x in spec["high"]], np.float32)
             if low.ndim != 1 or low.size == 0 or low.shape != high.shape:
                 raise ValueError("low and high must be non-empty lists of equal length")
             if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():

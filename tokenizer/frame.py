@@ -235,6 +235,8 @@ class FrameTokenizer(SafetensorsPretrained, nn.Module):
     """uint8 frames (B, H, W, 3) <-> codes (B, K); see the module docstring for the design."""
 
     config_class, model_type, name = FrameTokenizerConfig, "frame_tokenizer", "tokenizer"
+    observation = "frames"
+    per_position_codes = False
 
     def __init__(self, config: FrameTokenizerConfig):
         super().__init__()

@@ -87,6 +87,9 @@ class Vocabulary:
     """One id space for frame codes, actions, rewards and ends, and the block of one step.
 
     `order` lists the kinds of a block's segments (see the module docstring for valid orders).
+    With `per_position_codes` (the vector codec's layout) the K observation positions own
+    disjoint, equal code ranges: position j only takes codes in [j*c, (j+1)*c), c =
+    codebook_size / K, and the masks say so.
     """
 
     codebook_size: int
@@ -94,11 +97,17 @@ class Vocabulary:
     action: ActionCodec
     reward: RewardCodec
     order: tuple[Kind, ...] = DEFAULT_ORDER
+    per_position_codes: bool = False
 
     def __post_init__(self):
         order = tuple(_parse_kind(k) for k in self.order)
         _check_order(order)
         object.__setattr__(self, "order", order)
+        if self.per_position_codes and self.codebook_size % self.tokens_per_frame:
+            raise TokWorldError(
+                f"per-position codes need a codebook ({self.codebook_size}) divisible by the "
+                f"{self.tokens_per_frame} observation tokens"
+            )
 
     @classmethod
     def from_spaces(
@@ -113,12 +122,18 @@ class Vocabulary:
         action_bins: int = 32,
         action_bounds: tuple[float, float] | None = None,
         order: tuple[Kind, ...] = DEFAULT_ORDER,
+        per_position_codes: bool = False,
     ) -> Vocabulary:
-        """Build the vocabulary of an environment and a frame tokenizer."""
+        """Build the vocabulary of an environment and an observation tokenizer (frames, or
+        with `per_position_codes` the vector codec)."""
         if observation_space is not None:
             shape = getattr(observation_space, "shape", None)
-            if shape is None or len(shape) != 3 or shape[-1] != 3:
-                raise TokWorldError(f"observations must be HxWx3 frames, got {observation_space}")
+            frames = shape is not None and len(shape) == 3 and shape[-1] == 3
+            vector = isinstance(observation_space, gym.spaces.Box) and len(shape) == 1
+            if not (frames or vector):
+                raise TokWorldError(
+                    f"observations must be HxWx3 frames or a flat Box, got {observation_space}"
+                )
         if codebook_size < 1 or tokens_per_frame < 1:
             raise TokWorldError("codebook_size and tokens_per_frame must be positive")
         return cls(
@@ -127,6 +142,7 @@ class Vocabulary:
             ActionCodec.from_space(action_space, bins=action_bins, bounds=action_bounds),
             RewardCodec(reward_codec, reward_bins, reward_bound),
             order,
+            per_position_codes,
         )
 
     def with_action_space(
@@ -190,7 +206,7 @@ class Vocabulary:
         rows of an embedding or output head may be copied from one model to the other.
         """
         codec = {
-            Kind.FRAME: lambda v: v.codebook_size,
+            Kind.FRAME: lambda v: (v.codebook_size, v.per_position_codes),
             Kind.REWARD: lambda v: v.reward,
             Kind.END: lambda v: NUM_ENDS,
             Kind.ACTION: lambda v: v.action,
@@ -233,6 +249,10 @@ class Vocabulary:
     def _ranges(self, kind: Kind) -> tuple[tuple[int, int], ...]:
         """The [lo, hi) range of global ids allowed at each of `kind`'s positions."""
         ids = self.id_slice(kind)
+        if kind == Kind.FRAME and self.per_position_codes:
+            width = self.codebook_size // self.tokens_per_frame
+            starts = range(ids.start, ids.stop, width)
+            return tuple((start, start + width) for start in starts)
         if kind != Kind.ACTION:
             return ((ids.start, ids.stop),) * self.count(kind)
         sizes = zip(self.action.offsets, self.action.sizes, strict=True)
@@ -299,6 +319,10 @@ class Vocabulary:
                 )
             if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
                 raise TokWorldError(f"frame codes must lie in [0, {self.codebook_size})")
+            if self.per_position_codes and codes.numel():
+                ranges = torch.tensor(self._ranges(Kind.FRAME)) - start  # (K, 2)
+                if ((codes < ranges[:, 0]) | (codes >= ranges[:, 1])).any():
+                    raise TokWorldError("observation code outside its position's code range")
             return codes + start
         if kind == Kind.ACTION:
             return self.action.encode(values) + start
@@ -355,6 +379,7 @@ class Vocabulary:
             "action": self.action.to_dict(),
             "reward": self.reward.to_dict(),
             "order": [k.name.lower() for k in self.order],
+            "per_position_codes": self.per_position_codes,
         }
 
     @classmethod
@@ -367,6 +392,7 @@ class Vocabulary:
             ActionCodec.from_dict(d["action"]),
             RewardCodec.from_dict(d["reward"]),
             tuple(d.get("order", DEFAULT_ORDER)),
+            bool(d.get("per_position_codes", False)),
         )
 
     def to_json(self) -> str:

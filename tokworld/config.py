@@ -9,6 +9,7 @@ from transformers import MistralConfig, PreTrainedConfig
 from tokworld.errors import TokWorldError
 from tokworld.presets import preset_fields
 from tokworld.tokenizer.frame import FrameTokenizerConfig
+from tokworld.tokenizer.vector import BINNINGS
 from tokworld.tokenizer.vocab import Vocabulary
 
 FRAME_DECODINGS = ("token", "parallel")
@@ -110,11 +111,22 @@ class TokWorldConfig(PreTrainedConfig):
 @dataclass(frozen=True)
 class ModelChoices:
     """What `pretrain` and `finetune` choose for the models they build from scratch (a loaded
-    run keeps its own): the tokenizer's codebook, the reward codec, the rare-event balance of
-    the loss and the frame decoding. None keeps the preset's or `TokWorldConfig`'s default."""
+    run keeps its own): the tokenizer's codebook (or, for vector observations, the codec's
+    bins), the reward codec, the rare-event balance of the loss and the frame decoding. None
+    keeps the preset's or `TokWorldConfig`'s default."""
 
     codebook_size: int | None = field(
         default=None, metadata={"help": "codes of a tokenizer built here (the preset's)"}
+    )
+    vector_bins: int = field(
+        default=64, metadata={"help": "vector observations: bins per dimension of the codec"}
+    )
+    binning: str = field(
+        default="quantile",
+        metadata={
+            "choices": BINNINGS,
+            "help": "vector observations: bins at the data's quantiles, or uniform over the bounds",
+        },
     )
     reward_codec: str = field(
         default="symlog",
@@ -145,8 +157,10 @@ class ModelChoices:
 
     def world_model_config(self, preset: str, space, tokenizer, **extra) -> TokWorldConfig:
         """The world model's config at `preset` for `space` and the frame codes of `tokenizer`."""
-        vocab = Vocabulary.from_spaces(space, tokenizer.codebook_size, tokenizer.tokens_per_frame,
-                                       reward_codec=self.reward_codec)  # fmt: skip
+        vocab = Vocabulary.from_spaces(
+            space, tokenizer.codebook_size, tokenizer.tokens_per_frame,
+            reward_codec=self.reward_codec, per_position_codes=tokenizer.per_position_codes,
+        )  # fmt: skip
         chosen = {"event_balance": self.event_balance, "frame_decoding": self.frame_decoding}
         given = {k: v for k, v in chosen.items() if v is not None}
         return TokWorldConfig.preset(preset, vocab, **given, **extra)

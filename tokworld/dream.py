@@ -16,14 +16,16 @@ from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, ImaginedStep, SamplingConfig
-from tokworld.run import load_run
+from tokworld.run import check_observations, load_run
+from tokworld.tokenizer.codecs import space_from_dict
 from tokworld.tokenizer.frame import to_uint8
 
 
 class DreamVectorEnv(gym.vector.VectorEnv):
     """`num_envs` imagined environments stepping in one batch through the world model.
 
-    Observations are decoded uint8 frames; the action space is the real env's. Each episode
+    Observations are decoded uint8 frames (float32 vectors, each value its bin's centre, for a
+    vector run); the action space is the real env's. Each episode
     starts from a real context window of `context_steps` steps and ends when the model predicts
     a terminal step or after `max_episode_steps` (truncated); ended envs restart at once from
     fresh real context (same-step autoreset: `info["final_obs"]` holds the last frame).
@@ -49,6 +51,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         ds = load_trajectories(dataset) if isinstance(dataset, str) else dataset
         meta = TrajectoryMeta.from_dataset(ds)
         world_model.vocab.check_action_space(meta.space, "the dataset")
+        check_observations(run, self.tokenizer, meta)
         self.context = RealContext(ds, context_steps, self.tokenizer, seed)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k)
         self.engine = ImaginationEngine(
@@ -56,8 +59,11 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         )
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
         self.render_mode = render_mode
-        size = meta.frame_size
-        self.single_observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        if meta.observation == "vector":
+            self.single_observation_space = space_from_dict(meta.observation_space)
+        else:
+            size = meta.frame_size
+            self.single_observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.single_action_space = meta.space
         self.observation_space = gym.vector.utils.batch_space(
             self.single_observation_space, num_envs
@@ -74,7 +80,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
             self.engine.generator.manual_seed(seed)
         start = self.engine.start(self.context.sample(self.num_envs))
         self.elapsed[:] = 0
-        self.frames = self._uint8(start)
+        self.frames = self._observations(start)
         return self.frames.copy(), {}
 
     def step(self, actions):
@@ -83,7 +89,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
             raise TokWorldError("reset() the dream env before step()")
         out = self.engine.step(torch.as_tensor(np.asarray(actions)))
         self.elapsed += 1
-        frames = self._uint8(out)
+        frames = self._observations(out)
         reward = out.reward.cpu().numpy().astype(np.float32)
         terminated = out.terminated.cpu().numpy()
         truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
@@ -98,17 +104,18 @@ class DreamVectorEnv(gym.vector.VectorEnv):
             restart = self.engine.restart_rows(
                 torch.as_tensor(rows), self.context.sample(len(rows))
             )
-            frames[rows] = self._uint8(restart)
+            frames[rows] = self._observations(restart)
             self.elapsed[rows] = 0
         self.frames = frames
         return frames.copy(), reward, terminated, truncated, info
 
     def render(self):
-        """The current frame of every env, (num_envs, H, W, 3) uint8."""
+        """The current observation of every env, (num_envs, H, W, 3) uint8 or (num_envs, D)."""
         return None if self.frames is None else self.frames.copy()
 
-    @staticmethod
-    def _uint8(step: ImaginedStep) -> np.ndarray:
+    def _observations(self, step: ImaginedStep) -> np.ndarray:
+        if self.tokenizer.observation == "vector":
+            return step.frames.cpu().numpy().astype(np.float32)
         return to_uint8(step.frames).cpu().numpy()
 
 

@@ -1,4 +1,5 @@
-"""Any gymnasium env id -> an env whose observations are square uint8 RGB frames."""
+"""Any gymnasium env id -> an env whose observations are square uint8 RGB frames, or, for an
+env whose own observation is a flat Box, that vector."""
 
 from __future__ import annotations
 
@@ -6,10 +7,17 @@ import ale_py
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid ids)
 import numpy as np
-from gymnasium.wrappers import AddRenderObservation, AtariPreprocessing, ResizeObservation
+from gymnasium.wrappers import (
+    AddRenderObservation,
+    AtariPreprocessing,
+    ResizeObservation,
+    TransformObservation,
+)
 from minigrid.wrappers import ImgObsWrapper, RGBImgObsWrapper
 
 from tokworld.errors import TokWorldError
+
+OBSERVATIONS = ("frames", "vector")
 
 gym.register_envs(ale_py)
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stderr
@@ -21,8 +29,10 @@ def make_env(
     frame_skip: int = 4,
     sticky_actions: bool = False,
     max_episode_steps: int | None = None,
+    observation: str = "frames",
 ) -> gym.Env:
-    """Make `env_id` with `frame_size x frame_size x 3` uint8 observations.
+    """Make `env_id` with `frame_size x frame_size x 3` uint8 observations, or with
+    `observation="vector"` its own flat Box observations (float32).
 
     - ALE ids (`ALE/Breakout-v5`): Atari conventions, `frame_skip` frames per step (max-pooled),
       sticky actions (p=0.25) only when asked, the episode ends on game over.
@@ -34,6 +44,10 @@ def make_env(
         if value < 1:
             raise TokWorldError(f"{name} must be >= 1, got {value}")
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    if observation not in OBSERVATIONS:
+        raise TokWorldError(f"observation must be one of {OBSERVATIONS}, got {observation!r}")
+    if observation == "vector":
+        return _vector_env(env_id, kwargs)
     try:
         if env_id.startswith("ALE/"):
             env = gym.make(
@@ -60,6 +74,49 @@ def make_env(
     if env.observation_space.shape[:2] != (frame_size, frame_size):
         env = ResizeObservation(env, (frame_size, frame_size))
     return env
+
+
+def _vector_env(env_id: str, kwargs: dict) -> gym.Env:
+    """`env_id` as it is, checked to observe one flat Box, its observations as float32."""
+    try:
+        env = gym.make(env_id, **kwargs)
+    except (gym.error.Error, ImportError) as e:
+        raise TokWorldError(f"unknown or unusable env id {env_id!r}: {e}") from None
+    space = env.observation_space
+    if not is_vector_space(space):
+        env.close()
+        raise TokWorldError(
+            f"env {env_id!r} observes {space}: vector observations must be one flat Box "
+            "(Dict observations with image and vector parts are not supported)"
+        )
+    if space.dtype != np.float32:
+        box = gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32))
+        env = TransformObservation(env, lambda x: np.asarray(x, np.float32), box)
+    return env
+
+
+def native_observation(env_id: str) -> str:
+    """ "vector" when `env_id`'s own observation is a flat Box, "frames" otherwise (images,
+    MiniGrid's dicts: those are observed as RGB frames)."""
+    if env_id.startswith(("ALE/", "MiniGrid", "BabyAI")):
+        return "frames"
+    try:
+        env = gym.make(env_id)
+    except (gym.error.Error, ImportError) as e:
+        raise TokWorldError(f"unknown or unusable env id {env_id!r}: {e}") from None
+    try:
+        return "vector" if is_vector_space(env.observation_space) else "frames"
+    finally:
+        env.close()
+
+
+def is_vector_space(space: gym.Space) -> bool:
+    """A flat Box of numbers (not an image)."""
+    return (
+        isinstance(space, gym.spaces.Box)
+        and len(space.shape) == 1
+        and np.issubdtype(space.dtype, np.number)
+    )
 
 
 def action_space(env_id: str) -> gym.Space:

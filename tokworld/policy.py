@@ -1,8 +1,11 @@
-"""Actor-critic policy: IRIS-style CNN + LSTM on decoded frames, or embeddings + LSTM on codes.
+"""Actor-critic policy: IRIS-style CNN + LSTM on decoded frames, or an encoder + LSTM on codes.
 
 `policy_input="frames"` (default, as IRIS) reads frames decoded by the tokenizer, (B, T, 3, H, W)
 float in [0, 1]; `policy_input="tokens"` (as REM) reads the K frame codes, (B, T, K) long,
-through a learned code embedding, so imagination never has to run the decoder.
+through a learned code embedding, so imagination never has to run the decoder;
+`policy_input="vector"` (vector observations) reads the K codes of the vector codec, (B, T, K)
+long, as each bin's rank in (-1, 1) (for quantile bins the value's place in the data's
+distribution: a normalised observation), through an MLP.
 
 The action head is one categorical per action component over the world model's own action
 codes: Discrete(n) is one categorical of n; MultiDiscrete one per component; Box(D) one per
@@ -26,7 +29,7 @@ from tokworld.presets import preset_fields
 from tokworld.tokenizer.codecs import ActionCodec
 from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
-INPUTS = ("frames", "tokens")
+INPUTS = ("frames", "tokens", "vector")
 State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, hidden)
 
 
@@ -36,7 +39,8 @@ class PolicyConfig:
 
     Frames: one conv3x3 -> maxpool2 -> ReLU stage per entry of `channels` (IRIS: 32, 32, 64, 64
     on 64x64 frames, so a 4x4 grid). Tokens: a `token_dim` embedding per code plus a position
-    embedding, flattened. Either feeds an LSTM of `hidden_size`, read by the actor and critic.
+    embedding, flattened. Vector: two ReLU layers of `hidden_size` on the bins' ranks. Each
+    feeds an LSTM of `hidden_size`, read by the actor and critic.
     """
 
     action: dict
@@ -51,6 +55,8 @@ class PolicyConfig:
     def __post_init__(self):
         if self.policy_input not in INPUTS:
             raise TokWorldError(f"policy_input must be one of {INPUTS}, got {self.policy_input!r}")
+        if self.policy_input == "vector" and self.codebook_size % self.tokens_per_frame:
+            raise TokWorldError("a vector policy needs codebook_size = tokens_per_frame x bins")
         if self.frame_size % 2 ** len(self.channels):
             raise TokWorldError(
                 f"frame_size {self.frame_size} is not divisible by 2^{len(self.channels)}"
@@ -149,6 +155,25 @@ class TokenEncoder(nn.Module):
         return F.relu(self.proj(x))
 
 
+class VectorEncoder(nn.Module):
+    """(N, K) vector-codec codes -> (N, features): each code's bin rank in (-1, 1), an MLP."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.bins = cfg.codebook_size // cfg.tokens_per_frame
+        self.register_buffer("offsets", torch.arange(cfg.tokens_per_frame) * self.bins)
+        k, h = cfg.tokens_per_frame, cfg.hidden_size
+        self.net = nn.Sequential(nn.Linear(k, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.out_dim = h
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        ranks = ((codes - self.offsets).float() + 0.5) / self.bins * 2 - 1
+        return self.net(ranks)
+
+
+ENCODERS = {"frames": FrameEncoder, "tokens": TokenEncoder, "vector": VectorEncoder}
+
+
 class ActorCritic(SafetensorsPretrained, nn.Module):
     """Encoder -> LSTM -> (actor logits, critic value), stepped a frame or a sequence at a time."""
 
@@ -158,7 +183,7 @@ class ActorCritic(SafetensorsPretrained, nn.Module):
         super().__init__()
         self.config = config
         self.codec = config.codec
-        self.encoder = FrameEncoder(config) if self.frames_input else TokenEncoder(config)
+        self.encoder = ENCODERS[config.policy_input](config)
         self.lstm = nn.LSTM(self.encoder.out_dim, config.hidden_size, batch_first=True)
         self.actor = nn.Linear(config.hidden_size, self.codec.num_tokens)
         self.critic = nn.Linear(config.hidden_size, 1)
@@ -229,13 +254,14 @@ class ActorCritic(SafetensorsPretrained, nn.Module):
 
 
 class Agent:
-    """A policy acting on real uint8 frames: (B, H, W, 3) -> env actions, one LSTM state per row.
+    """A policy acting on real observations: uint8 frames (B, H, W, 3) or float vectors (B, D)
+    -> env actions, one LSTM state per row.
 
-    The frames go through the tokenizer first (codes for a tokens policy, encode -> decode for a
-    frames policy), so the policy sees what it saw in imagination. A single frame (H, W, 3)
-    gives a single numpy action, which makes an `Agent` a `collect` policy; `reset()` (called by
-    `collect` at each episode start) clears the state. `epsilon` takes a uniformly random action
-    with that probability.
+    The observations go through the tokenizer first (codes for a tokens or vector policy,
+    encode -> decode for a frames policy), so the policy sees what it saw in imagination. A
+    single observation ((H, W, 3) or (D,)) gives a single numpy action, which makes an `Agent`
+    a `collect` policy; `reset()` (called by `collect` at each episode start) clears the state.
+    `epsilon` takes a uniformly random action with that probability.
     """
 
     def __init__(
@@ -262,7 +288,7 @@ class Agent:
 
     @torch.no_grad()
     def observe(self, frames) -> torch.Tensor:
-        """uint8 frames (B, H, W, 3) -> what the policy reads."""
+        """Observations (B, H, W, 3) or (B, D) -> what the policy reads."""
         codes = self.tokenizer.encode(frames).to(self.policy.device)
         if not self.policy.frames_input:
             return codes
@@ -270,7 +296,7 @@ class Agent:
 
     @torch.no_grad()
     def __call__(self, frames):
-        single = np.ndim(frames) == 3
+        single = np.ndim(frames) == (1 if self.tokenizer.observation == "vector" else 3)
         frames = torch.as_tensor(np.asarray(frames))
         frames = frames.unsqueeze(0) if single else frames
         actions, self.state = self.policy.act(
@@ -287,13 +313,22 @@ class Agent:
         return actions[0].cpu().numpy() if single else actions.cpu()
 
 
-def build_policy(name: str, codec: ActionCodec, tokenizer, policy_input: str = "frames"):
-    """A fresh `ActorCritic` of preset `name` for this action codec and frame tokenizer."""
+def build_policy(name: str, codec: ActionCodec, tokenizer, policy_input: str = "auto"):
+    """A fresh `ActorCritic` of preset `name` for this action codec and observation tokenizer.
+
+    `policy_input` "auto" reads decoded frames from a frame tokenizer, ranks from a vector
+    codec; "frames" needs a frame tokenizer, "vector" a vector codec."""
+    kind = tokenizer.observation
+    if policy_input == "auto":
+        policy_input = "vector" if kind == "vector" else "frames"
+    if {"frames": "vector", "vector": "frames"}.get(policy_input) == kind:
+        raise TokWorldError(f"a {policy_input} policy cannot read {kind} observations")
+    frame_size = tokenizer.config.frame_size if kind == "frames" else PolicyConfig.frame_size
     cfg = PolicyConfig.preset(
         name,
         codec,
         policy_input,
-        frame_size=tokenizer.config.frame_size,
+        frame_size=frame_size,
         codebook_size=tokenizer.codebook_size,
         tokens_per_frame=tokenizer.tokens_per_frame,
     )

@@ -76,20 +76,23 @@ def play_episodes(
     seed: int = 0,
     num_envs: int = 16,
     frame_size: int = 64,
+    observation: str = "frames",
     max_episode_steps: int | None = None,
     max_gif_frames: int = 500,
     progress: bool = True,
 ) -> EpisodeReturns:
     """Run `episodes` real episodes with `agent` and collect their returns.
 
-    `agent(frames)` maps a batch of uint8 frames to a batch of actions; if it has `reset(rows)`,
+    `agent(frames)` maps a batch of observations (uint8 frames, or float vectors with
+    `observation="vector"`) to a batch of actions; if it has `reset(rows)`,
     that is called with the rows whose episode just started. Frames of at most `max_gif_frames`
     steps per episode are kept for the best and worst episode.
     """
     if episodes < 1:
         raise TokWorldError(f"--episodes must be >= 1, got {episodes}")
     n = min(num_envs, episodes)
-    envs = [make_env(env_id, frame_size, max_episode_steps=max_episode_steps) for _ in range(n)]
+    envs = [make_env(env_id, frame_size, max_episode_steps=max_episode_steps,
+                     observation=observation) for _ in range(n)]  # fmt: skip
     returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
     kept: dict[str, tuple[float, int, list]] = {}
     slot_episode, frames, obs = [-1] * n, [[] for _ in range(n)], [None] * n

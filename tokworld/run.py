@@ -9,7 +9,7 @@ import torch
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
-from tokworld.tokenizer.frame import FrameTokenizer
+from tokworld.tokenizer.observation import load_observation_tokenizer
 
 
 def _model_dir(run: str | Path, name: str) -> Path:
@@ -30,8 +30,8 @@ def load_world_model(run: str | Path, device: str | torch.device = "cpu") -> Tok
 
 
 def load_tokenizer(run: str | Path, device: str | torch.device = "cpu"):
-    """The run's frame tokenizer, in eval mode."""
-    tokenizer = FrameTokenizer.from_pretrained(_model_dir(run, "tokenizer"))
+    """The run's observation tokenizer (frame tokenizer or vector codec), in eval mode."""
+    tokenizer = load_observation_tokenizer(_model_dir(run, "tokenizer"))
     return tokenizer.to(device).eval()
 
 
@@ -49,6 +49,22 @@ def load_run(run: str | Path, device: str | torch.device = "cpu"):
             f"of {vocab.codebook_size}"
         )
     return world_model, tokenizer
+
+
+def check_observations(run: str | Path, tokenizer, meta, what: str = "the dataset") -> None:
+    """Raise TokWorldError unless the run's `tokenizer` reads the observations `meta` (a
+    `TrajectoryMeta`) describes: frames of its size, or vectors of its length."""
+    kind = tokenizer.observation
+    if meta.observation != kind:
+        raise TokWorldError(
+            f"run {run} reads {kind} observations but {what} has {meta.observation}"
+        )
+    want = (tokenizer.config.dims,) if kind == "vector" else (tokenizer.config.frame_size,) * 2
+    have = meta.observation_shape[: len(want)]
+    if have != want:
+        raise TokWorldError(
+            f"run {run} reads {kind} observations of shape {want} but {what}'s are {have}"
+        )
 
 
 def load_policy(run: str | Path, space=None, device: str | torch.device = "cpu"):

@@ -2,9 +2,10 @@
 
 Epoch e collects real steps (uniformly random actions in epoch 0, the current policy with
 temperature and epsilon-greedy exploration after), appends them to the run's dataset, updates
-the frame tokenizer on all frames, re-tokenizes them, updates the world model on the codes and
-trains the policy in imagination (`training.imagination`); every `eval_every` epochs it plays
-real episodes. A run directory::
+the frame tokenizer on all frames (a vector codec is fitted once, on epoch 0's data or by the
+pretrained run, and then kept: its tokens must keep their meaning), re-tokenizes them, updates
+the world model on the codes and trains the policy in imagination (`training.imagination`);
+every `eval_every` epochs it plays real episodes. A run directory::
 
     RUN/online.json            the run's settings (a resume must use the same ones)
     RUN/data/chunk_XXX/        the real steps of epoch XXX; all chunks are the run's dataset
@@ -31,7 +32,7 @@ import datasets
 import numpy as np
 
 from tokworld.config import ModelChoices
-from tokworld.data.collect import collect
+from tokworld.data.collect import OBSERVATION_CHOICES, collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.mixture import fingerprint
 from tokworld.errors import TokWorldError
@@ -41,11 +42,16 @@ from tokworld.policy import ActorCritic, Agent, build_policy
 from tokworld.presets import NAMES, check_preset
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
-from tokworld.tokenizer.frame import FrameTokenizer
+from tokworld.tokenizer.observation import ObservationTokenizer
 from tokworld.training.accel import seed_everything
 from tokworld.training.imagination import ImaginationConfig, train_policy
 from tokworld.training.loop import TrainConfig, train
-from tokworld.training.tokenizer import FrameDataset, tokenize_dataset, train_tokenizer
+from tokworld.training.tokenizer import (
+    FrameDataset,
+    fit_vector_codec,
+    tokenize_dataset,
+    train_tokenizer,
+)
 from tokworld.training.world_model import train_world_model
 
 MODELS = ("tokenizer", "world_model", "policy")
@@ -68,7 +74,13 @@ class OnlineConfig:
     preset: str = field(
         default="small", metadata={"choices": NAMES, "help": "sizes of models built from scratch"}
     )
-    policy_input: str = field(default="frames", metadata={"choices": ("frames", "tokens")})
+    policy_input: str = field(
+        default="auto",
+        metadata={
+            "choices": ("auto", "frames", "tokens", "vector"),
+            "help": "what the policy reads (auto: decoded frames, or a vector codec's bins)",
+        },
+    )
     tokenizer_steps: int = field(default=100, metadata={"help": "per epoch (0: frozen)"})
     tokenizer_batch_size: int = 32
     model: ModelChoices = field(default_factory=ModelChoices)
@@ -79,6 +91,14 @@ class OnlineConfig:
     eval_every: int = field(default=1, metadata={"help": "epochs between real evaluations"})
     eval_episodes: int = 10
     frame_size: int = 64
+    observation: str = field(
+        default="auto",
+        metadata={
+            "choices": OBSERVATION_CHOICES,
+            "help": "what is collected: frames, the env's own flat Box vector, or (auto) a "
+            "vector where the env has one (a pretrained run's tokenizer decides when given)",
+        },
+    )
     seed: int = 0
 
     def __post_init__(self):
@@ -118,7 +138,7 @@ class OnlineConfig:
 class Models:
     """What an epoch updates; None (only before epoch 0) means: build it from `preset`."""
 
-    tokenizer: FrameTokenizer | None = None
+    tokenizer: ObservationTokenizer | None = None
     world_model: TokWorldModel | None = None
     policy: ActorCritic | None = None
 
@@ -221,13 +241,19 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
     else:
         actor = Agent(models.policy, models.tokenizer, False, cfg.temperature, cfg.epsilon, seed)
     steps = cfg.steps_in(epoch)
-    collected = collect(cfg.env_id, steps, chunk, actor, seed, cfg.frame_size, progress=progress)
+    observation = cfg.observation if models.tokenizer is None else models.tokenizer.observation
+    collected = collect(cfg.env_id, steps, chunk, actor, seed, cfg.frame_size, progress=progress,
+                        observation=observation)  # fmt: skip
     entry["collect"] = {"steps": collected.steps, "mean_return": collected.mean_return}
     ds = run_dataset(out)
     entry["env_steps"] = len(ds)
-    space = TrajectoryMeta.from_dataset(ds).space
+    meta = TrajectoryMeta.from_dataset(ds)
+    space = meta.space
 
-    if models.tokenizer is None:
+    if models.tokenizer is None and meta.observation == "vector":
+        models.tokenizer = fit_vector_codec(ds, cfg.model.vector_bins, cfg.model.binning)
+        entry["tokenizer"] = {"kind": "vector_codec", **models.tokenizer.config.to_dict()}
+    elif models.tokenizer is None:
         models.tokenizer, result = train_tokenizer(
             ds, work / "tokenizer", config=cfg.model.tokenizer_config(cfg.preset),
             steps=max(1, cfg.tokenizer_steps),
@@ -235,7 +261,7 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
             checkpoint_every=max(1, cfg.tokenizer_steps),
         )  # fmt: skip
         entry["tokenizer"] = _short(result)
-    elif cfg.tokenizer_steps:
+    elif cfg.tokenizer_steps and models.tokenizer.observation == "frames":
         tcfg = TrainConfig(
             steps=cfg.tokenizer_steps, batch_size=cfg.tokenizer_batch_size, lr=1e-3,
             warmup_steps=min(100, cfg.tokenizer_steps // 10), checkpoint_every=cfg.tokenizer_steps,
@@ -274,7 +300,8 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
         agent = Agent(models.policy, tokenizer, seed=seed)
         episodes = play_episodes(cfg.env_id, agent, cfg.eval_episodes, seed=10**6 + seed,
-                            frame_size=cfg.frame_size, progress=progress)  # fmt: skip
+                            frame_size=cfg.frame_size, observation=tokenizer.observation,
+                            progress=progress)  # fmt: skip
         entry["eval"] = episodes.summary()
     return entry
 

@@ -38,17 +38,22 @@ from accelerate import PartialState
 from torch.utils.data import Subset
 
 from tokworld.config import ModelChoices
-from tokworld.data.format import episode_bounds
+from tokworld.data.format import TrajectoryMeta, episode_bounds
 from tokworld.data.mixture import held_out_episodes, load_mixture, mixed_rows, split_by_task
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, read_json, recover, write_json_atomic
 from tokworld.model import TokWorldModel
 from tokworld.presets import NAMES, check_preset
-from tokworld.tokenizer.frame import FrameTokenizer
+from tokworld.tokenizer.observation import load_observation_tokenizer
 from tokworld.training.accel import seed_everything
 from tokworld.training.checkpoint import open_run
 from tokworld.training.loop import TrainConfig, evaluate
-from tokworld.training.tokenizer import FrameDataset, tokenize_dataset, train_tokenizer
+from tokworld.training.tokenizer import (
+    FrameDataset,
+    fit_vector_codec,
+    tokenize_dataset,
+    train_tokenizer,
+)
 from tokworld.training.world_model import held_out_windows, train_world_model
 
 
@@ -118,8 +123,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, progres
     state = PartialState(cpu=not torch.cuda.is_available())
     reused = None
     if cfg.tokenizer is not None:
-        reused = FrameTokenizer.from_pretrained(cfg.tokenizer, device=str(state.device))
-    frame_size = (reused.config if reused else cfg.model.tokenizer_config(cfg.preset)).frame_size
+        reused = load_observation_tokenizer(cfg.tokenizer, device=str(state.device))
+    frame_size = cfg.model.tokenizer_config(cfg.preset).frame_size
+    if reused is not None and reused.observation == "frames":
+        frame_size = reused.config.frame_size
     with state.main_process_first():  # a `minari:` spec is converted once, by the main process
         ds, meta, parts = load_mixture(cfg.dataset, frame_size)
     # The datasets' content too: a resume on data that changed since would train on other data.
@@ -146,6 +153,11 @@ def _run(cfg, out, ds, meta, parts, reused, resume, state, progress) -> dict:
         "datasets": [asdict(p) for p in parts],
     }
 
+    if reused is not None and reused.observation != meta.observation:
+        raise TokWorldError(
+            f"--tokenizer {cfg.tokenizer} reads {reused.observation}, the data has "
+            f"{meta.observation} observations"
+        )
     tokenizer = _tokenizer_stage(
         cfg, out, reused, train_ds, eval_ds, resume, metrics, state, progress
     )
@@ -207,15 +219,19 @@ def _world_model_train_config(cfg: PretrainConfig) -> TrainConfig:
 
 
 def _tokenizer_stage(cfg, out, reused, train_ds, eval_ds, resume, metrics, state, progress):
-    """The run's frame tokenizer: already saved, `reused` (from `cfg.tokenizer`), or trained."""
+    """The run's observation tokenizer: already saved, `reused` (from `cfg.tokenizer`), fitted
+    (vector observations) or trained (frames)."""
     final = out / "tokenizer"
     recover(final)
     if (final / "model.safetensors").exists():
-        return FrameTokenizer.from_pretrained(final, device=str(state.device))
+        return load_observation_tokenizer(final, device=str(state.device))
     start = time.perf_counter()
     if reused is not None:
         tokenizer = reused
         metrics["tokenizer"] = {"source": cfg.tokenizer}
+    elif TrajectoryMeta.from_dataset(train_ds).observation == "vector":
+        tokenizer = fit_vector_codec(train_ds, cfg.model.vector_bins, cfg.model.binning)
+        metrics["tokenizer"] = {"kind": "vector_codec", **tokenizer.config.to_dict()}
     else:
         stage = out / "train_state" / "tokenizer"
         tokenizer, result = train_tokenizer(

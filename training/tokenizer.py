@@ -1,4 +1,5 @@
-"""Train the frame tokenizer with the shared loop, and tokenize trajectory datasets once.
+"""Train the frame tokenizer with the shared loop (or fit the vector codec), and tokenize
+trajectory datasets once.
 
 `train_tokenizer(ds, "RUN/tokenizer")` leaves the model in `RUN/tokenizer/config.json` +
 `model.safetensors` (what `FrameTokenizer.from_pretrained` reads), the resumable checkpoint in
@@ -19,10 +20,13 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import Dataset
 
-from tokworld.data.format import load_trajectories
+from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, check_output_dir, files_into
+from tokworld.tokenizer.codecs import space_from_dict
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
+from tokworld.tokenizer.observation import ObservationTokenizer
+from tokworld.tokenizer.vector import VectorCodec, VectorCodecConfig
 from tokworld.training.accel import seed_everything
 from tokworld.training.checkpoint import open_run
 from tokworld.training.loop import TrainConfig, resume_config, train
@@ -113,7 +117,19 @@ def train_tokenizer(
     return model.eval(), metrics
 
 
-def _fingerprint(tokenizer: FrameTokenizer, ds: datasets.Dataset) -> str:
+def fit_vector_codec(ds: datasets.Dataset, bins: int = 64, binning: str = "quantile"):
+    """A `VectorCodec` fitted on the vector observations of trajectory dataset `ds` (uniform
+    binning uses the finite bounds of the dataset's observation space)."""
+    meta = TrajectoryMeta.from_dataset(ds)
+    if meta.observation != "vector":
+        raise TokWorldError("the vector codec fits vector observations; this dataset has frames")
+    space = space_from_dict(meta.observation_space)
+    obs = ds.select_columns(["observation"]).with_format("numpy")[:]["observation"]
+    config = VectorCodecConfig(dims=space.shape[0], bins=bins, binning=binning)
+    return VectorCodec.fit(np.asarray(obs), config, space.low, space.high)
+
+
+def _fingerprint(tokenizer: ObservationTokenizer, ds: datasets.Dataset) -> str:
     h = hashlib.sha256(ds._fingerprint.encode())
     for name, tensor in tokenizer.state_dict().items():
         h.update(name.encode())
@@ -122,12 +138,12 @@ def _fingerprint(tokenizer: FrameTokenizer, ds: datasets.Dataset) -> str:
 
 
 def tokenize_dataset(
-    tokenizer: FrameTokenizer,
+    tokenizer: ObservationTokenizer,
     ds: datasets.Dataset,
     batch_size: int = 256,
     cache_file_name: str | None = None,
 ) -> datasets.Dataset:
-    """`ds` plus a `codes` column: the K frame codes of each row's observation.
+    """`ds` plus a `codes` column: the K codes of each row's observation (frame or vector).
 
     Rows keep their order and every other column; codes are int16 (int32 for codebooks over
     32768). Runs `datasets.map(batched=True)`, so the result is cached like any map (in
@@ -142,9 +158,11 @@ def tokenize_dataset(
     features = ds.features.copy()
     features["codes"] = datasets.List(datasets.Value(dtype), length=tokenizer.tokens_per_frame)
 
+    kind = np.float32 if tokenizer.observation == "vector" else np.uint8
+
     def encode(observation) -> dict:
-        frames = torch.from_numpy(np.asarray(observation, dtype=np.uint8))
-        return {"codes": tokenizer.encode(frames).cpu().numpy().astype(dtype)}
+        observations = torch.from_numpy(np.asarray(observation, dtype=kind))
+        return {"codes": tokenizer.encode(observations).cpu().numpy().astype(dtype)}
 
     out = ds.with_format("numpy").map(
         encode,
@@ -160,7 +178,7 @@ def tokenize_dataset(
 
 
 def tokenize_to_disk(
-    tokenizer: FrameTokenizer, ds: datasets.Dataset, out: str | Path, batch_size: int = 256
+    tokenizer: ObservationTokenizer, ds: datasets.Dataset, out: str | Path, batch_size: int = 256
 ) -> datasets.Dataset:
     """`ds` plus its `codes` column, saved at `out` (which must be new or empty).
 

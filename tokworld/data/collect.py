@@ -11,12 +11,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tokworld.data.format import TrajectoryMeta, trajectory_row, write_trajectories
-from tokworld.envs import make_env
+from tokworld.envs import make_env, native_observation
 from tokworld.errors import TokWorldError
 from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_to_dict
 
-Policy = Callable[[np.ndarray], object]  # frame (H, W, 3) uint8 -> action
+Policy = Callable[[np.ndarray], object]  # observation (H, W, 3) uint8 or (D,) float -> action
+OBSERVATION_CHOICES = ("auto", "frames", "vector")
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,26 @@ def collect(
     frame_size: int = 64,
     sticky_actions: bool = False,
     progress: bool = True,
+    observation: str = "auto",
 ) -> CollectSummary:
     """Run `policy` in `env_id` for `steps` steps and write the dataset to `out`.
 
-    The same arguments give the same dataset. Writing is streamed: memory stays flat.
+    `observation`: "frames" stores `frame_size` RGB frames (rendered for envs that observe
+    something else), "vector" the env's own flat Box observation as float32, "auto" a vector
+    where the env observes one, frames otherwise. The same arguments give the same dataset.
+    Writing is streamed: memory stays flat.
     """
     if steps < 1:
         raise TokWorldError(f"--steps must be a positive number of steps, got {steps}")
+    if observation not in OBSERVATION_CHOICES:
+        raise TokWorldError(f"--obs must be one of {OBSERVATION_CHOICES}, got {observation!r}")
     check_output_dir(out)
-    env = make_env(env_id, frame_size=frame_size, sticky_actions=sticky_actions)
+    if observation == "auto":
+        observation = native_observation(env_id)
+    env = make_env(
+        env_id, frame_size=frame_size, sticky_actions=sticky_actions, observation=observation
+    )
+    vector = observation == "vector"
     if policy == "random":
         policy = random_policy(env.action_space, seed)
     elif isinstance(policy, str):
@@ -89,8 +101,9 @@ def collect(
     meta = TrajectoryMeta(
         env_id=env_id,
         action_space=space_to_dict(env.action_space),
-        frame_size=frame_size,
+        frame_size=0 if vector else frame_size,
         source={"kind": "collect", "seed": seed, "sticky_actions": sticky_actions},
+        observation_space=space_to_dict(env.observation_space) if vector else None,
     )
     try:
         ds = write_trajectories(

@@ -1,9 +1,10 @@
 """Trajectory datasets: one row per step, as a Hugging Face `datasets.Dataset`.
 
-Columns: `episode_index`, `frame_index`, `observation` (uint8 HxWx3), `action`, `reward`,
-`terminated`, `truncated`. Row t holds the frame seen at step t, the action taken there, and the
-reward and end flags that action produced. The dataset's `info.description` holds a JSON
-`TrajectoryMeta` (env id, action space, provenance).
+Columns: `episode_index`, `frame_index`, `observation` (uint8 HxWx3 frames, or float32 (D,)
+vectors for a flat Box observation), `action`, `reward`, `terminated`, `truncated`. Row t
+holds the observation seen at step t, the action taken there, and the reward and end flags that
+action produced. The dataset's `info.description` holds a JSON `TrajectoryMeta` (env id, action
+space, observations, provenance).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from huggingface_hub import DatasetCard
 
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, check_output_dir
-from tokworld.tokenizer.codecs import action_violations, space_from_dict
+from tokworld.tokenizer.codecs import action_violations, space_from_dict, space_to_dict
 
 COLUMNS = (
     "episode_index",
@@ -38,16 +39,33 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class TrajectoryMeta:
-    """What a dataset is: env, action space, frame size and where it came from."""
+    """What a dataset is: env, action space, observations and where it came from.
+
+    `observation_space` is the Box of vector observations (`space_to_dict`), None for frames;
+    `frame_size` is the frames' side (0 for vectors).
+    """
 
     env_id: str
     action_space: dict
     frame_size: int
     source: dict = field(default_factory=dict)
+    observation_space: dict | None = None
 
     @property
     def space(self) -> gym.Space:
         return space_from_dict(self.action_space)
+
+    @property
+    def observation(self) -> str:
+        """What the observations are: "frames" or "vector"."""
+        return "frames" if self.observation_space is None else "vector"
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """The shape of one observation: (H, W, 3) or (D,)."""
+        if self.observation_space is None:
+            return (self.frame_size, self.frame_size, 3)
+        return tuple(space_from_dict(self.observation_space).shape)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -67,12 +85,18 @@ class TrajectoryMeta:
             space = {"type": "Discrete", "n": n, "start": 0}
         else:
             raise TokWorldError("dataset has no tokworld metadata and a non-discrete action column")
-        frame = ds.features["observation"].shape
-        return cls(env_id="unknown", action_space=space, frame_size=int(frame[0]))
+        obs = ds.features["observation"]
+        inner = getattr(obs, "feature", None)
+        if isinstance(inner, datasets.Value) and "float" in inner.dtype and (obs.length or 0) > 0:
+            box = gym.spaces.Box(-np.inf, np.inf, (obs.length,), np.float32)
+            return cls("unknown", space, 0, observation_space=space_to_dict(box))
+        shape = getattr(obs, "shape", None) or (0,)
+        return cls(env_id="unknown", action_space=space, frame_size=int(shape[0] or 0))
 
 
-def features_for(action_space: gym.Space, frame_shape: tuple[int, int, int]) -> datasets.Features:
-    """The Arrow schema of a trajectory dataset for this action space and frame shape."""
+def features_for(action_space: gym.Space, observation_shape: tuple[int, ...]) -> datasets.Features:
+    """The Arrow schema of a trajectory dataset for this action space and observation shape:
+    (H, W, 3) uint8 frames or (D,) float32 vectors."""
     if isinstance(action_space, gym.spaces.Discrete):
         action = datasets.Value("int64")
     elif isinstance(action_space, gym.spaces.MultiDiscrete):
@@ -85,13 +109,21 @@ def features_for(action_space: gym.Space, frame_shape: tuple[int, int, int]) -> 
         {
             "episode_index": datasets.Value("int64"),
             "frame_index": datasets.Value("int64"),
-            "observation": datasets.Array3D(shape=tuple(frame_shape), dtype="uint8"),
+            "observation": _observation_feature(tuple(observation_shape)),
             "action": action,
             "reward": datasets.Value("float32"),
             "terminated": datasets.Value("bool"),
             "truncated": datasets.Value("bool"),
         }
     )
+
+
+def _observation_feature(shape: tuple[int, ...]):
+    if len(shape) == 1:
+        return datasets.List(datasets.Value("float32"), length=shape[0])
+    if len(shape) == 3 and shape[-1] == 3:
+        return datasets.Array3D(shape=shape, dtype="uint8")
+    raise TokWorldError(f"observations must be HxWx3 frames or flat vectors, got shape {shape}")
 
 
 def trajectory_row(
@@ -115,7 +147,7 @@ SHARD_FRAME_BYTES = 256 * 2**20
 
 
 def write_trajectories(
-    rows: Callable[[], Iterable[dict]], out: str | Path, meta: TrajectoryMeta, frame_shape
+    rows: Callable[[], Iterable[dict]], out: str | Path, meta: TrajectoryMeta, observation_shape
 ) -> datasets.Dataset:
     """Stream rows (from a generator function) into a dataset saved at `out`.
 
@@ -126,8 +158,8 @@ def write_trajectories(
     """
     out = check_output_dir(out)
     with atomic_dir(out) as target:
-        features = features_for(meta.space, frame_shape)
-        rows_per_shard = max(1, SHARD_FRAME_BYTES // int(np.prod(frame_shape)))
+        features = features_for(meta.space, observation_shape)
+        rows_per_shard = max(1, SHARD_FRAME_BYTES // int(np.prod(observation_shape)))
         num_rows, files = _write_shards(rows(), target, features, rows_per_shard)
         info = datasets.DatasetInfo(description=meta.to_json(), features=features)
         info.write_to_directory(str(target))
@@ -224,22 +256,18 @@ def _with_card_meta(ds: datasets.Dataset, card: str) -> datasets.Dataset:
 def validate_trajectories(ds: datasets.Dataset) -> None:
     """Raise TokWorldError naming the first problem of a trajectory dataset.
 
-    Checks the columns, uint8 HxWx3 frames, contiguous episodes with one end each, boolean end
+    Checks the columns, uint8 HxWx3 frames (or finite float vectors of one length, as the
+    metadata says), contiguous episodes with one end each, boolean end
     flags, finite rewards, and actions the dataset's action space holds (see `check_steps`).
     """
     missing = [c for c in COLUMNS if c not in ds.column_names]
     if missing:
         raise TokWorldError(f"dataset is missing column {missing[0]!r}")
     obs = ds.features["observation"]
-    dtype = getattr(obs, "dtype", None)
-    if dtype != "uint8":
-        inner = obs
-        while hasattr(inner, "feature"):
-            inner = inner.feature
-        dtype = getattr(inner, "dtype", dtype)
-    if dtype != "uint8":
-        raise TokWorldError(f"column 'observation' has dtype {dtype}, expected uint8 frames")
-    _check_frame_shapes(ds, obs)
+    if TrajectoryMeta.from_dataset(ds).observation == "vector":
+        _check_vectors(ds, obs)
+    else:
+        _check_frames(ds, obs)
     if len(ds) == 0:
         raise TokWorldError("dataset has no rows")
     cols = ds.select_columns(["episode_index", "frame_index", "terminated", "truncated"])
@@ -268,6 +296,42 @@ def validate_trajectories(ds: datasets.Dataset) -> None:
     check_steps(
         steps["action"], steps["reward"], space, lambda i: f"episode {ep[i]}, frame {idx[i]}"
     )
+
+
+def _check_frames(ds: datasets.Dataset, obs) -> None:
+    """Frames: uint8, HxWx3, one shape."""
+    dtype = getattr(obs, "dtype", None)
+    if dtype != "uint8":
+        inner = obs
+        while hasattr(inner, "feature"):
+            inner = inner.feature
+        dtype = getattr(inner, "dtype", dtype)
+    if dtype != "uint8":
+        raise TokWorldError(f"column 'observation' has dtype {dtype}, expected uint8 frames")
+    _check_frame_shapes(ds, obs)
+
+
+def _check_vectors(ds: datasets.Dataset, obs) -> None:
+    """Vector observations: one float per dimension the metadata names, all finite."""
+    want = TrajectoryMeta.from_dataset(ds).observation_shape
+    inner = getattr(obs, "feature", None)
+    if getattr(inner, "dtype", None) not in ("float32", "float64", "float16"):
+        raise TokWorldError(
+            f"column 'observation' holds {obs}, expected float vectors of length {want[0]}"
+        )
+    column = ds.select_columns(["observation"]).with_format("numpy")
+    for start in range(0, len(ds), 4096):
+        values = np.asarray(column[start : start + 4096]["observation"])
+        if values.ndim != 2 or values.shape[1] != want[0]:
+            raise TokWorldError(
+                f"vector observations have shape {values.shape[1:]}, the metadata says {want}"
+            )
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            raise TokWorldError(
+                f"column 'observation' at row {start + bad[0][0]}, dimension {bad[0][1]} is "
+                f"{values[tuple(bad[0])]}: observations must be finite"
+            )
 
 
 def end_flags(values, column: str, where: Callable[[int], str] = "row {}".format) -> np.ndarray:

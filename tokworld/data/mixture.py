@@ -89,9 +89,14 @@ def load_mixture(
         parts.append(Part(spec, meta.env_id, len(ds), episodes, fingerprint(ds)))
         metas.append(meta)
         loaded.append(ds)
-    shapes = {tuple(ds.features["observation"].shape) for ds in loaded}
+    kinds = {m.observation for m in metas}
+    if len(kinds) > 1:
+        raise TokWorldError(
+            "the datasets mix frame and vector observations: one tokenizer reads one kind"
+        )
+    shapes = {m.observation_shape for m in metas}
     if len(shapes) > 1:
-        raise TokWorldError(f"the datasets' frames differ in shape: {sorted(shapes)}")
+        raise TokWorldError(f"the datasets' observations differ in shape: {sorted(shapes)}")
     space = shared_action_space([m.space for m in metas], list(specs))
     if len(loaded) == 1:
         return with_task(loaded[0], 0), metas[0], parts
@@ -100,6 +105,7 @@ def load_mixture(
         action_space=space_to_dict(space),
         frame_size=metas[0].frame_size,
         source={"kind": "mixture", "datasets": [asdict(p) for p in parts]},
+        observation_space=metas[0].observation_space,
     )
     return concatenate(loaded, meta), meta, parts
 

@@ -1,15 +1,16 @@
-"""`tokworld bench learn`: return vs real env steps of tokworld against model-free PPO.
+"""`tokworld bench learn`: return vs real env steps of tokworld against model-free RL.
 
 Arms, each run for `seeds` seeds and evaluated at the same real-step checkpoints on the same
 number of real episodes:
 
 - `scratch`: the online loop (`training.online`) from nothing, at the config's preset;
 - `pretrained` (with `--from RUN`): the same loop fine-tuned from a pretrained run;
-- `ppo` (with `--ppo`): stable-baselines3 PPO on the same pixel observations
-  (`pip install -e ".[bench]"`).
+- `ppo` (with `--ppo`) and `sac` (with `--sac`, Box actions only): stable-baselines3 on the
+  same observations as tokworld's (pixel frames through a CNN, or the env's vector through an
+  MLP; `pip install -e ".[bench]"`).
 
 A folder per arm and seed (`DIR/ARM/seed_S`) holds that run; a finished one is read back, an
-unfinished online run resumes, and an unfinished PPO run starts over (sb3 checkpoints are
+unfinished online run resumes, and an unfinished sb3 run starts over (sb3 checkpoints are
 pickles, which tokworld never writes). `DIR/results.json` holds every curve plotted in
 `DIR/curves.png`, the wall time of every run, and the pretraining cost of `--from RUN`.
 """
@@ -21,9 +22,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
-from tokworld.envs import make_env
+from tokworld.envs import action_space, make_env, native_observation
 from tokworld.errors import TokWorldError
 from tokworld.eval.media import pyplot
 from tokworld.folders import write_json_atomic
@@ -32,6 +34,7 @@ from tokworld.training.finetune import finetune
 from tokworld.training.online import OnlineConfig
 
 ONLINE_ARMS = ("scratch", "pretrained")
+MODEL_FREE = ("ppo", "sac")
 
 
 def checkpoints(cfg: OnlineConfig) -> list[int]:
@@ -56,25 +59,30 @@ def run_online(cfg: OnlineConfig, out: Path, run: str | None, progress: bool) ->
     return curve
 
 
-def run_ppo(cfg: OnlineConfig, out: Path, progress: bool, num_envs: int = 8) -> dict:
-    """PPO (sb3 `CnnPolicy`) on `cfg.env_id`'s frames, evaluated at `checkpoints(cfg)`."""
+def run_model_free(algo: str, cfg: OnlineConfig, out: Path, progress: bool) -> dict:
+    """sb3 PPO or SAC on `cfg.env_id`'s frames (CNN) or vector (MLP), evaluated at
+    `checkpoints(cfg)`."""
     done = out / "curve.json"
     if done.exists():
         return json.loads(done.read_text())
     try:
-        from stable_baselines3 import PPO
+        from stable_baselines3 import PPO, SAC
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.vec_env import DummyVecEnv
     except ImportError:  # an optional extra, not a dependency of the library
-        raise TokWorldError("--ppo needs stable-baselines3: pip install -e '.[bench]'") from None
+        raise TokWorldError(f"--{algo} needs stable-baselines3: pip install -e '.[bench]'") from None
 
     marks = checkpoints(cfg)
     curve: dict = {"env_steps": [], "returns": []}
+    observation = cfg.observation
+    if observation == "auto":
+        observation = native_observation(cfg.env_id)
 
     def evaluate(model) -> None:
-        agent = lambda frames: model.predict(frames, deterministic=False)[0]  # noqa: E731
+        agent = lambda obs: model.predict(obs, deterministic=False)[0]  # noqa: E731
         result = play_episodes(cfg.env_id, agent, cfg.eval_episodes, seed=10**6 + cfg.seed,
-                               frame_size=cfg.frame_size, progress=False)  # fmt: skip
+                               frame_size=cfg.frame_size, observation=observation,
+                               progress=False)  # fmt: skip
         curve["env_steps"].append(int(model.num_timesteps))
         curve["returns"].append(float(result.returns.mean()))
 
@@ -86,10 +94,18 @@ def run_ppo(cfg: OnlineConfig, out: Path, progress: bool, num_envs: int = 8) -> 
             return True
 
     began = time.perf_counter()
-    envs = DummyVecEnv([lambda: make_env(cfg.env_id, cfg.frame_size)] * num_envs)
+    policy = "MlpPolicy" if observation == "vector" else "CnnPolicy"
+    env = lambda: make_env(cfg.env_id, cfg.frame_size, observation=observation)  # noqa: E731
+    envs = DummyVecEnv([env] * (1 if algo == "sac" else 8))
     envs.seed(cfg.seed)
-    model = PPO("CnnPolicy", envs, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4,
-                ent_coef=0.01, clip_range=0.1, seed=cfg.seed, verbose=0)  # fmt: skip
+    if algo == "sac":
+        model = SAC(policy, envs, learning_rate=1e-3, seed=cfg.seed, verbose=0)
+    elif observation == "vector":  # RL Zoo's classic-control PPO settings
+        model = PPO(policy, envs, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98,
+                    gae_lambda=0.8, learning_rate=1e-3, seed=cfg.seed, verbose=0)  # fmt: skip
+    else:  # RL Zoo's Atari PPO settings
+        model = PPO(policy, envs, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4,
+                    ent_coef=0.01, clip_range=0.1, seed=cfg.seed, verbose=0)  # fmt: skip
     model.learn(total_timesteps=marks[-1], callback=AtCheckpoints(), progress_bar=progress)
     if len(curve["env_steps"]) < len(marks):
         evaluate(model)
@@ -135,10 +151,14 @@ def bench_learn(
     pretrained: str | None = None,
     ppo: bool = False,
     progress: bool = True,
+    sac: bool = False,
 ) -> dict:
     """Run every arm for `seeds` seeds into `out`; write and return `results.json`."""
     if seeds < 1:
         raise TokWorldError(f"--seeds must be >= 1, got {seeds}")
+    space = action_space(cfg.env_id)
+    if sac and not isinstance(space, gym.spaces.Box):
+        raise TokWorldError(f"--sac needs continuous (Box) actions; {cfg.env_id} has {space}")
     out = Path(out)
     cfg = replace(cfg, eval_every=1)  # every arm is evaluated at every checkpoint
     arms = {"scratch": None} | ({"pretrained": pretrained} if pretrained else {})
@@ -156,10 +176,10 @@ def bench_learn(
             for s in range(seeds)
         ]
         results["arms"][name] = summarize(curves)
-    if ppo:
-        curves = [run_ppo(replace(cfg, seed=s), out / "ppo" / f"seed_{s}", progress)
+    for algo in [a for a, chosen in zip(MODEL_FREE, (ppo, sac), strict=True) if chosen]:
+        curves = [run_model_free(algo, replace(cfg, seed=s), out / algo / f"seed_{s}", progress)
                   for s in range(seeds)]  # fmt: skip
-        results["arms"]["ppo"] = summarize(curves)
+        results["arms"][algo] = summarize(curves)
     if pretrained:
         results["pretraining"] = _pretraining_cost(Path(pretrained))
     results["curves"] = str(plot_curves(results, out / "curves.png"))

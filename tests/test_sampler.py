@@ -49,8 +49,8 @@ def test_windows_tile_each_episode_and_pad_the_short_one(synthetic):
     assert first["mask"].tolist() == [True] * 3 + [False] * 2
     assert first["observation"].shape == (T, 2, 2, 3)
     assert first["observation"].dtype == torch.uint8
-    assert first["observation"][:, 0, 0, 0].tolist() == [1, 2, 3, 0, 0]  # zeros on padding
-    assert first["reward"].tolist() == [1.0, 2.0, 3.0, 0.0, 0.0]
+    assert first["observation"][:, 0, 0, 0].tolist() == [1, 2, 3, 3, 3]  # the last step again
+    assert first["reward"].tolist() == [1.0, 2.0, 3.0, 3.0, 3.0]
     # The windows of episode 1 start at each of its rows 3, 4, 5 and stay inside it.
     for i, start in zip((1, 2, 3), (3, 4, 5), strict=True):
         item = windows[i]

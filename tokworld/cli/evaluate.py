@@ -81,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seeds", type=int, default=3, help="seeds per arm")
     q.add_argument("--from", dest="pretrained", help="also fine-tune from this pretrained run")
     q.add_argument("--ppo", action="store_true", help="also stable-baselines3 PPO (.[bench])")
+    q.add_argument("--sac", action="store_true", help="also sb3 SAC, Box actions (.[bench])")
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     add_config_flags(q, OnlineConfig, defaults={"eval_episodes": 100})
     q.set_defaults(func=_bench_learn)
@@ -127,7 +128,7 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
 
 def _bench_learn(args: argparse.Namespace) -> dict:
     cfg = config_from_args(OnlineConfig, args)
-    result = bench_learn(cfg, args.out, args.seeds, args.pretrained, args.ppo)
+    result = bench_learn(cfg, args.out, args.seeds, args.pretrained, args.ppo, sac=args.sac)
     return {k: v for k, v in result.items() if k != "config"}
 
 

@@ -18,7 +18,8 @@ class WindowDataset(Dataset):
     """Map-style torch dataset of windows of `length` steps from a trajectory dataset.
 
     Every window lies inside one episode: an episode of L >= T steps gives L - T + 1 windows, a
-    shorter one gives one window padded at the end. Item: a dict of (T, ...) tensors for each
+    shorter one gives one window padded at the end with copies of its last step (so padding
+    holds only values every codec accepts; the mask hides it from the losses). Item: a dict of (T, ...) tensors for each
     requested column plus `mask` (T,) bool, False on padding. Use it with a `DataLoader` and any
     sampler (`DistributedSampler`, or `ResumableSampler` in training) to shard across processes.
     """
@@ -52,7 +53,7 @@ class WindowDataset(Dataset):
         item = {}
         for name in self.columns:
             x = np.asarray(rows[name])
-            pad = np.zeros((self.length - valid, *x.shape[1:]), dtype=x.dtype)
+            pad = np.repeat(x[-1:], self.length - valid, axis=0)
             item[name] = torch.from_numpy(np.concatenate([x, pad]))
         item["mask"] = torch.arange(self.length) < valid
         return item

@@ -138,7 +138,7 @@ def test_minari_frames_are_resized_with_inter_area(minari_pixels, tmp_path):
     assert "resized 40x40 -> 16x16" in TrajectoryMeta.from_dataset(ds).source["conversion"]
 
 
-def test_minari_vector_observations_are_refused(tmp_path, capsys):
+def test_minari_vector_observations_are_imported_by_id(tmp_path, capsys):
     minari = pytest.importorskip("minari")
     collector = minari.DataCollector(gym.make("CartPole-v1", max_episode_steps=5))
     collector.reset(seed=0)
@@ -147,8 +147,13 @@ def test_minari_vector_observations_are_refused(tmp_path, capsys):
     collector.create_dataset("tokworld-test/cartpole-v0")
     capsys.readouterr()
     out = tmp_path / "out"
-    code, _, err = run_cli(["import", "minari:tokworld-test/cartpole-v0", "--out", out], capsys)
-    assert_clean_error(code, err, out, "not a frame dataset")
+    code, stdout, err = run_cli(
+        ["import", "minari:tokworld-test/cartpole-v0", "--out", out], capsys
+    )
+    assert code == 0, err
+    info = json.loads(stdout)
+    assert (info["observation"], info["observation_shape"], info["steps"]) == ("vector", [4], 5)
+    validate_trajectories(load_trajectories(str(out)))
 
 
 def jat_parquet(path: Path, lengths, seed: int = 0, rewards_short_in: int | None = None):

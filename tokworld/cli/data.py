@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokworld.data.collect import collect
+from tokworld.data.collect import OBSERVATION_CHOICES, collect
 from tokworld.data.hub import dataset_info, describe, push_dataset
 from tokworld.data.importers import import_dataset
 
@@ -19,13 +19,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="random", help="'random'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frame-size", type=int, default=64)
+    p.add_argument(
+        "--obs",
+        choices=OBSERVATION_CHOICES,
+        default="auto",
+        help="observations to store: 'frames' (RGB, rendered if need be), 'vector' (the env's "
+        "own flat Box, float32), 'auto' (vector where the env observes one, else frames)",
+    )
     p.add_argument("--sticky-actions", action="store_true", help="ALE: repeat actions, p=0.25")
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("import", help="convert a Minari or Hub/parquet dataset to tokworld's")
     p.add_argument("spec", help="minari:DATASET_ID_OR_PATH or hf:REPO_OR_PATH")
     p.add_argument("--out", required=True, help="output dataset directory")
-    p.add_argument("--frame-size", type=int, default=64)
+    p.add_argument(
+        "--frame-size", type=int, default=64, help="side of imported frames (vectors are kept)"
+    )
     p.add_argument(
         "--map",
         dest="mapping",
@@ -46,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     data = sub.add_parser("data", help="inspect and share trajectory datasets")
     actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
-    info = actions.add_parser("info", help="print episodes, steps, frames, returns, source")
+    info = actions.add_parser(
+        "info", help="print episodes, steps, observation kind and shape, returns, source"
+    )
     info.add_argument("dataset", help="dataset directory or Hub id")
     info.set_defaults(func=lambda args: dataset_info(args.dataset))
     push = actions.add_parser("push", help="push a dataset to the Hub with a dataset card")
@@ -80,5 +91,6 @@ def _collect(args: argparse.Namespace) -> dict:
         seed=args.seed,
         frame_size=args.frame_size,
         sticky_actions=args.sticky_actions,
+        observation=args.obs,
     )
     return summary.to_dict()

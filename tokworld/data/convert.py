@@ -1,5 +1,5 @@
-"""Source steps -> rows of tokworld's schema: what every importer shares (frame conversion, the
-rows of one episode, action values and their checks)."""
+"""Source steps -> rows of tokworld's schema: what every importer shares (frame and vector
+conversion, the rows of one episode, action values and their checks)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,35 @@ class FrameConverter:
         return np.ascontiguousarray(frame)
 
 
+@dataclass(frozen=True)
+class VectorConverter:
+    """Turns flat source observations of one length into finite float32 vectors."""
+
+    source_shape: tuple[int]
+    source_dtype: str
+
+    @property
+    def description(self) -> str:
+        """The conversion in words, as recorded in the dataset's metadata."""
+        return "none" if self.source_dtype == "float32" else f"{self.source_dtype} -> float32"
+
+    def __call__(self, observation: np.ndarray) -> np.ndarray:
+        """One source observation -> (D,) float32; a non-finite value is an error."""
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+            vector = np.asarray(observation, dtype=np.float32)
+        if vector.shape != tuple(self.source_shape):
+            raise TokWorldError(
+                f"observation shapes differ: {vector.shape} after {tuple(self.source_shape)}"
+            )
+        bad = np.flatnonzero(~np.isfinite(vector))
+        if bad.size:
+            raise TokWorldError(
+                f"observation dimension {bad[0]} is {np.asarray(observation)[bad[0]]}: "
+                "observations must be finite"
+            )
+        return vector
+
+
 def episode_rows(
     episode: int,
     frames: np.ndarray,
@@ -96,18 +125,18 @@ def episode_rows(
     rewards: np.ndarray,
     terminated: np.ndarray,
     truncated: np.ndarray,
-    convert: FrameConverter,
+    convert: FrameConverter | VectorConverter,
     space: dict,
     where: str,
     columns: tuple[str, str] = ("action", "reward"),
 ) -> Iterator[dict]:
     """The rows of one episode in tokworld's schema, after checking it is consistent.
 
-    `frames` holds N or N+1 observations for N actions (a trailing final observation is
-    dropped); rewards and end flags hold N values; every action must be one the action `space`
-    holds and every reward finite. An episode whose last step carries no end flag is marked
-    truncated: its recording stopped there. `where` names the episode and `columns` the source's
-    action and reward columns in errors.
+    `frames` holds N or N+1 observations (frames or vectors, as `convert` reads them) for N
+    actions (a trailing final observation is dropped); rewards and end flags hold N values;
+    every action must be one the action `space` holds and every reward finite. An episode whose
+    last step carries no end flag is marked truncated: its recording stopped there. `where`
+    names the episode and `columns` the source's action and reward columns in errors.
     """
     n = len(actions)
     if n == 0:
@@ -128,7 +157,10 @@ def episode_rows(
     action_value = action_converter(space)
     for t in range(n):
         action = action_value(actions[t])
-        frame, last = convert(frames[t]), t == n - 1
+        try:
+            frame, last = convert(frames[t]), t == n - 1
+        except TokWorldError as e:
+            raise TokWorldError(f"{where}, step {t}: {e}") from None
         yield trajectory_row(
             episode, t, frame, action, rewards[t], terminated[t], truncated[t], last
         )

@@ -1,4 +1,9 @@
-"""Import a Minari dataset (Farama's offline-RL format) with image observations.
+"""Import a Minari dataset (Farama's offline-RL format) with image or flat vector observations.
+
+Image observations (HxWx3 or HxW uint8) become `frame_size` RGB frames; a flat Box observation
+(1-D, numeric: classic control, MuJoCo locomotion) is kept as a float32 vector and its Box is
+recorded as `TrajectoryMeta.observation_space`. Dict observations (image and vector parts,
+goal-conditioned dicts) and other spaces are refused.
 
 Minari stores N+1 observations for the N steps of an episode; row t of the tokworld dataset is
 (observation t, action t, reward t, terminated t, truncated t), so each episode's final
@@ -15,8 +20,9 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from tokworld.data.convert import FrameConverter, episode_rows
+from tokworld.data.convert import FrameConverter, VectorConverter, episode_rows
 from tokworld.data.format import TrajectoryMeta, write_trajectories
+from tokworld.envs import is_vector_space
 from tokworld.errors import TokWorldError
 from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_to_dict
@@ -42,19 +48,35 @@ def open_minari(ref: str):
         raise TokWorldError(f"cannot open minari dataset {ref!r}: {e}") from None
 
 
-def frame_converter(space: gym.Space, dataset_id: str, frame_size: int) -> FrameConverter:
-    """The converter for a Minari observation space; vector observations are an error."""
-    frames = isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
+def observation_converter(
+    space: gym.Space, dataset_id: str, frame_size: int
+) -> FrameConverter | VectorConverter:
+    """The converter for a Minari observation space: frames for uint8 images, float32 vectors
+    for a flat Box; Dict and other observations are an error."""
+    if is_vector_space(space):
+        return VectorConverter(tuple(space.shape), np.dtype(space.dtype).name)
+    if isinstance(space, gym.spaces.Dict):
+        raise TokWorldError(
+            f"minari dataset {dataset_id!r} has Dict observations {space}: Dict observations "
+            "are not supported (tokworld imports images or one flat Box vector)"
+        )
     try:
-        if frames:
+        if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8:
             return FrameConverter(tuple(space.shape), frame_size)
     except TokWorldError:
         pass
     shown = f"Box{space.shape} {space.dtype}" if isinstance(space, gym.spaces.Box) else space
     raise TokWorldError(
-        f"minari dataset {dataset_id!r} has observations {shown}: not a frame dataset "
-        "(tokworld imports image observations, HxWx3 or HxW uint8)"
+        f"minari dataset {dataset_id!r} has observations {shown}: neither frames nor a flat "
+        "vector (tokworld imports HxWx3 or HxW uint8 images, or a 1-D numeric Box)"
     )
+
+
+def vector_space(space: gym.spaces.Box) -> dict:
+    """`space_to_dict` of a flat Box as float32 (bounds beyond float32's range are infinite)."""
+    with np.errstate(over="ignore"):
+        low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    return space_to_dict(gym.spaces.Box(low, high, dtype=np.float32))
 
 
 def import_minari(
@@ -62,13 +84,16 @@ def import_minari(
 ) -> datasets.Dataset:
     """Convert the Minari dataset `ref` (id or path) into a tokworld dataset at `out`.
 
-    Frames are resized to `frame_size`; actions, rewards, terminations and truncations are kept
-    as they are. The source (spec, dataset id, Minari version, conversion) is recorded in the
+    Frames are resized to `frame_size`; flat vector observations are stored as float32 (and
+    `frame_size` is unused); actions, rewards, terminations and truncations are kept as they
+    are. The source (spec, dataset id, Minari version, conversion) is recorded in the
     dataset's `TrajectoryMeta.source`.
     """
     check_output_dir(out)
     src = open_minari(ref)
-    convert = frame_converter(src.observation_space, src.id, frame_size)
+    convert = observation_converter(src.observation_space, src.id, frame_size)
+    vector = isinstance(convert, VectorConverter)
+    shape = convert.source_shape if vector else (frame_size, frame_size, 3)
     action_space = space_to_dict(src.action_space)
     metadata = src.storage.metadata
     version = re.search(r"-v\d+$", src.id)
@@ -76,7 +101,7 @@ def import_minari(
     meta = TrajectoryMeta(
         env_id=env_id,
         action_space=action_space,
-        frame_size=frame_size,
+        frame_size=0 if vector else frame_size,
         source={
             "spec": f"minari:{ref}",
             "kind": "minari",
@@ -85,9 +110,10 @@ def import_minari(
             "minari_version": src.minari_version,
             "policy": metadata.get("algorithm_name"),
             "episodes": src.total_episodes,
-            "source_frame_shape": list(convert.source_shape),
+            f"source_{'observation' if vector else 'frame'}_shape": list(convert.source_shape),
             "conversion": convert.description,
         },
+        observation_space=vector_space(src.observation_space) if vector else None,
     )
     if src.total_episodes == 0:
         raise TokWorldError(f"minari dataset {src.id!r} has no episodes")
@@ -114,4 +140,4 @@ def import_minari(
                 columns=("actions", "rewards"),
             )
 
-    return write_trajectories(rows, out, meta, (frame_size, frame_size, 3))
+    return write_trajectories(rows, out, meta, shape)

@@ -20,17 +20,26 @@ from tokworld.errors import TokWorldError
 COLUMN_DOCS = {
     "episode_index": "episode number; the rows of an episode are contiguous",
     "frame_index": "step number inside the episode, from 0",
-    "observation": "the frame seen at this step, uint8 RGB",
     "action": "the action taken at this step",
     "reward": "the reward that action produced",
     "terminated": "the episode ended here (terminal state)",
     "truncated": "the episode was cut here (time limit or end of recording)",
 }
+OBSERVATION_DOCS = {
+    "frames": "the frame seen at this step, uint8 RGB",
+    "vector": "the observation vector seen at this step, float32",
+}
 
 
 def describe(ds: datasets.Dataset) -> dict:
-    """Episodes, steps, frame shape, action space, return statistics and source of a dataset."""
+    """Episodes, steps, observations (kind and shape; `frame_shape` too for frames), action
+    space, return statistics and source of a dataset."""
     meta = TrajectoryMeta.from_dataset(ds)
+    if meta.observation == "vector":
+        observation = {"observation": "vector", "observation_shape": list(meta.observation_shape)}
+    else:
+        shape = list(ds.features["observation"].shape)
+        observation = {"observation": "frames", "observation_shape": shape, "frame_shape": shape}
     starts, lengths = episode_bounds(ds)
     rewards = ds.select_columns(["reward"]).with_format("numpy")[:]["reward"]
     returns = np.add.reduceat(rewards.astype(np.float64), starts)
@@ -38,7 +47,7 @@ def describe(ds: datasets.Dataset) -> dict:
         "env_id": meta.env_id,
         "episodes": len(starts),
         "steps": len(ds),
-        "frame_shape": list(ds.features["observation"].shape),
+        **observation,
         "action_space": meta.action_space,
         "returns": {
             "mean": float(returns.mean()),
@@ -66,13 +75,15 @@ def dataset_card(ds: datasets.Dataset, repo_id: str, card=None):
     """
     info = describe(ds)
     source = info["source"]
+    meta = TrajectoryMeta.from_dataset(ds)
+    docs = {**COLUMN_DOCS, "observation": OBSERVATION_DOCS[info["observation"]]}
     card = card or DatasetCard(f"---\n{DatasetCardData(tags=['tokworld']).to_yaml()}\n---\n")
     card.data["tags"] = sorted(
         {*(card.data.get("tags") or []), "tokworld", "reinforcement-learning"}
     )
-    card.data["tokworld"] = json.loads(TrajectoryMeta.from_dataset(ds).to_json())
+    card.data["tokworld"] = json.loads(meta.to_json())
     schema = "\n".join(
-        f"| `{name}` | `{_feature_text(ds.features[name])}` | {COLUMN_DOCS.get(name, '')} |"
+        f"| `{name}` | `{_feature_text(ds.features[name])}` | {docs.get(name, '')} |"
         for name in ds.column_names
     )
     returns = info["returns"]
@@ -84,7 +95,7 @@ environment step.
 
 - **Environment**: `{info["env_id"]}`
 - **Action space**: `{json.dumps(info["action_space"])}`
-- **Frames**: {"x".join(map(str, info["frame_shape"]))} uint8 RGB
+- {_observation_text(info, meta)}
 - **Episodes**: {info["episodes"]}, **steps**: {info["steps"]}
 - **Episode return**: mean {returns["mean"]:.3f}, std {returns["std"]:.3f}, \
 min {returns["min"]:.3f}, max {returns["max"]:.3f}
@@ -105,8 +116,8 @@ min {returns["min"]:.3f}, max {returns["max"]:.3f}
 |---|---|---|
 {schema}
 
-Row t holds the frame seen at step t, the action taken there, and the reward and end flags
-that action produced.
+Row t holds the {"frame" if info["observation"] == "frames" else "observation vector"} seen \
+at step t, the action taken there, and the reward and end flags that action produced.
 
 ## Usage
 
@@ -119,9 +130,19 @@ ds = load_trajectories("{repo_id}")
     return card
 
 
+def _observation_text(info: dict, meta: TrajectoryMeta) -> str:
+    shape = info["observation_shape"]
+    if info["observation"] == "frames":
+        return f"**Frames**: {'x'.join(map(str, shape))} uint8 RGB"
+    space = json.dumps(meta.observation_space)
+    return f"**Observations**: float32 vectors of {shape[0]} dimensions, space `{space}`"
+
+
 def _feature_text(feature) -> str:
     if isinstance(feature, datasets.Array3D):
         return f"Array3D{tuple(feature.shape)} {feature.dtype}"
+    if isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.Value):
+        return f"List({feature.feature.dtype}, length={feature.length})"
     if isinstance(feature, datasets.Value):
         return feature.dtype
     return type(feature).__name__

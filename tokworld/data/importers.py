@@ -3,7 +3,8 @@
 A dataset spec names where trajectories come from: `minari:DATASET_ID_OR_PATH` (a Minari dataset,
 see `tokworld.data.from_minari`) or `hf:REPO_OR_PATH` (Hub or parquet data in another schema,
 see `tokworld.data.from_hf`). Importers stream episodes through `convert.episode_rows` and
-convert every frame with one `convert.FrameConverter`, whose description is recorded in
+convert every observation with one `convert.FrameConverter` (images) or, for Minari's flat Box
+observations, one `convert.VectorConverter`, whose description is recorded in
 `TrajectoryMeta.source`. Writing is `tokworld.data.format.write_trajectories`: streamed, and a
 failed import leaves no dataset behind.
 """
@@ -44,7 +45,8 @@ def resolve_dataset_spec(spec: str, cache_dir: str | Path, frame_size: int = 64)
     """A local path or Hub id in tokworld's schema for `spec`, converting it first if needed.
 
     - `minari:ID_OR_PATH` is imported once into `cache_dir` (reused by later calls) and the
-      converted dataset's path is returned;
+      converted dataset's path is returned (`frame_size` applies to image observations; vector
+      ones are kept as they are);
     - `hf:REPO_OR_PATH` names a dataset already in tokworld's schema: the reference is returned;
     - an existing path or a spec without a prefix (a Hub id) is returned unchanged;
     - an unknown prefix is a TokWorldError.

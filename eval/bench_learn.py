@@ -70,7 +70,8 @@ def run_model_free(algo: str, cfg: OnlineConfig, out: Path, progress: bool) -> d
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.vec_env import DummyVecEnv
     except ImportError:  # an optional extra, not a dependency of the library
-        raise TokWorldError(f"--{algo} needs stable-baselines3: pip install -e '.[bench]'") from None
+        needs = f"--{algo} needs stable-baselines3: pip install -e '.[bench]'"
+        raise TokWorldError(needs) from None
 
     marks = checkpoints(cfg)
     curve: dict = {"env_steps": [], "returns": []}

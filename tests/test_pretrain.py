@@ -104,5 +104,7 @@ def test_bad_input_is_one_line(tiny_run, pretrain_argv, minigrid_dataset, tmp_pa
     assert "not a directory" in error(str(tmp_path / "none"), tmp_path / "a")
     assert "unknown dataset spec prefix" in error("foo:bar", tmp_path / "a")
     assert not (tmp_path / "a").exists()
-    assert "is not an observation tokenizer" in error(minigrid_dataset, tmp_path / "b", tokenizer=tmp_path)
+    assert "is not an observation tokenizer" in error(
+        minigrid_dataset, tmp_path / "b", tokenizer=tmp_path
+    )
     assert "batch_size must be >= 1" in error(minigrid_dataset, tmp_path / "c", batch_size=0)

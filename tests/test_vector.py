@@ -162,9 +162,11 @@ def test_frames_and_vectors_do_not_mix(pendulum, minigrid_dataset, tiny_run, tmp
         pretrain(cfg, tmp_path / "mixed", progress=False)
 
 
-MICRO = dict(env_steps=60, initial_steps=40, steps_per_epoch=20, preset="tiny",
-             world_model_steps=3, world_model_batch_size=4, eval_episodes=2,
-             imagination=ImaginationConfig(steps=2, batch_size=4, horizon=3, context_steps=2))  # fmt: skip
+MICRO = dict(
+    env_steps=60, initial_steps=40, steps_per_epoch=20, preset="tiny", world_model_steps=3,
+    world_model_batch_size=4, eval_episodes=2,
+    imagination=ImaginationConfig(steps=2, batch_size=4, horizon=3, context_steps=2),
+)  # fmt: skip
 
 
 def test_online_loop_on_vectors_keeps_the_codec_it_fitted_first(tmp_path):

@@ -20,8 +20,9 @@ class WindowDataset(Dataset):
     Every window lies inside one episode: an episode of L >= T steps gives L - T + 1 windows, a
     shorter one gives one window padded at the end with copies of its last step (so padding
     holds only values every codec accepts; the mask hides it from the losses). Item: a dict of
-    (T, ...) tensors for each requested column plus `mask` (T,) bool, False on padding. Use it with a `DataLoader` and any
-    sampler (`DistributedSampler`, or `ResumableSampler` in training) to shard across processes.
+    (T, ...) tensors for each requested column plus `mask` (T,) bool, False on padding. Use it
+    with a `DataLoader` and any sampler (`DistributedSampler`, or `ResumableSampler` in
+    training) to shard across processes.
     """
 
     def __init__(

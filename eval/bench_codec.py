@@ -1,4 +1,6 @@
-"""`tokworld bench codec`: how finely the vector codec's bins resolve a dataset's dynamics.
+"""How finely the vector codec's bins resolve a dataset's dynamics, as JSON.
+
+`python -m tokworld.eval.bench_codec --dataset DIR [--dataset DIR2 ...] [--bins 16 32 64 128]`
 
 For each binning (quantile, uniform) and bin count, the codec is fitted on a dataset's training
 episodes and measured on its held-out ones. Per dimension d:
@@ -13,6 +15,9 @@ The JSON gives each setting's mean and worst `ratio` over dimensions and its nor
 """
 
 from __future__ import annotations
+
+import argparse
+import json
 
 import datasets
 import numpy as np
@@ -72,3 +77,18 @@ def bench_codec(dataset: str, bins: tuple[int, ...] = (16, 32, 64, 128), seed: i
         "step_scale": step.tolist(),
         "results": results,
     }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Measure each dataset; print and return the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", action="append", required=True, help="vector dataset")
+    parser.add_argument("--bins", type=int, nargs="+", default=[16, 32, 64, 128])
+    args = parser.parse_args(argv)
+    results = [bench_codec(d, tuple(args.bins)) for d in args.dataset]
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

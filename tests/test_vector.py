@@ -3,6 +3,8 @@ and vector runs through pretraining, the online loop and fine-tuning."""
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -191,3 +193,16 @@ def test_finetuning_a_vector_run_checks_the_new_envs_observations(vector_run, ti
     with pytest.raises(TokWorldError, match="reads frames observations, not vector"):
         cfg = OnlineConfig("CartPole-v1", observation="vector", **MICRO)
         finetune(cfg, tmp_path / "kind", str(tiny_run))
+
+
+def test_bench_codec_error_shrinks_with_more_bins_and_covers_both_binnings(pendulum, capsys):
+    from tokworld.eval.bench_codec import main
+
+    [result] = main(["--dataset", str(pendulum), "--bins", "8", "32"])
+    assert result["dims"] == 3 and len(result["step_scale"]) == 3
+    by = {(r["binning"], r["bins"]): r for r in result["results"]}
+    assert set(by) == {("quantile", 8), ("quantile", 32), ("uniform", 8), ("uniform", 32)}
+    for binning in ("quantile", "uniform"):
+        assert by[binning, 32]["mean_ratio"] < by[binning, 8]["mean_ratio"]
+        assert 0 < by[binning, 32]["nmse"] < by[binning, 8]["nmse"]
+    assert json.loads(capsys.readouterr().out) == [result]

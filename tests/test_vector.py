@@ -206,3 +206,23 @@ def test_bench_codec_error_shrinks_with_more_bins_and_covers_both_binnings(pendu
         assert by[binning, 32]["mean_ratio"] < by[binning, 8]["mean_ratio"]
         assert 0 < by[binning, 32]["nmse"] < by[binning, 8]["nmse"]
     assert json.loads(capsys.readouterr().out) == [result]
+
+
+def test_the_dream_of_a_vector_run_observes_vectors_and_refuses_frames(
+    vector_run, pendulum, minigrid_dataset, tiny_run
+):
+    from tokworld.dream import DreamVectorEnv
+
+    env = DreamVectorEnv(str(vector_run), str(pendulum), num_envs=3, context_steps=2)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (3, 3) and obs.dtype == np.float32
+    assert env.single_observation_space.shape == (3,)
+    _, codec = load_run(vector_run)
+    centres = codec.centres.numpy()  # every imagined value is one of its dimension's centres
+    obs, *_ = env.step(env.action_space.sample())
+    for d in range(3):
+        assert np.isin(obs[:, d], centres[d]).all()
+    with pytest.raises(TokWorldError, match="reads vector observations but the dataset has"):
+        DreamVectorEnv(str(vector_run), str(minigrid_dataset))
+    with pytest.raises(TokWorldError, match="reads frames observations but the dataset has"):
+        DreamVectorEnv(str(tiny_run), str(pendulum))

@@ -50,8 +50,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         world_model, self.tokenizer = load_run(run, device)
         ds = load_trajectories(dataset) if isinstance(dataset, str) else dataset
         meta = TrajectoryMeta.from_dataset(ds)
-        world_model.vocab.check_action_space(meta.space, "the dataset")
         check_observations(run, self.tokenizer, meta)
+        world_model.vocab.check_action_space(meta.space, "the dataset")
         self.context = RealContext(ds, context_steps, self.tokenizer, seed)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k)
         self.engine = ImaginationEngine(

@@ -24,7 +24,8 @@ import numpy as np
 
 from tokworld.data.collect import collect
 from tokworld.data.windows import RealContext
-from tokworld.envs import action_space
+from tokworld.envs import action_space, native_observation
+from tokworld.errors import TokWorldError
 from tokworld.eval.media import contact_sheet, pyplot, write_gif
 from tokworld.eval.real_env import evaluate_run
 from tokworld.imagine import ImaginationEngine, SamplingConfig
@@ -79,8 +80,14 @@ def _stage(i: int, text: str) -> None:
 
 
 def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
-    """Run (or continue) the demo in `out`; print the closing table; return its figures."""
+    """Run (or continue) the demo in `out`; print the closing table; return its figures.
 
+    The demo's stages train a frame tokenizer: an env observed as vectors is refused.
+    """
+    if native_observation(cfg.env_id) == "vector":
+        raise TokWorldError(
+            f"tokworld demo needs an env observed as frames; {cfg.env_id} observes vectors"
+        )
     began = time.perf_counter()
     out = Path(out)
     data, pretrained, online = out / "data" / "random", out / "pretrained", out / "finetuned"

@@ -9,6 +9,9 @@ real one it should match:
   (decode(encode(real))). The second isolates the world model's dynamics error: a model that
   predicts every code right scores `PSNR_MAX` there however blurry the tokenizer is;
   `tokenizer_psnr` (reconstruction vs real) is the tokenizer's share;
+- vector observations (a vector codec's runs), instead of PSNR and SSIM: the mean absolute
+  error of each dimension and the normalised MSE, vs real, vs the codec's reconstruction, and
+  the codec's own floor (`tokworld.eval.vector_fidelity`);
 - frame tokens: the fraction of imagined codes equal to the codes of the real frame;
 - rewards and episode ends: precision and recall of nonzero rewards (a hit needs the same sign)
   and of terminal steps, over all compared steps.
@@ -31,10 +34,11 @@ import torch
 from tokworld.data.format import TrajectoryMeta, episode_bounds, load_trajectories
 from tokworld.data.mixture import recorded_held_out
 from tokworld.errors import TokWorldError
-from tokworld.eval.media import pyplot
 from tokworld.eval.tokenizer_metrics import ssim
+from tokworld.eval.vector_fidelity import compare_vectors, observation_variance
 from tokworld.imagine import ImaginationEngine, SamplingConfig
-from tokworld.tokenizer.frame import to_uint8
+from tokworld.rollout import observations
+from tokworld.run import check_observations
 
 PSNR_MAX = 100.0  # dB; identical frames (infinite PSNR) are reported as this, keeping JSON valid
 REPORTED_HORIZONS = (1, 5, 10, 20)
@@ -44,10 +48,11 @@ REPORTED_HORIZONS = (1, 5, 10, 20)
 class OpenLoop:
     """Imagined and real steps of N windows over H open-loop steps (arrays are numpy).
 
-    codes (N, H, K); frames uint8 (N, H, h, w, 3); reward float, end bool (N, H). `real_frames`
-    is None for a dataset of codes only. `frame_valid` / `step_valid` (N, H): the real frame /
-    the real reward and end exist (an episode may end inside the horizon). `start` (N, h, w, 3):
-    the last context frame, real when there is one.
+    codes (N, H, K); frames uint8 (N, H, h, w, 3), or float32 (N, H, D) for a vector codec;
+    reward float, end bool (N, H). `real_frames` is None for a dataset of codes only.
+    `frame_valid` / `step_valid` (N, H): the real frame / the real reward and end exist (an
+    episode may end inside the horizon). `start` (N, h, w, 3) or (N, D): the last context
+    observation, real when there is one.
     """
 
     imagined_codes: np.ndarray
@@ -110,10 +115,11 @@ def load_windows(ds, starts, valid, length: int, tokenizer, batch_size: int = 25
 
 
 def reconstruct(tokenizer, codes: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Codes (..., K) -> uint8 frames (..., h, w, 3) decoded by the tokenizer."""
+    """Codes (..., K) -> uint8 frames (..., h, w, 3) or float32 vectors (..., D) decoded by the
+    tokenizer."""
     flat = codes.reshape(-1, codes.shape[-1])
     frames = [
-        to_uint8(tokenizer.decode(flat[i : i + batch_size].to(tokenizer.device))).cpu()
+        observations(tokenizer.decode(flat[i : i + batch_size].to(tokenizer.device)))
         for i in range(0, len(flat), batch_size)
     ]
     return torch.cat(frames).view(*codes.shape[:-1], *frames[0].shape[1:]).numpy()
@@ -138,7 +144,7 @@ def open_loop(
         engine.start({k: rows[k][:, :context] for k in keys if k in rows})
         steps = [engine.step(rows["action"][:, context - 1 + t]) for t in range(horizon)]
         imagined["codes"].append(torch.stack([s.codes.cpu() for s in steps], 1))
-        imagined["frames"].append(torch.stack([to_uint8(s.frames).cpu() for s in steps], 1))
+        imagined["frames"].append(torch.stack([observations(s.frames) for s in steps], 1))
         imagined["reward"].append(torch.stack([s.reward.cpu() for s in steps], 1))
         imagined["end"].append(torch.stack([s.terminated.cpu() for s in steps], 1))
     im = {k: torch.cat(v).numpy() for k, v in imagined.items()}
@@ -209,6 +215,15 @@ def compare_frames(imagined, reconstruction, real=None, valid=None) -> dict[str,
     return out
 
 
+def compare_observations(imagined, reconstruction, real=None, valid=None, variance=None) -> dict:
+    """Per-step figures of imagined observations (N, T, ...) vs reconstruction and real:
+    `compare_frames` for uint8 frames, `compare_vectors` for float vectors (N, T, D), whose
+    normalised MSE needs the held-out observations' `variance` (D,)."""
+    if np.asarray(imagined).ndim == 3:
+        return compare_vectors(imagined, reconstruction, variance, real, valid)
+    return compare_frames(imagined, reconstruction, real, valid)
+
+
 def precision_recall(predicted: np.ndarray, actual: np.ndarray, hit: np.ndarray) -> dict:
     """Event detection: precision = hits / predicted, recall = hits / actual (None if 0/0)."""
     n_pred, n_true, n_hit = int(predicted.sum()), int(actual.sum()), int(hit.sum())
@@ -221,13 +236,14 @@ def precision_recall(predicted: np.ndarray, actual: np.ndarray, hit: np.ndarray)
     }
 
 
-def score(rollouts: OpenLoop) -> dict:
-    """Per-step frame and token scores, and reward/end precision and recall, of rollouts."""
+def score(rollouts: OpenLoop, variance: np.ndarray | None = None) -> dict:
+    """Per-step observation and token scores, and reward/end precision and recall, of rollouts
+    (vector observations: scaled by the held-out `variance` (D,))."""
     r, fv, sv = rollouts, rollouts.frame_valid, rollouts.step_valid
     per_step = {
         "horizon": list(range(1, fv.shape[1] + 1)),
         "frames": fv.sum(0).tolist(),
-        **compare_frames(r.imagined_frames, r.reconstruction, r.real_frames, fv),
+        **compare_observations(r.imagined_frames, r.reconstruction, r.real_frames, fv, variance),
         "token_accuracy": _per_step(
             torch.from_numpy((r.imagined_codes == r.real_codes).mean(-1)), fv
         ),
@@ -300,7 +316,9 @@ def evaluate_fidelity(
     data = load_windows(ds, starts, valid, context + horizon, tokenizer)
     engine = ImaginationEngine(world_model, tokenizer.decode, sampling, seed)
     rollouts = open_loop(engine, tokenizer, data, valid, context, horizon, batch_size)
+    vector = tokenizer.observation == "vector"  # scored per dimension, against its variance
     result = {
+        "observation": tokenizer.observation,
         "context": context,
         "horizon": horizon,
         "windows": len(starts),
@@ -311,60 +329,25 @@ def evaluate_fidelity(
             "top_k": sampling.top_k,
             "seed": seed,
         },
-        **score(rollouts),
+        **score(rollouts, observation_variance(ds, tokenizer) if vector else None),
     }
     return result, rollouts
 
 
-def held_out_dataset(run: str | Path, dataset: str | None = None) -> tuple[datasets.Dataset, str]:
+def held_out_dataset(
+    run: str | Path, dataset: str | None = None, tokenizer=None
+) -> tuple[datasets.Dataset, str]:
     """(episodes, description) to evaluate a run on.
 
     With `dataset`, all of it; without, the episodes `tokworld pretrain` held out of the run's
-    training set, as it recorded them (`tokworld.data.mixture.recorded_held_out`).
+    training set, as it recorded them (`tokworld.data.mixture.recorded_held_out`). With the
+    run's `tokenizer`, checked to hold the observations it reads (`check_observations`).
     """
     if dataset is not None:
-        return load_trajectories(dataset), dataset
-    return recorded_held_out(run)
-
-
-def plot_fidelity(result: dict, path: str | Path) -> Path:
-    """PNG: PSNR vs horizon (vs real, vs reconstruction, tokenizer alone) and token accuracy."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = pyplot()
-
-    steps = result["per_step"]
-    h = steps["horizon"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    lines = [
-        ("psnr_vs_real", "imagined vs real", "-"),
-        ("psnr_vs_reconstruction", "imagined vs tokenizer reconstruction", "-"),
-        ("tokenizer_psnr", "tokenizer reconstruction vs real", ":"),
-    ]
-    for key, label, style in lines:
-        if key in steps:
-            left.plot(h, [np.nan if v is None else v for v in steps[key]], style, label=label)
-    left.set(xlabel="imagined steps (horizon)", ylabel="PSNR (dB)", title="Frame fidelity")
-    left.legend(fontsize=8)
-    acc = [np.nan if v is None else v for v in steps["token_accuracy"]]
-    right.plot(h, acc, color="C3")
-    right.set(
-        xlabel="imagined steps (horizon)",
-        ylabel="fraction of codes",
-        ylim=(0, 1.02),
-        title="Frame-token accuracy",
-    )
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    sampling = result["sampling"]
-    how = "greedy" if sampling["greedy"] else f"sampled at temperature {sampling['temperature']}"
-    fig.suptitle(
-        f"open loop from {result['context']} real steps, {result['windows']} windows, {how}"
-    )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+        ds, described = load_trajectories(dataset), dataset
+    else:
+        ds, described = recorded_held_out(run)
+    if tokenizer is not None:
+        what = f"dataset {dataset}" if dataset is not None else "its held-out episodes"
+        check_observations(run, tokenizer, TrajectoryMeta.from_dataset(ds), what)
+    return ds, described

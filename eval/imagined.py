@@ -1,5 +1,9 @@
 """Imagined episodes written to a folder: GIFs, a contact sheet, a trajectory dataset, and with
-`open_loop` the real-vs-imagined comparison (`tokworld imagine`)."""
+`open_loop` the real-vs-imagined comparison (`tokworld imagine`).
+
+A vector run (vector codec) writes no GIFs or contact sheet: its episodes are a dataset of
+vector observations, and its open-loop comparison a plot of every dimension over time.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,15 @@ import torch
 from tokworld.data.format import TrajectoryMeta, load_trajectories, write_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
-from tokworld.eval.fidelity import compare_frames, reconstruct
+from tokworld.eval.fidelity import compare_observations, reconstruct
 from tokworld.eval.media import contact_sheet, side_by_side, write_gif
+from tokworld.eval.plots import plot_dimensions
+from tokworld.eval.vector_fidelity import observation_variance
 from tokworld.folders import check_output_dir, write_json_atomic
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
-from tokworld.run import load_policy, load_run
+from tokworld.run import check_observations, load_policy, load_run
 from tokworld.tokenizer.codecs import space_to_dict
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,13 +40,16 @@ class ImagineConfig:
         default="random",
         metadata={
             "help": "'random', or a run directory with policy/ (e.g. from finetune): it acts on "
-            "the frames imagined by --run"
+            "the observations imagined by --run"
         },
     )
     temperature: float = 1.0
     top_k: int | None = None
     greedy: bool = False
-    open_loop: bool = field(default=False, metadata={"help": "replay real actions, compare frames"})
+    open_loop: bool = field(
+        default=False,
+        metadata={"help": "replay the real actions of real episodes, compare with what followed"},
+    )
     seed: int = 0
     compile: bool = field(
         default=False,
@@ -55,12 +64,13 @@ class ImagineConfig:
 
 def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) -> dict:
     """Imagine `cfg.episodes` episodes of `cfg.steps` steps from `run`'s world model, starting
-    from real context in `dataset`; write GIFs, a contact sheet, the episodes as a trajectory
-    dataset and `summary.json` to `out`."""
+    from real context in `dataset`; write GIFs and a contact sheet (frames only), the episodes
+    as a trajectory dataset and `summary.json` to `out`."""
     out = check_output_dir(out)
     world_model, tokenizer = load_run(run, cfg.device)
     ds = load_trajectories(dataset)
     meta = TrajectoryMeta.from_dataset(ds)
+    check_observations(run, tokenizer, meta, f"dataset {dataset}")
     world_model.vocab.check_action_space(meta.space, f"dataset {dataset}")
     if cfg.policy == "random":
         policy = random_batch_policy(meta.space, cfg.seed)
@@ -78,17 +88,14 @@ def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) 
         episodes = imagine_episodes(engine, context, cfg.steps, policy=policy)
     summary = _write(out, episodes, meta, cfg, run, dataset)
     if cfg.open_loop:
-        summary.update(_compare(out, episodes, windows, tokenizer, cfg.context))
+        variance = observation_variance(ds, tokenizer) if meta.observation == "vector" else None
+        summary.update(_compare(out, episodes, windows, tokenizer, cfg.context, variance))
     write_json_atomic(out / "summary.json", summary)
     return summary
 
 
 def _write(out: Path, episodes: Episodes, meta: TrajectoryMeta, cfg: ImagineConfig, run: str,
            dataset: str) -> dict:  # fmt: skip
-    gifs = []
-    for e, length in enumerate(episodes.lengths):
-        gifs.append(str(write_gif(episodes.frames[e, : length + 1], out / f"episode_{e:03d}.gif")))
-    grid = contact_sheet(episodes.frames, out / "grid.png")
     source = {
         "kind": "imagine",
         "run": str(run),
@@ -99,27 +106,49 @@ def _write(out: Path, episodes: Episodes, meta: TrajectoryMeta, cfg: ImagineConf
         "open_loop": cfg.open_loop,
         "seed": cfg.seed,
     }
-    imagined = TrajectoryMeta(meta.env_id, space_to_dict(meta.space), meta.frame_size, source)
+    imagined = TrajectoryMeta(meta.env_id, space_to_dict(meta.space), meta.frame_size, source,
+                              meta.observation_space)  # fmt: skip
     write_trajectories(episodes.rows, out / "dataset", imagined, episodes.frames.shape[2:])
-    return {
+    summary = {
         "episodes": len(episodes.lengths),
         "steps": int(episodes.lengths.sum()),
         "mean_return": float(episodes.returns.mean()),
-        "gifs": gifs,
-        "grid": str(grid),
         "dataset": str(out / "dataset"),
     }
+    if meta.observation == "frames":
+        summary["gifs"] = [
+            str(write_gif(episodes.frames[e, : n + 1], out / f"episode_{e:03d}.gif"))
+            for e, n in enumerate(episodes.lengths)
+        ]
+        summary["grid"] = str(contact_sheet(episodes.frames, out / "grid.png"))
+    return summary
 
 
-def _compare(out: Path, episodes: Episodes, windows: dict, tokenizer, context: int) -> dict:
-    """Per-step PSNR/SSIM of imagined frames vs real ones and vs the tokenizer's reconstruction.
+def _compare(out: Path, episodes: Episodes, windows: dict, tokenizer, context: int,
+             variance=None) -> dict:  # fmt: skip
+    """Per-step figures of imagined observations vs real ones and vs the tokenizer's
+    reconstruction (PSNR/SSIM of frames; MAE and normalised MSE of vectors, scaled by the
+    dataset's `variance`), and real | imagined GIFs (frames) or one plot of every dimension
+    (vectors).
 
-    Step 0 is the last context frame; when the dataset has no frames, the reconstruction
-    stands in for the real ones.
+    Step 0 is the last context observation; when the dataset has no observations, the
+    reconstruction stands in for the real ones.
     """
     recon = reconstruct(tokenizer, windows["codes"][:, context - 1 :])
     real = windows["observation"][:, context - 1 :].numpy() if "observation" in windows else None
-    for e, imagined in enumerate(episodes.frames):
-        shown = recon[e] if real is None else real[e]
-        write_gif(side_by_side(shown, imagined), out / f"real_vs_imagined_{e:03d}.gif")
-    return compare_frames(episodes.frames, recon, real)
+    shown = recon if real is None else real
+    figures = compare_observations(episodes.frames, recon, real, variance=variance)
+    if tokenizer.observation == "frames":
+        for e, imagined in enumerate(episodes.frames):
+            write_gif(side_by_side(shown[e], imagined), out / f"real_vs_imagined_{e:03d}.gif")
+        return figures
+    lines = []
+    for e, n in enumerate(episodes.lengths):
+        colour = {"color": f"C{e % 10}"}
+        lines.append((("real" if real is not None else "reconstructed") if e == 0 else None,
+                      shown[e], colour))  # fmt: skip
+        lines.append(("imagined" if e == 0 else None, episodes.frames[e, : n + 1],
+                      {**colour, "linestyle": "--"}))  # fmt: skip
+    title = f"real (solid) vs imagined (dashed) from {context} real steps, real actions replayed"
+    plot = plot_dimensions(lines, out / "real_vs_imagined.png", title)
+    return {**figures, "plot": str(plot)}

@@ -4,7 +4,9 @@ Sections: the run's settings and final metrics; training curves of every stage u
 (`history.json` files, and the histories checkpoints keep: tokenizer, world model, policy), and
 returns against real env steps (an online run's learning curve); open-loop fidelity over the
 horizon; the tokenizer's reconstructions of held-out frames; imagined episodes side by side
-with the real ones, as GIFs.
+with the real ones, as GIFs. For a vector run (vector codec): normalised MSE instead of PSNR,
+the codec's own error instead of reconstructions, and each imagined window's dimensions plotted
+over the real ones instead of GIFs.
 Images are inline (base64), so the page is one file that opens anywhere, offline.
 """
 
@@ -20,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from tokworld.errors import TokWorldError
-from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset, plot_fidelity
+from tokworld.eval.fidelity import evaluate_fidelity, held_out_dataset
 from tokworld.eval.media import pyplot, side_by_side, write_gif
+from tokworld.eval.plots import plot_dimensions, plot_fidelity
 from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+from tokworld.eval.vector_fidelity import codec_figures
 from tokworld.folders import atomic_file, read_json
 from tokworld.run import load_run
 
@@ -83,7 +87,9 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 def _table(data: dict) -> str:
     def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, list) else v
+        if isinstance(v, list):
+            return f"[{', '.join(str(fmt(x)) for x in v)}]"
+        return f"{v:.4g}" if isinstance(v, float) else v
 
     rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(fmt(v)))}</td></tr>"
@@ -225,8 +231,14 @@ def _gif(frames: np.ndarray) -> bytes:
         return write_gif(frames, Path(tmp) / "clip.gif", scale=3).read_bytes()
 
 
+def _dimensions(lines: list[tuple], title: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return plot_dimensions(lines, Path(tmp) / "dims.png", title).read_bytes()
+
+
 def fidelity_section(result: dict, rollouts, videos: int) -> str:
-    """The fidelity plot, figures at a few horizons, and real | imagined GIFs."""
+    """The fidelity plot, figures at a few horizons, and real | imagined GIFs (vectors: a plot
+    of each window's dimensions, real and imagined)."""
 
     with tempfile.TemporaryDirectory() as tmp:
         plot = plot_fidelity(result, Path(tmp) / "fidelity.png").read_bytes()
@@ -238,32 +250,43 @@ def fidelity_section(result: dict, rollouts, videos: int) -> str:
         "reward": result["reward"],
         "end": result["end"],
     }
+    r = rollouts
+    vector = r.imagined_frames.ndim == 3
+    layout = "solid: real; dashed: imagined" if vector else "left: real; right: imagined"
     parts = [
         "<h2>Open-loop fidelity</h2>",
         f"<figure>{_img(plot, 'image/png', 'fidelity')}",
         "</figure>",
         _table(summary),
         "<h2>Imagined vs real episodes</h2>",
-        '<p class="note">left: real; right: imagined from the same context, replaying the '
-        "real actions (the first frame is the last real context frame)</p>",
+        f'<p class="note">{layout} from the same context, replaying the real actions (the '
+        "first step is the last real context observation)</p>",
     ]
-    r = rollouts
     for e in range(min(videos, len(r.imagined_frames))):
         n = int(r.frame_valid[e].sum())
         real = r.reconstruction if r.real_frames is None else r.real_frames
-        clip = side_by_side(
-            np.concatenate([r.start[e : e + 1], real[e, :n]]),
-            np.concatenate([r.start[e : e + 1], r.imagined_frames[e, :n]]),
-        )
+        shown = np.concatenate([r.start[e : e + 1], real[e, :n]])
+        imagined = np.concatenate([r.start[e : e + 1], r.imagined_frames[e, :n]])
+        if vector:
+            lines = [("real", shown, {}), ("imagined", imagined, {"linestyle": "--"})]
+            media = _img(_dimensions(lines, f"window {e}"), "image/png", f"episode {e}")
+        else:
+            media = _img(_gif(side_by_side(shown, imagined)), "image/gif", f"episode {e}")
         parts.append(
-            f"<figure>{_img(_gif(clip), 'image/gif', f'episode {e}')}"
-            f"<figcaption>window {e}: {n} imagined steps</figcaption></figure>"
+            f"<figure>{media}<figcaption>window {e}: {n} imagined steps</figcaption></figure>"
         )
     return "".join(parts)
 
 
 def tokenizer_section(tokenizer, ds) -> str:
-    """Held-out reconstruction scores and a grid of originals over reconstructions."""
+    """Held-out reconstruction scores and a grid of originals over reconstructions; for a
+    vector codec, its settings and reconstruction error."""
+    if tokenizer.observation == "vector":
+        return (
+            "<h2>Vector codec</h2><p class='note'>each dimension cut into bins; the error of "
+            "decoding a held-out observation's codes (normalised MSE, MAE per dimension) is the "
+            f"floor of the fidelity figures</p>{_table(codec_figures(tokenizer, ds))}"
+        )
 
     if "observation" not in ds.column_names:
         return '<h2>Tokenizer</h2><p class="note">the dataset holds codes, not frames</p>'
@@ -303,7 +326,7 @@ def write_report(
     world_model, tokenizer = load_run(run, device)
     sections = [config_section(run), curves_section(run)]
     try:
-        ds, described = held_out_dataset(run, dataset)
+        ds, described = held_out_dataset(run, dataset, tokenizer)
     except TokWorldError as e:
         if dataset is not None:
             raise

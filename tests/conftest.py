@@ -78,3 +78,45 @@ def tiny_run(minigrid_dataset, pretrain_argv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     assert main(pretrain_argv(minigrid_dataset, out)) == 0
     return out
+
+
+PENDULUM_STEPS = 400  # two 200-step episodes of Pendulum-v1
+
+
+@pytest.fixture(scope="session")
+def pendulum_dataset(tmp_path_factory) -> str:
+    """Path (str) of a saved dataset of vector observations: 400 random-policy steps of
+    Pendulum-v1 (observations (3,), two episodes), seed 0."""
+    out = tmp_path_factory.mktemp("datasets") / "pendulum"
+    collect("Pendulum-v1", PENDULUM_STEPS, out, seed=0, progress=False)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_vector_run(pendulum_dataset, tmp_path_factory) -> Path:
+    """A run directory pretrained on `pendulum_dataset` (vector codec + tiny world model, 30
+    steps; one of the two episodes held out). Shared: never write into it."""
+    from tokworld.training.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("tiny_vector_run") / "run"
+    cfg = PretrainConfig(dataset=(pendulum_dataset,), preset="tiny", world_model_steps=30,
+                         batch_size=8, checkpoint_every=30, eval_every=30)  # fmt: skip
+    pretrain(cfg, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vector_online_run(tmp_path_factory) -> Path:
+    """An online run on Pendulum-v1 (vector codec, world model and policy; 400 real steps, tiny
+    stages). Shared: never write into it."""
+    from tokworld.training.imagination import ImaginationConfig
+    from tokworld.training.online import OnlineConfig, train_online
+
+    out = tmp_path_factory.mktemp("tiny_vector_online_run") / "run"
+    imagination = ImaginationConfig(steps=3, batch_size=4, horizon=5, context_steps=2)
+    cfg = OnlineConfig(env_id="Pendulum-v1", env_steps=400, initial_steps=200,
+                       steps_per_epoch=200, preset="tiny", world_model_steps=10,
+                       world_model_batch_size=8, imagination=imagination,
+                       eval_episodes=2)  # fmt: skip
+    train_online(cfg, out, progress=False)
+    return out

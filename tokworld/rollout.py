@@ -13,7 +13,7 @@ from tokworld.data.format import trajectory_row
 from tokworld.imagine import ImaginationEngine
 from tokworld.tokenizer.frame import to_uint8
 
-# uint8 frames (B, H, W, 3) -> actions (B,) or (B, D)
+# observations (uint8 frames (B, H, W, 3) or float vectors (B, D)) -> actions (B,) or (B, D)
 BatchPolicy = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -27,8 +27,9 @@ def random_batch_policy(space: gym.Space, seed: int = 0) -> BatchPolicy:
 class Episodes:
     """A batch of imagined episodes, padded to `steps`.
 
-    frames (N, steps + 1, H, W, 3) uint8: frames[:, t] is seen before action t; actions (N, steps,
-    ...); rewards, terminated (N, steps); lengths (N,): steps up to and including a terminal one.
+    frames (N, steps + 1, H, W, 3) uint8, or (N, steps + 1, D) float32 for a vector codec:
+    frames[:, t] is seen before action t; actions (N, steps, ...); rewards, terminated
+    (N, steps); lengths (N,): steps up to and including a terminal one.
     """
 
     frames: np.ndarray
@@ -53,6 +54,12 @@ class Episodes:
                 )
 
 
+def observations(decoded: torch.Tensor) -> torch.Tensor:
+    """A decoder's output as datasets store observations, on the CPU: float frames
+    (B, 3, H, W) -> uint8 (B, H, W, 3); a vector codec's values (B, D) stay float32."""
+    return decoded.float().cpu() if decoded.ndim == 2 else to_uint8(decoded).cpu()
+
+
 @torch.no_grad()
 def imagine_episodes(
     engine: ImaginationEngine,
@@ -67,7 +74,7 @@ def imagine_episodes(
     steps of that row are ignored).
     """
     start = engine.start(context)
-    frames = [to_uint8(start.frames).cpu()]
+    frames = [observations(start.frames)]
     taken, rewards, ends = [], [], []
     for t in range(steps):
         action = policy(frames[-1]) if actions is None else actions[:, t]
@@ -75,7 +82,7 @@ def imagine_episodes(
         taken.append(torch.as_tensor(action).cpu())
         rewards.append(out.reward.cpu())
         ends.append(out.terminated.cpu())
-        frames.append(to_uint8(out.frames).cpu())
+        frames.append(observations(out.frames))
     terminated = torch.stack(ends, 1).numpy()
     first_end = np.where(terminated.any(1), terminated.argmax(1) + 1, steps)
     return Episodes(

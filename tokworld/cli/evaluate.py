@@ -15,12 +15,8 @@ from tokworld.eval.bench import run_suite
 from tokworld.eval.bench_imagine import bench_imagine
 from tokworld.eval.bench_learn import __doc__ as BENCH_LEARN_DOC
 from tokworld.eval.bench_learn import bench_learn
-from tokworld.eval.fidelity import (
-    FidelityConfig,
-    evaluate_fidelity,
-    held_out_dataset,
-    plot_fidelity,
-)
+from tokworld.eval.fidelity import FidelityConfig, evaluate_fidelity, held_out_dataset
+from tokworld.eval.plots import plot_fidelity
 from tokworld.eval.report import write_report
 from tokworld.run import load_run
 from tokworld.training.online import OnlineConfig
@@ -36,7 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p, FidelityConfig)
     p.add_argument("--device", default=DEVICE)
     p.add_argument("--json", help="write the figures here (and a PNG plot beside it)")
-    p.add_argument("--plot", help="PNG of PSNR vs horizon (default: the --json path, .png)")
+    p.add_argument(
+        "--plot",
+        help="PNG of PSNR (frames) or normalised MSE (vectors) vs horizon (default: the --json "
+        "path, .png)",
+    )
     add_overwrite_flag(p)
     p.set_defaults(func=_eval_model)
 
@@ -103,7 +103,7 @@ def _eval_model(args: argparse.Namespace) -> dict:
     plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     claim([args.json, plot], args.overwrite)
     world_model, tokenizer = load_run(args.run, args.device)
-    ds, described = held_out_dataset(args.run, args.dataset)
+    ds, described = held_out_dataset(args.run, args.dataset, tokenizer)
     result, _ = evaluate_fidelity(world_model, tokenizer, ds, **options)
     result = {"run": str(args.run), "dataset": described, **result}
     if plot:

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.cli.outputs import add_overwrite_flag, claim
-from tokworld.eval.real_env import evaluate_run
+from tokworld.eval.real_env import episode_media, evaluate_run
+from tokworld.run import load_tokenizer
 from tokworld.training.finetune import finetune
 from tokworld.training.online import OnlineConfig
 
@@ -30,11 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=_finetune)
 
-    p = sub.add_parser("eval", help="real-environment returns of a run's policy, with GIFs")
+    p = sub.add_parser(
+        "eval", help="real-environment returns of a run's policy, with GIFs (vector runs: a plot)"
+    )
     p.add_argument("--run", required=True, help="run directory with policy/ and tokenizer/")
     p.add_argument("--env", required=True, help="gymnasium env id")
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--json", required=True, help="output JSON; GIFs are written beside it")
+    p.add_argument("--json", required=True, help="output JSON; GIFs (or a plot) go beside it")
     add_overwrite_flag(p)
     p.add_argument("--greedy", action="store_true", help="take the most likely action")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -49,8 +51,9 @@ def _finetune(args: argparse.Namespace) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> dict:
-    stem = Path(args.json).with_suffix("")
-    claim([args.json, f"{stem}_best.gif", f"{stem}_worst.gif"], args.overwrite)
+    claim([args.json], args.overwrite)
+    media = episode_media(args.json, load_tokenizer(args.run).observation)
+    claim(list(media.values()), args.overwrite)
     summary = evaluate_run(
         args.run, args.env, args.episodes, args.json, args.greedy, args.temperature, args.seed
     )

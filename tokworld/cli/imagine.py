@@ -1,4 +1,5 @@
-"""`tokworld imagine`: sample imagined episodes, write GIFs, a contact sheet and a dataset."""
+"""`tokworld imagine`: sample imagined episodes, write GIFs, a contact sheet and a dataset (a
+vector run: the dataset, and with --open-loop a plot of every dimension, real vs imagined)."""
 
 from __future__ import annotations
 

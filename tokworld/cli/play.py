@@ -6,7 +6,7 @@ import argparse
 
 from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.play.server import serve
-from tokworld.play.world import PlayConfig
+from tokworld.play.world import PlayConfig, refuse_vector_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,4 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "beside it, sessions recorded as datasets)",
     )
     add_config_flags(p, PlayConfig)
-    p.set_defaults(func=lambda args: serve(config_from_args(PlayConfig, args)))
+    p.set_defaults(func=_play)
+
+
+def _play(args: argparse.Namespace) -> dict:
+    cfg = config_from_args(PlayConfig, args)
+    refuse_vector_run(cfg.run)
+    return serve(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,21 @@ from tokworld.errors import TokWorldError
 from tokworld.play.controls import controls_for
 from tokworld.play.starts import Starts, find_run_data
 from tokworld.run import load_run
+from tokworld.tokenizer.pretrained import CONFIG_NAME
+from tokworld.tokenizer.vector import VectorCodec
+
+
+def refuse_vector_run(run: str | Path) -> None:
+    """Raise TokWorldError if `run`'s tokenizer is a vector codec: play shows frames. A run
+    without a readable tokenizer passes (loading it says what is wrong)."""
+    try:
+        config = json.loads((Path(run) / "tokenizer" / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(config, dict) and config.get("model_type") == VectorCodec.model_type:
+        raise TokWorldError(
+            f"tokworld play needs a run with a frame tokenizer; {run} reads vector observations"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,7 @@ class PlayWorld:
 
     def __init__(self, cfg: PlayConfig):
         self.cfg = cfg
+        refuse_vector_run(cfg.run)
         self.world_model, self.tokenizer = load_run(cfg.run, cfg.device)
         self.data = find_run_data(cfg.run, cfg.dataset)
         self.meta = self.data.meta

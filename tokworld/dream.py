@@ -16,9 +16,9 @@ from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, ImaginedStep, SamplingConfig
+from tokworld.rollout import observations
 from tokworld.run import check_observations, load_run
 from tokworld.tokenizer.codecs import space_from_dict
-from tokworld.tokenizer.frame import to_uint8
 
 
 class DreamVectorEnv(gym.vector.VectorEnv):
@@ -113,10 +113,9 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         """The current observation of every env, (num_envs, H, W, 3) uint8 or (num_envs, D)."""
         return None if self.frames is None else self.frames.copy()
 
-    def _observations(self, step: ImaginedStep) -> np.ndarray:
-        if self.tokenizer.observation == "vector":
-            return step.frames.cpu().numpy().astype(np.float32)
-        return to_uint8(step.frames).cpu().numpy()
+    @staticmethod
+    def _observations(step: ImaginedStep) -> np.ndarray:
+        return observations(step.frames).numpy()
 
 
 gym.register(id="tokworld/Dream-v0", vector_entry_point="tokworld.dream:DreamVectorEnv")

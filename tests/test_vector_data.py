@@ -22,6 +22,7 @@ from tokworld.data.format import (
 from tokworld.data.from_minari import import_minari, observation_converter
 from tokworld.data.hub import dataset_card
 from tokworld.data.importers import resolve_dataset_spec
+from tokworld.data.mixture import cache_dir
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import space_to_dict
 
@@ -245,3 +246,34 @@ def test_a_nan_vector_observation_is_refused_naming_row_and_dimension(tmp_path):
     with pytest.raises(TokWorldError, match="row 4, dimension 2 is nan") as error:
         validate_trajectories(ds)
     assert len(str(error.value).splitlines()) == 1
+
+
+def test_a_minari_vector_dataset_pretrains_imagines_and_finetunes_end_to_end(
+    minari_vectors, tmp_path, capsys, monkeypatch
+):
+    env_id, path, _ = minari_vectors
+    monkeypatch.setenv("TOKWORLD_CACHE", str(tmp_path / "cache"))
+    run, imagined, tuned = tmp_path / "run", tmp_path / "imagined", tmp_path / "tuned"
+    pretrain = ["pretrain", "--dataset", f"minari:{path}", "--out", run, "--preset", "tiny"]
+    pretrain += ["--world-model-steps", 4, "--batch-size", 4, "--eval-every", 0]
+    assert run_cli(pretrain, capsys)[0] == 0
+    assert json.loads((run / "tokenizer" / "config.json").read_text())["model_type"] == (
+        "vector_codec"
+    )
+    data = resolve_dataset_spec(f"minari:{path}", cache_dir())  # pretrain converted it there
+    imagine = ["imagine", "--run", run, "--dataset", data, "--out", imagined]
+    imagine += ["--episodes", 2, "--steps", 5, "--context", 2]
+    assert run_cli(imagine, capsys)[0] == 0
+    ds = load_trajectories(str(imagined / "dataset"))
+    validate_trajectories(ds)
+    dims = {"Pendulum-v1": 3, "CartPole-v1": 4}[env_id]
+    assert TrajectoryMeta.from_dataset(ds).observation_shape == (dims,)
+    finetune = ["finetune", "--run", run, "--env", env_id, "--out", tuned, "--env-steps", 60]
+    finetune += ["--initial-steps", 40, "--steps-per-epoch", 20, "--world-model-steps", 2]
+    finetune += ["--policy-steps", 2, "--batch-size", 4, "--horizon", 3, "--context", 2]
+    finetune += ["--eval-episodes", 2]
+    code, out, err = run_cli(finetune, capsys)
+    assert code == 0, err
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    assert [p["env_steps"] for p in metrics["learning_curve"]] == [40, 60]
+    assert (tuned / "policy" / "model.safetensors").exists()

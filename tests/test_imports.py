@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from minari_recording import record_minari
 
 from tokworld.cli import main
 from tokworld.data.convert import FrameConverter
@@ -54,31 +55,17 @@ def isolated_caches(tmp_path, monkeypatch):
 def minari_pixels(tmp_path_factory):
     """A Minari dataset of MiniGrid frames written by Minari's DataCollector, and what the env
     gave: per episode (frames, actions, rewards, terminations, truncations)."""
-    minari = pytest.importorskip("minari")
+    pytest.importorskip("minari")
     from tokworld.envs import make_env
 
     root = tmp_path_factory.mktemp("minari")
     env = make_env("MiniGrid-Empty-5x5-v0", frame_size=40, max_episode_steps=8)
-    collector = minari.DataCollector(env, jpeg_encoding=False)
-    collector.action_space.seed(0)
-    recorded = []
-    for episode in range(3):
-        obs, _ = collector.reset(seed=episode)
-        steps = {"frames": [obs], "actions": [], "rewards": [], "term": [], "trunc": []}
-        done = False
-        while not done:
-            t = len(steps["actions"])
-            scripted = episode != 1 and t < len(TO_GOAL)
-            action = TO_GOAL[t] if scripted else int(collector.action_space.sample())
-            obs, reward, term, trunc, _ = collector.step(action)
-            done = term or trunc
-            for key, value in zip(steps, (obs, action, reward, term, trunc), strict=True):
-                steps[key].append(value)
-        recorded.append({k: np.asarray(v) for k, v in steps.items()})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(root))
-        collector.create_dataset("tokworld-test/minigrid-v0", algorithm_name="scripted+random")
-    collector.close()
+
+    def act(episode: int, t: int):
+        return TO_GOAL[t] if episode != 1 and t < len(TO_GOAL) else None
+
+    recorded = record_minari(env, root, "tokworld-test/minigrid-v0", act=act,
+                             algorithm="scripted+random", jpeg_encoding=False)  # fmt: skip
     return root / "tokworld-test" / "minigrid-v0", recorded
 
 
@@ -95,7 +82,7 @@ def test_minari_import_keeps_steps_actions_rewards_and_ends(minari_pixels, tmp_p
     rows = ds.with_format("numpy")[:]
     for i, ep in enumerate(recorded):
         mine = rows["episode_index"] == i
-        np.testing.assert_array_equal(rows["observation"][mine], ep["frames"][:-1])
+        np.testing.assert_array_equal(rows["observation"][mine], ep["obs"][:-1])
         np.testing.assert_array_equal(rows["action"][mine], ep["actions"])
         np.testing.assert_array_equal(rows["reward"][mine], ep["rewards"].astype(np.float32))
         np.testing.assert_array_equal(rows["terminated"][mine], ep["term"])
@@ -133,7 +120,7 @@ def test_minari_frames_are_resized_with_inter_area(minari_pixels, tmp_path):
     first = resolve_dataset_spec(spec, tmp_path / "cache", frame_size=16)
     assert resolve_dataset_spec(spec, tmp_path / "cache", frame_size=16) == first  # cached
     ds = load_trajectories(first).with_format("numpy")
-    expected = cv2.resize(recorded[0]["frames"][1], (16, 16), interpolation=cv2.INTER_AREA)
+    expected = cv2.resize(recorded[0]["obs"][1], (16, 16), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(ds[1]["observation"], expected)
     assert "resized 40x40 -> 16x16" in TrajectoryMeta.from_dataset(ds).source["conversion"]
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import datasets
 import gymnasium as gym
 import numpy as np
 import pytest
+from minari_recording import record_minari
 
 from tokworld.cli import main
 from tokworld.data.collect import collect
@@ -44,30 +44,6 @@ def isolated_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-
-
-def record_minari(env: gym.Env, root: Path, dataset_id: str, episodes: int = 3) -> list[dict]:
-    """Write a Minari dataset of random steps in `env` under `root` with Minari's DataCollector;
-    what the env gave, per episode: observations (N+1), actions, rewards, end flags."""
-    collector = minari.DataCollector(env)
-    collector.action_space.seed(0)
-    recorded = []
-    for episode in range(episodes):
-        obs, _ = collector.reset(seed=episode)
-        steps = {"obs": [obs], "actions": [], "rewards": [], "term": [], "trunc": []}
-        done = False
-        while not done:
-            action = collector.action_space.sample()
-            obs, reward, term, trunc, _ = collector.step(action)
-            done = term or trunc
-            for key, value in zip(steps, (obs, action, reward, term, trunc), strict=True):
-                steps[key].append(value)
-        recorded.append({k: np.asarray(v) for k, v in steps.items()})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(root))
-        collector.create_dataset(dataset_id, algorithm_name="random")
-    collector.close()
-    return recorded
 
 
 @pytest.fixture(scope="module", params=["Pendulum-v1", "CartPole-v1"])

@@ -13,7 +13,7 @@ import pytest
 
 from tokworld.cli import main
 from tokworld.data.collect import collect
-from tokworld.data.format import validate_trajectories
+from tokworld.data.validate import validate_trajectories
 
 
 def run_cli(capfd, *args: str) -> tuple[int, str, str]:

@@ -9,13 +9,8 @@ import pytest
 
 from tokworld.data import format as data_format
 from tokworld.data.collect import collect
-from tokworld.data.format import (
-    TrajectoryMeta,
-    features_for,
-    load_trajectories,
-    validate_trajectories,
-    write_trajectories,
-)
+from tokworld.data.format import TrajectoryMeta, features_for, load_trajectories, write_trajectories
+from tokworld.data.validate import validate_trajectories
 from tokworld.envs import make_env
 from tokworld.errors import TokWorldError
 

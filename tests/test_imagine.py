@@ -10,7 +10,8 @@ import torch
 from einops import rearrange
 
 from tokworld.cli import main
-from tokworld.data.format import load_trajectories, validate_trajectories
+from tokworld.data.format import load_trajectories
+from tokworld.data.validate import validate_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.dream import DreamVectorEnv
 from tokworld.imagine import ImaginationEngine, SamplingConfig

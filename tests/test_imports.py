@@ -16,9 +16,10 @@ from minari_recording import record_minari
 
 from tokworld.cli import main
 from tokworld.data.convert import FrameConverter
-from tokworld.data.format import TrajectoryMeta, load_trajectories, validate_trajectories
+from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.hub import dataset_card
 from tokworld.data.importers import resolve_dataset_spec
+from tokworld.data.validate import validate_trajectories
 from tokworld.errors import TokWorldError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:minari.utils")

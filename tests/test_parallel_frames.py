@@ -16,7 +16,8 @@ from einops import rearrange
 
 from tokworld.cli import main
 from tokworld.config import TokWorldConfig
-from tokworld.data.format import load_trajectories, validate_trajectories
+from tokworld.data.format import load_trajectories
+from tokworld.data.validate import validate_trajectories
 from tokworld.dream import DreamVectorEnv
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, SamplingConfig

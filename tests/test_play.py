@@ -19,7 +19,8 @@ import torch
 from starlette.testclient import TestClient
 
 from tokworld.cli import main
-from tokworld.data.format import TrajectoryMeta, load_trajectories, validate_trajectories
+from tokworld.data.format import TrajectoryMeta, load_trajectories
+from tokworld.data.validate import validate_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine

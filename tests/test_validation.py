@@ -19,13 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tokworld.cli import main
-from tokworld.data.format import (
-    TrajectoryMeta,
-    features_for,
-    trajectory_row,
-    validate_trajectories,
-    write_trajectories,
-)
+from tokworld.data.format import TrajectoryMeta, features_for, trajectory_row, write_trajectories
+from tokworld.data.validate import validate_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.policy import build_policy

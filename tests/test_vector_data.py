@@ -16,13 +16,13 @@ from tokworld.data.format import (
     TrajectoryMeta,
     load_trajectories,
     trajectory_row,
-    validate_trajectories,
     write_trajectories,
 )
 from tokworld.data.from_minari import import_minari, observation_converter
 from tokworld.data.hub import dataset_card
 from tokworld.data.importers import resolve_dataset_spec
 from tokworld.data.mixture import cache_dir
+from tokworld.data.validate import validate_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import space_to_dict
 

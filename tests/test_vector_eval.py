@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tokworld.cli import main
-from tokworld.data.format import TrajectoryMeta, load_trajectories, validate_trajectories
+from tokworld.data.format import TrajectoryMeta, load_trajectories
+from tokworld.data.validate import validate_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.eval.demo import DemoConfig, run_demo
 from tokworld.eval.real_env import evaluate_run

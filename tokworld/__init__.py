@@ -32,7 +32,7 @@ _EXPORTS = {
     "play_episodes": "tokworld.returns",
     "TrajectoryMeta": "tokworld.data.format",
     "load_trajectories": "tokworld.data.format",
-    "validate_trajectories": "tokworld.data.format",
+    "validate_trajectories": "tokworld.data.validate",
     "write_trajectories": "tokworld.data.format",
     "WindowDataset": "tokworld.data.windows",
     "RealContext": "tokworld.data.windows",

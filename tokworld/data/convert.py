@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tokworld.data.format import check_steps, trajectory_row
+from tokworld.data.format import trajectory_row
+from tokworld.data.validate import check_steps
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import space_from_dict
 

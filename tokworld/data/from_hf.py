@@ -31,7 +31,8 @@ from tokworld.data.convert import (
     check_source_steps,
     episode_rows,
 )
-from tokworld.data.format import TrajectoryMeta, end_flags, write_trajectories
+from tokworld.data.format import TrajectoryMeta, write_trajectories
+from tokworld.data.validate import end_flags
 from tokworld.errors import TokWorldError
 from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_from_dict, space_to_dict

@@ -9,12 +9,8 @@ import datasets
 import numpy as np
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from tokworld.data.format import (
-    TrajectoryMeta,
-    episode_bounds,
-    load_trajectories,
-    validate_trajectories,
-)
+from tokworld.data.format import TrajectoryMeta, episode_bounds, load_trajectories
+from tokworld.data.validate import validate_trajectories
 from tokworld.errors import TokWorldError
 
 COLUMN_DOCS = {

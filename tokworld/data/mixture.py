@@ -20,13 +20,9 @@ import datasets
 import gymnasium as gym
 import numpy as np
 
-from tokworld.data.format import (
-    TrajectoryMeta,
-    episode_bounds,
-    load_trajectories,
-    validate_trajectories,
-)
+from tokworld.data.format import TrajectoryMeta, episode_bounds, load_trajectories
 from tokworld.data.importers import resolve_dataset_spec
+from tokworld.data.validate import validate_trajectories
 from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.codecs import space_to_dict

@@ -120,8 +120,9 @@ def is_vector_space(space: gym.Space) -> bool:
 
 
 def action_space(env_id: str) -> gym.Space:
-    """The action space of `env_id` (the env is made and closed again)."""
-    env = make_env(env_id)
+    """The action space of `env_id` (the env is made as tokworld observes it, without
+    rendering a vector env, and closed again)."""
+    env = make_env(env_id, observation=native_observation(env_id))
     try:
         return env.action_space
     finally:

@@ -88,7 +88,7 @@ class VectorCodec(SafetensorsPretrained, nn.Module):
         x = np.asarray(observations, dtype=np.float64)
         if x.ndim != 2 or len(x) == 0:
             raise TokWorldError(f"fit the vector codec on (N, D) observations, got {x.shape}")
-        _check_finite(x)
+        _check_finite(torch.from_numpy(x))
         config = config or VectorCodecConfig(dims=x.shape[1])
         if x.shape[1] != config.dims:
             raise TokWorldError(f"observations have {x.shape[1]} dims, the codec {config.dims}")
@@ -150,12 +150,6 @@ class VectorCodec(SafetensorsPretrained, nn.Module):
         bins = self._bins(codes)
         return torch.gather(self.centres.T.expand(len(bins), -1, -1), 1, bins[:, None])[:, 0]
 
-    def features(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes (..., D) -> float (..., D) in (-1, 1): each bin's rank, what a policy reads (for
-        quantile bins, the value's place in the data's distribution)."""
-        bins = codes.long() - self._offsets().to(codes.device)
-        return (bins.float() + 0.5) / self.config.bins * 2 - 1
-
     def bin_width(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, D) -> (B, D) the width of each code's bin."""
         bins = self._bins(codes)
@@ -180,10 +174,9 @@ class VectorCodec(SafetensorsPretrained, nn.Module):
         return bins
 
 
-def _check_finite(x) -> None:
-    finite = np.isfinite(x) if isinstance(x, np.ndarray) else torch.isfinite(x)
-    if not finite.all():
-        where = np.argwhere(~np.asarray(finite.cpu() if torch.is_tensor(finite) else finite))[0]
-        raise TokWorldError(
-            f"vector observation at row {where[0]}, dimension {where[1]} is not finite"
-        )
+def _check_finite(x: torch.Tensor) -> None:
+    """Raise TokWorldError naming the first non-finite value of observations (B, D)."""
+    bad = (~torch.isfinite(x)).nonzero()
+    if len(bad):
+        row, dim = bad[0].tolist()
+        raise TokWorldError(f"vector observation at row {row}, dimension {dim} is not finite")

@@ -90,9 +90,15 @@ def _vector_env(env_id: str, kwargs: dict) -> gym.Env:
             "(Dict observations with image and vector parts are not supported)"
         )
     if space.dtype != np.float32:
-        box = gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32))
-        env = TransformObservation(env, lambda x: np.asarray(x, np.float32), box)
+        env = TransformObservation(env, lambda x: np.asarray(x, np.float32), float32_box(space))
     return env
+
+
+def float32_box(space: gym.spaces.Box) -> gym.spaces.Box:
+    """`space` as a float32 Box (bounds beyond float32's range become infinite)."""
+    with np.errstate(over="ignore"):
+        low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    return gym.spaces.Box(low, high, dtype=np.float32)
 
 
 def native_observation(env_id: str) -> str:

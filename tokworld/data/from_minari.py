@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from tokworld.data.convert import FrameConverter, VectorConverter, episode_rows
 from tokworld.data.format import TrajectoryMeta, write_trajectories
-from tokworld.envs import is_vector_space
+from tokworld.envs import float32_box, is_vector_space
 from tokworld.errors import TokWorldError
 from tokworld.folders import check_output_dir
 from tokworld.tokenizer.codecs import space_to_dict
@@ -72,13 +72,6 @@ def observation_converter(
     )
 
 
-def vector_space(space: gym.spaces.Box) -> dict:
-    """`space_to_dict` of a flat Box as float32 (bounds beyond float32's range are infinite)."""
-    with np.errstate(over="ignore"):
-        low, high = space.low.astype(np.float32), space.high.astype(np.float32)
-    return space_to_dict(gym.spaces.Box(low, high, dtype=np.float32))
-
-
 def import_minari(
     ref: str, out: str | Path, frame_size: int = 64, progress: bool = True
 ) -> datasets.Dataset:
@@ -113,7 +106,7 @@ def import_minari(
             f"source_{'observation' if vector else 'frame'}_shape": list(convert.source_shape),
             "conversion": convert.description,
         },
-        observation_space=vector_space(src.observation_space) if vector else None,
+        observation_space=space_to_dict(float32_box(src.observation_space)) if vector else None,
     )
     if src.total_episodes == 0:
         raise TokWorldError(f"minari dataset {src.id!r} has no episodes")

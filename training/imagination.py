@@ -1,6 +1,7 @@
 """Actor-critic training inside the world model: the policy never sees the real environment.
 
-One update: sample `batch_size` real context windows of `context_steps` steps; burn the LSTM in
+One update: sample `batch_size` real context windows of `context_steps` steps (a share
+`event_starts` of them just before a real reward or end, see `RealContext`); burn the LSTM in
 on all but the last frame (no gradient); from the last frame imagine `horizon` steps with the
 frozen world model while the policy acts, keeping log-probs, entropies and values with gradient
 (the policy runs on the frames, or codes, that the engine returns). Then:
@@ -49,6 +50,13 @@ class ImaginationConfig:
     context_steps: int = field(
         default=4, metadata={"flag": "--context", "help": "real steps before imagining"}
     )
+    event_starts: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of rollouts that start at most `horizon` steps before a real nonzero "
+            "reward or end, for sparse rewards (0: every start uniform)"
+        },
+    )
     gamma: float = 0.995
     lam: float = field(default=0.95, metadata={"help": "lambda of the lambda-returns"})
     entropy_weight: float = 1e-3
@@ -79,6 +87,8 @@ class ImaginationConfig:
                 raise TokWorldError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
             raise TokWorldError("gamma must lie in (0, 1] and lam in [0, 1]")
+        if not 0 <= self.event_starts <= 1:
+            raise TokWorldError(f"event_starts must lie in [0, 1], got {self.event_starts}")
 
 
 def lambda_returns(
@@ -244,7 +254,9 @@ def train_policy(
             )
     wrapped, optimizer = accelerator.prepare(module, optimizer)
     rank_seed = cfg.seed + 1000 * accelerator.process_index
-    context = RealContext(ds, cfg.context_steps, tokenizer, seed=rank_seed + start)
+    context = RealContext(
+        ds, cfg.context_steps, tokenizer, rank_seed + start, cfg.event_starts, cfg.horizon
+    )
     decoder = tokenizer.decode if policy.frames_input else None
     sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k)
     module.engine = ImaginationEngine(

@@ -52,7 +52,7 @@ from tokworld.training.tokenizer import (
     tokenize_dataset,
     train_tokenizer,
 )
-from tokworld.training.world_model import train_world_model
+from tokworld.training.world_model import check_event_share, event_share_field, train_world_model
 
 MODELS = ("tokenizer", "world_model", "policy")
 
@@ -87,6 +87,7 @@ class OnlineConfig:
     world_model_steps: int = field(default=200, metadata={"help": "per epoch"})
     world_model_batch_size: int = 32
     world_model_lr: float = 3e-4
+    event_share: float = event_share_field()
     imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
     eval_every: int = field(default=1, metadata={"help": "epochs between real evaluations"})
     eval_episodes: int = 10
@@ -116,6 +117,7 @@ class OnlineConfig:
             raise TokWorldError("world_model_steps must be >= 1 and tokenizer_steps >= 0")
         if not 0 <= self.epsilon <= 1:
             raise TokWorldError(f"epsilon must lie in [0, 1], got {self.epsilon}")
+        check_event_share(self.event_share)
 
     @property
     def epochs(self) -> int:
@@ -283,7 +285,7 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
         checkpoint_every=cfg.world_model_steps, seed=seed,
     )  # fmt: skip
     result = train_world_model(models.world_model, codes, wcfg, work / "world_model",
-                               progress=progress)  # fmt: skip
+                               progress=progress, event_share=cfg.event_share)  # fmt: skip
     entry["world_model"] = _short(result)
 
     if models.policy is None:

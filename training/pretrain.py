@@ -54,7 +54,12 @@ from tokworld.training.tokenizer import (
     tokenize_dataset,
     train_tokenizer,
 )
-from tokworld.training.world_model import held_out_windows, train_world_model
+from tokworld.training.world_model import (
+    check_event_share,
+    event_share_field,
+    held_out_windows,
+    train_world_model,
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class PretrainConfig:
         default=3e-4,
         metadata={"help": "world-model peak learning rate (the tokenizer uses its own default)"},
     )
+    event_share: float = event_share_field()
     grad_accum: int = 1
     checkpoint_every: int = 250
     eval_every: int = 250
@@ -102,6 +108,7 @@ class PretrainConfig:
                     f"got {list(self.mix)}"
                 )
         check_preset(self.preset)
+        check_event_share(self.event_share)
         positive = ("world_model_steps", "batch_size", "tokenizer_batch_size", "grad_accum",
                     "checkpoint_every", "tokenize_batch_size")  # fmt: skip
         for name in positive:
@@ -180,6 +187,7 @@ def _run(cfg, out, ds, meta, parts, reused, resume, state, progress) -> dict:
         resume=_continues(stage, resume, state),
         progress=progress,
         mix=cfg.mix,
+        event_share=cfg.event_share,
     )
     metrics["world_model"] = {**result, "seconds": round(time.perf_counter() - start, 1)}
     if eval_codes is not None:

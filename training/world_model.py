@@ -9,7 +9,7 @@ never cross an episode; evaluation uses held-out episodes. The optimisation itse
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, field
 from pathlib import Path
 
 import datasets
@@ -18,13 +18,31 @@ from torch.utils.data import Subset
 
 from tokworld.data.format import TrajectoryMeta, episode_bounds
 from tokworld.data.mixture import mixed_rows
-from tokworld.data.windows import WindowDataset
+from tokworld.data.windows import WindowDataset, event_steps, oversample
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.vocab import Vocabulary
 from tokworld.training.loop import TrainConfig, train
 
 WINDOW_COLUMNS = ("codes", "action", "reward", "terminated")
+
+
+def event_share_field():
+    """The `event_share` setting of `pretrain` and the online loop (see `train_world_model`)."""
+    return field(
+        default=0.0,
+        metadata={
+            "help": "world-model training: repeat the windows holding a nonzero reward or an "
+            "end until they make up this share of the samples, for sparse rewards (0: as they "
+            "come)"
+        },
+    )
+
+
+def check_event_share(share: float) -> None:
+    """Raise TokWorldError unless `share` lies in [0, 1)."""
+    if not 0 <= share < 1:
+        raise TokWorldError(f"event_share must lie in [0, 1), got {share}")
 
 
 def check_codes(vocab: Vocabulary, ds: datasets.Dataset) -> None:
@@ -84,23 +102,29 @@ def train_world_model(
     resume: bool = False,
     progress: bool = True,
     mix: tuple[float, ...] | None = None,
+    event_share: float = 0.0,
 ) -> dict:
     """Train `model` on the codes dataset `ds`; return the final metrics.
 
     `mix` weighs the tasks of a mixture (`ds`'s `task` column): task t's windows make up the
-    share `mix[t] / sum(mix)` of what training samples.
+    share `mix[t] / sum(mix)` of what training samples. `event_share` > 0 repeats the windows
+    that hold a rare event (a nonzero reward or a terminal end) until they make up that share,
+    so that a sparse task's few rewards are in most batches (`event_balance` then weighs them).
 
     `eval_ds` (held-out episodes) is evaluated every `cfg.eval_every` steps and at the end
     (metrics prefixed `eval/`). Checkpoints go to `out_dir/train_state`; resuming one made with
     another model or train config is an error.
     """
     windows = window_dataset(model, ds)
+    rows = np.arange(len(windows))
     if mix is not None:
         tasks = np.asarray(ds.select_columns(["task"]).with_format("numpy")[:]["task"])
-        windows = Subset(windows, mixed_rows(tasks[windows.starts], list(mix), cfg.seed).tolist())
+        rows = mixed_rows(tasks[windows.starts], list(mix), cfg.seed)
+    if event_share:
+        rows = rows[oversample(windows.has_event(event_steps(ds))[rows], event_share, cfg.seed)]
     return train(
         model,
-        windows,
+        Subset(windows, rows.tolist()),
         cfg,
         out_dir,
         name="world_model",

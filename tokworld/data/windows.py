@@ -44,6 +44,16 @@ class WindowDataset(Dataset):
         per_episode = np.maximum(lengths - length + 1, 1)
         self.starts = np.repeat(starts, per_episode) + _ranges(per_episode)
         self.valid = np.minimum(np.repeat(lengths, per_episode) - _ranges(per_episode), length)
+        self.ends = np.repeat(starts + lengths, per_episode)  # one past its episode's last row
+
+    def has_event(self, events: np.ndarray, offset: int = 0, span: int | None = None) -> np.ndarray:
+        """Per window: whether `events` (one bool per dataset row, see `event_steps`) holds on a
+        row of `[start + offset, start + offset + span)` inside its episode. The defaults cover
+        the window's own steps."""
+        counts = np.concatenate([[0], np.cumsum(events)])
+        lo = np.minimum(self.starts + offset, self.ends)
+        hi = np.minimum(lo + (self.length if span is None else span), self.ends)
+        return counts[hi] > counts[lo]
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -64,10 +74,21 @@ class RealContext:
     """Samples windows of `steps` real consecutive steps (never padded) to imagine from.
 
     Frames come from the dataset's `codes` column when it has one, else they are encoded with
-    `tokenizer` (only the sampled frames are).
+    `tokenizer` (only the sampled frames are). With `event_starts` > 0 that share of every
+    sample (rounded) is drawn from the windows whose last step lies at most `horizon` steps
+    before a real event (`event_steps`), so that imagination from them reaches the rare rewards
+    and ends of a sparse task; the rest are drawn uniformly.
     """
 
-    def __init__(self, ds: datasets.Dataset, steps: int, tokenizer=None, seed: int = 0):
+    def __init__(
+        self,
+        ds: datasets.Dataset,
+        steps: int,
+        tokenizer=None,
+        seed: int = 0,
+        event_starts: float = 0.0,
+        horizon: int = 1,
+    ):
         self.frame_column = "codes" if "codes" in ds.column_names else "observation"
         if self.frame_column == "observation" and tokenizer is None:
             raise TokWorldError("dataset has no 'codes' column: a tokenizer is needed to encode it")
@@ -81,10 +102,19 @@ class RealContext:
             )
         self.tokenizer = tokenizer
         self.rng = np.random.default_rng(seed)
+        self.event_starts = event_starts
+        self.near_events = self.full[:0]
+        if event_starts:
+            near = self.windows.has_event(event_steps(ds), steps - 1, horizon)
+            self.near_events = self.full[near[self.full]]
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
         """n windows: codes (n, C, K), action, reward, terminated (n, C)."""
-        return self.get(self.rng.choice(self.full, n))
+        near = round(n * self.event_starts) if len(self.near_events) else 0
+        picked = self.rng.choice(self.full, n - near)
+        if near:
+            picked = np.concatenate([picked, self.rng.choice(self.near_events, near)])
+        return self.get(picked)
 
     def get(self, indices) -> dict[str, torch.Tensor]:
         """The windows at `indices` of the full-length windows' dataset."""
@@ -99,6 +129,26 @@ class RealContext:
             batch["codes"] = codes.view(n, c, -1).cpu()
             batch["observation"] = frames
         return batch
+
+
+def event_steps(ds: datasets.Dataset) -> np.ndarray:
+    """One bool per row of `ds`: True where the step is a rare event, a nonzero reward or a
+    terminal end (what `Vocabulary.is_event` marks among tokens)."""
+    table = ds.select_columns(["reward", "terminated"]).with_format("numpy")[:]
+    return (np.asarray(table["reward"]) != 0) | np.asarray(table["terminated"], dtype=bool)
+
+
+def oversample(flags: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
+    """Indices into `flags` (one bool per item) that take every item once and repeat flagged
+    ones, drawn deterministically from `seed`, until they make up `share` (in [0, 1)) of the
+    result. Unchanged when there is no flagged item or they already make up that share."""
+    rows = np.arange(len(flags))
+    hit = rows[np.asarray(flags, dtype=bool)]
+    wanted = int(np.ceil(share * (len(rows) - len(hit)) / (1 - share)))
+    if not len(hit) or wanted <= len(hit):
+        return rows
+    extra = np.random.default_rng(seed).choice(hit, wanted - len(hit))
+    return np.sort(np.concatenate([rows, extra]))
 
 
 def split_episodes(

@@ -131,3 +131,35 @@ def test_ctrl_c_on_the_command_line_exits_130_and_leaves_no_dataset(capfd, tmp_p
     code, _, stderr = run_cli(capfd, *args)
     assert code == 130 and stderr.splitlines()[-1] == "tokworld collect: interrupted"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trained_policy_collects(capfd, tmp_path, tiny_vector_online_run, monkeypatch):
+    from tokworld.policy import Agent
+
+    acted = []
+    act = Agent.__call__
+    monkeypatch.setattr(Agent, "__call__", lambda self, obs: acted.append(obs) or act(self, obs))
+    out = tmp_path / "ds"
+    code, stdout, _ = run_cli(capfd, "--env", "Pendulum-v1", "--steps", "30", "--out", str(out),
+                              "--policy", str(tiny_vector_online_run))  # fmt: skip
+    assert code == 0 and json.loads(stdout)["steps"] == 30
+    ds = datasets.load_from_disk(str(out))
+    validate_trajectories(ds)
+    assert len(ds) == 30 and len(acted) == 30
+    assert np.asarray(ds.with_format("numpy")["observation"]).shape == (30, 3)  # its vectors
+
+
+@pytest.mark.parametrize(
+    ("env", "obs", "problem"),
+    [
+        ("Pendulum-v1", "frames", "reads vector, not --obs frames"),
+        ("CartPole-v1", "auto", "acts in"),
+    ],
+)
+def test_a_policy_that_cannot_act_in_the_env_is_refused(capfd, tmp_path, tiny_vector_online_run,
+                                                        env, obs, problem):  # fmt: skip
+    out, run = tmp_path / "ds", str(tiny_vector_online_run)
+    code, stdout, err = run_cli(capfd, "--env", env, "--steps", "5", "--out", str(out),
+                                "--obs", obs, "--policy", run)  # fmt: skip
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

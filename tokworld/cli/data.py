@@ -4,10 +4,15 @@ datasets, bring them in, look at them, share them on the Hub."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tokworld.data.collect import OBSERVATION_CHOICES, collect
 from tokworld.data.hub import dataset_info, describe, push_dataset
 from tokworld.data.importers import import_dataset
+from tokworld.envs import action_space
+from tokworld.errors import TokWorldError
+from tokworld.policy import Agent
+from tokworld.run import load_policy, load_tokenizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", required=True, help="gymnasium env id, e.g. ALE/Pong-v5")
     p.add_argument("--steps", type=int, required=True, help="number of env steps")
     p.add_argument("--out", required=True, help="output dataset directory")
-    p.add_argument("--policy", default="random", help="'random'")
+    p.add_argument(
+        "--policy",
+        default="random",
+        help="'random', or a run directory whose trained policy acts (sampling, as it collects "
+        "in training), e.g. to record held-out data a trained agent reaches",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frame-size", type=int, default=64)
     p.add_argument(
@@ -83,14 +93,29 @@ def _import(args: argparse.Namespace) -> dict:
 
 
 def _collect(args: argparse.Namespace) -> dict:
+    policy, observation = args.policy, args.obs
+    if policy != "random":
+        if not Path(policy).is_dir():
+            raise TokWorldError(
+                f"unknown policy {policy!r}: use 'random' or a trained run's directory"
+            )
+        tokenizer = load_tokenizer(policy)
+        if observation not in ("auto", tokenizer.observation):
+            raise TokWorldError(
+                f"the policy of {args.policy} reads {tokenizer.observation}, not --obs "
+                + observation
+            )
+        observation = tokenizer.observation
+        actor = load_policy(args.policy, action_space(args.env))
+        policy = Agent(actor, tokenizer, seed=args.seed)
     summary = collect(
         args.env,
         args.steps,
         args.out,
-        policy=args.policy,
+        policy=policy,
         seed=args.seed,
         frame_size=args.frame_size,
         sticky_actions=args.sticky_actions,
-        observation=args.obs,
+        observation=observation,
     )
     return summary.to_dict()

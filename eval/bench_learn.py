@@ -12,7 +12,9 @@ number of real episodes:
 A folder per arm and seed (`DIR/ARM/seed_S`) holds that run; a finished one is read back, an
 unfinished online run resumes, and an unfinished sb3 run starts over (sb3 checkpoints are
 pickles, which tokworld never writes). `DIR/results.json` holds every curve plotted in
-`DIR/curves.png`, the wall time of every run, and the pretraining cost of `--from RUN`.
+`DIR/curves.png`, the wall time of every run, and the pretraining cost of `--from RUN`. With
+`only`, one arm runs and nothing is gathered: start arms side by side in the same DIR, then
+run the command without it to gather them.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from tokworld.returns import play_episodes
 from tokworld.training.finetune import finetune
 from tokworld.training.online import OnlineConfig
 
-ONLINE_ARMS = ("scratch", "pretrained")
 MODEL_FREE = ("ppo", "sac")
+ARMS = ("scratch", "pretrained", *MODEL_FREE)
 
 
 def checkpoints(cfg: OnlineConfig) -> list[int]:
@@ -153,10 +155,15 @@ def bench_learn(
     ppo: bool = False,
     progress: bool = True,
     sac: bool = False,
+    only: str | None = None,
 ) -> dict:
-    """Run every arm for `seeds` seeds into `out`; write and return `results.json`."""
+    """Run every arm (or the arm `only`) for `seeds` seeds into `out`; write and return
+    `results.json` (with `only`: return that arm's results and write nothing more)."""
     if seeds < 1:
         raise TokWorldError(f"--seeds must be >= 1, got {seeds}")
+    chosen = {"scratch": True, "pretrained": bool(pretrained), "ppo": ppo, "sac": sac}
+    if only is not None and not chosen.get(only):
+        raise TokWorldError(f"--only {only}: not an arm of this benchmark ({_named(chosen)})")
     space = action_space(cfg.env_id)
     if sac and not isinstance(space, gym.spaces.Box):
         raise TokWorldError(f"--sac needs continuous (Box) actions; {cfg.env_id} has {space}")
@@ -172,20 +179,28 @@ def bench_learn(
         "arms": {},
     }
     for name, run in arms.items():
+        if only not in (None, name):
+            continue
         curves = [
             run_online(replace(cfg, seed=s), out / name / f"seed_{s}", run, progress)
             for s in range(seeds)
         ]
         results["arms"][name] = summarize(curves)
-    for algo in [a for a, chosen in zip(MODEL_FREE, (ppo, sac), strict=True) if chosen]:
+    for algo in [a for a in MODEL_FREE if chosen[a] and only in (None, a)]:
         curves = [run_model_free(algo, replace(cfg, seed=s), out / algo / f"seed_{s}", progress)
                   for s in range(seeds)]  # fmt: skip
         results["arms"][algo] = summarize(curves)
+    if only is not None:
+        return results
     if pretrained:
         results["pretraining"] = _pretraining_cost(Path(pretrained))
     results["curves"] = str(plot_curves(results, out / "curves.png"))
     write_json_atomic(out / "results.json", results)
     return results
+
+
+def _named(chosen: dict[str, bool]) -> str:
+    return ", ".join(name for name, on in chosen.items() if on)
 
 
 def _pretraining_cost(run: Path) -> dict:

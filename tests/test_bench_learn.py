@@ -22,11 +22,22 @@ def test_checkpoints_are_the_online_loops_epoch_ends():
     assert checkpoints(cfg) == [2000, 4000, 6000, 7000]
 
 
+def test_only_an_arm_the_benchmark_has(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "learn", *MICRO, "--only", "pretrained", "--out", str(out)]) == 2
+    assert "--only pretrained: not an arm of this benchmark (scratch)" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_every_arm_runs_and_results_json_holds_the_plotted_curves(tiny_run, tmp_path, capsys):
     pytest.importorskip("stable_baselines3")
     out = tmp_path / "bench"
     argv = ["bench", "learn", *MICRO, "--from", str(tiny_run), "--ppo", "--out", str(out)]
+    # An arm alone (as when arms run side by side) runs its seeds and gathers nothing.
+    assert main([*argv, "--only", "pretrained"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["pretrained"]
+    capsys.readouterr()
     assert main(argv) == 0
     text = capsys.readouterr().out  # the stages' own JSON lines, then the result
     printed = json.loads(text[text.rindex("\n{\n") + 1 :])

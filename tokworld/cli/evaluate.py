@@ -13,8 +13,8 @@ from tokworld.config import FRAME_DECODINGS
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench import run_suite
 from tokworld.eval.bench_imagine import bench_imagine
+from tokworld.eval.bench_learn import ARMS, bench_learn
 from tokworld.eval.bench_learn import __doc__ as BENCH_LEARN_DOC
-from tokworld.eval.bench_learn import bench_learn
 from tokworld.eval.fidelity import FidelityConfig, evaluate_fidelity, held_out_dataset
 from tokworld.eval.plots import plot_fidelity
 from tokworld.eval.report import write_report
@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(q)
     q.add_argument("--device", default=DEVICE)
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    q.add_argument(
+        "--only",
+        choices=ARMS,
+        help="run this arm alone and gather nothing (start arms side by side in one --out, "
+        "then run without --only to gather them)",
+    )
     q.add_argument("--compile", action="store_true", help="torch.compile the per-step forwards")
     q.add_argument(
         "--iris",
@@ -83,6 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--ppo", action="store_true", help="also stable-baselines3 PPO (.[bench])")
     q.add_argument("--sac", action="store_true", help="also sb3 SAC, Box actions (.[bench])")
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    q.add_argument(
+        "--only",
+        choices=ARMS,
+        help="run this arm alone and gather nothing (start arms side by side in one --out, "
+        "then run without --only to gather them)",
+    )
     add_config_flags(q, OnlineConfig, defaults={"eval_episodes": 100})
     q.set_defaults(func=_bench_learn)
 
@@ -128,7 +140,8 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
 
 def _bench_learn(args: argparse.Namespace) -> dict:
     cfg = config_from_args(OnlineConfig, args)
-    result = bench_learn(cfg, args.out, args.seeds, args.pretrained, args.ppo, sac=args.sac)
+    result = bench_learn(cfg, args.out, args.seeds, args.pretrained, args.ppo, sac=args.sac,
+                         only=args.only)  # fmt: skip
     return {k: v for k, v in result.items() if k != "config"}
 
 

@@ -53,6 +53,17 @@ def test_has_event_finds_exactly_the_windows_near_an_event_inside_its_episode(le
         assert np.array_equal(windows.has_event(event_steps(ds)), got)
 
 
+def test_events_are_ends_and_rewards_other_than_the_usual_one():
+    ds = codes_dataset(EPISODES)  # rewards -1, 0, 1 in about equal shares: none is usual
+    ended = np.asarray(ds["terminated"])
+    assert np.array_equal(event_steps(ds), ended)
+    # CartPole-like: 1 on every step but one; the usual 1 is no event, the one 0 is.
+    dense = ds.map(lambda item, i: {"reward": 0.0 if i == 3 else 1.0}, with_indices=True)
+    expected = ended.copy()
+    expected[3] = True
+    assert np.array_equal(event_steps(dense), expected)
+
+
 @pytest.mark.parametrize("share", [0.25, 0.5, 0.9])
 def test_oversample_repeats_flagged_items_up_to_the_share(share):
     flags = np.zeros(200, dtype=bool)

@@ -1,7 +1,7 @@
 """Actor-critic training inside the world model: the policy never sees the real environment.
 
 One update: sample `batch_size` real context windows of `context_steps` steps (a share
-`event_starts` of them just before a real reward or end, see `RealContext`); burn the LSTM in
+`event_starts` of them just before a real rare event, see `RealContext`); burn the LSTM in
 on all but the last frame (no gradient); from the last frame imagine `horizon` steps with the
 frozen world model while the policy acts, keeping log-probs, entropies and values with gradient
 (the policy runs on the frames, or codes, that the engine returns). Then:
@@ -53,8 +53,9 @@ class ImaginationConfig:
     event_starts: float = field(
         default=0.0,
         metadata={
-            "help": "share of rollouts that start at most `horizon` steps before a real nonzero "
-            "reward or end, for sparse rewards (0: every start uniform)"
+            "help": "share of rollouts that start at most `horizon` steps before a real rare "
+            "event (an end, or a reward other than the usual one), for sparse rewards (0: "
+            "every start uniform)"
         },
     )
     gamma: float = 0.995

@@ -32,9 +32,9 @@ def event_share_field():
     return field(
         default=0.0,
         metadata={
-            "help": "world-model training: repeat the windows holding a nonzero reward or an "
-            "end until they make up this share of the samples, for sparse rewards (0: as they "
-            "come)"
+            "help": "world-model training: repeat the windows holding a rare event (an end, or a "
+            "reward other than the usual one) until they make up this share of the samples, "
+            "for sparse rewards (0: as they come)"
         },
     )
 
@@ -108,8 +108,9 @@ def train_world_model(
 
     `mix` weighs the tasks of a mixture (`ds`'s `task` column): task t's windows make up the
     share `mix[t] / sum(mix)` of what training samples. `event_share` > 0 repeats the windows
-    that hold a rare event (a nonzero reward or a terminal end) until they make up that share,
-    so that a sparse task's few rewards are in most batches (`event_balance` then weighs them).
+    that hold a rare event (`event_steps`: an end, or a reward other than the usual one) until
+    they make up that share, so that a sparse task's few rewards are in most batches
+    (`event_balance` then weighs them).
 
     `eval_ds` (held-out episodes) is evaluated every `cfg.eval_every` steps and at the end
     (metrics prefixed `eval/`). Checkpoints go to `out_dir/train_state`; resuming one made with

@@ -132,10 +132,15 @@ class RealContext:
 
 
 def event_steps(ds: datasets.Dataset) -> np.ndarray:
-    """One bool per row of `ds`: True where the step is a rare event, a nonzero reward or a
-    terminal end (what `Vocabulary.is_event` marks among tokens)."""
+    """One bool per row of `ds`: True where the step is a rare event, a terminal end or a
+    reward other than the usual one (the value at least half the steps get: 0 in a sparse
+    task, 1 in CartPole). Where no value is that common (dense, varied rewards), only ends."""
     table = ds.select_columns(["reward", "terminated"]).with_format("numpy")[:]
-    return (np.asarray(table["reward"]) != 0) | np.asarray(table["terminated"], dtype=bool)
+    reward, ended = np.asarray(table["reward"]), np.asarray(table["terminated"], dtype=bool)
+    values, counts = np.unique(reward, return_counts=True)
+    if not len(reward) or 2 * counts.max() < len(reward):
+        return ended
+    return ended | (reward != values[counts.argmax()])
 
 
 def oversample(flags: np.ndarray, share: float, seed: int = 0) -> np.ndarray:

@@ -102,11 +102,10 @@ def _collect(args: argparse.Namespace) -> dict:
         tokenizer = load_tokenizer(policy)
         if observation not in ("auto", tokenizer.observation):
             raise TokWorldError(
-                f"the policy of {args.policy} reads {tokenizer.observation}, not --obs "
-                + observation
+                f"the policy of {policy} reads {tokenizer.observation}, not --obs " + observation
             )
         observation = tokenizer.observation
-        actor = load_policy(args.policy, action_space(args.env))
+        actor = load_policy(policy, action_space(args.env))
         policy = Agent(actor, tokenizer, seed=args.seed)
     summary = collect(
         args.env,

@@ -58,12 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(q)
     q.add_argument("--device", default=DEVICE)
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    q.add_argument(
-        "--only",
-        choices=ARMS,
-        help="run this arm alone and gather nothing (start arms side by side in one --out, "
-        "then run without --only to gather them)",
-    )
     q.add_argument("--compile", action="store_true", help="torch.compile the per-step forwards")
     q.add_argument(
         "--iris",

@@ -189,7 +189,7 @@ def _scores(a: np.ndarray, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     n, t = a.shape[:2]
     x, y = (torch.from_numpy(f).flatten(0, 1).permute(0, 3, 1, 2).float() / 255 for f in (a, b))
     mse = (x.double() - y.double()).square().flatten(1).mean(1)
-    chunks = range(0, len(x), 256)  # SSIM works in float64: bound its memory
+    chunks = range(0, len(x), 256)  # bound SSIM's memory (five blurred moments per frame)
     s = torch.cat([ssim(x[i : i + 256], y[i : i + 256]) for i in chunks])
     return mse.view(n, t), s.view(n, t)
 

@@ -156,6 +156,33 @@ def test_split_episodes_holds_out_whole_episodes(minigrid_dataset):
     assert not set(train["episode_index"]) & set(held["episode_index"])
 
 
+def _ssim_by_windows(x: np.ndarray, y: np.ndarray, size: int = 11, sigma: float = 1.5) -> float:
+    """SSIM of one (C, H, W) image pair, window by window in float64 (the textbook definition)."""
+    r = np.arange(size) - (size - 1) / 2
+    g = np.exp(-np.add.outer(r**2, r**2) / (2 * sigma**2))
+    g /= g.sum()
+    c1, c2, values = 0.01**2, 0.03**2, []
+    for ch in range(x.shape[0]):
+        for i in range(x.shape[1] - size + 1):
+            for j in range(x.shape[2] - size + 1):
+                a, b = x[ch, i : i + size, j : j + size], y[ch, i : i + size, j : j + size]
+                ma, mb = (g * a).sum(), (g * b).sum()
+                va, vb = (g * a * a).sum() - ma**2, (g * b * b).sum() - mb**2
+                cov = (g * a * b).sum() - ma * mb
+                num = (2 * ma * mb + c1) * (2 * cov + c2)
+                values.append(num / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_matches_the_windowed_definition():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 14, 17, generator=gen)
+    y = (x + 0.3 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    pairs = zip(x.double().numpy(), y.double().numpy(), strict=True)
+    expected = [_ssim_by_windows(a, b) for a, b in pairs]
+    assert ssim(x, y).tolist() == pytest.approx(expected, abs=1e-6)
+
+
 def test_metrics_known_values():
     x = torch.rand(2, 3, 32, 32)
     assert torch.isinf(psnr(x, x)).all()

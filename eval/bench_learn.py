@@ -29,7 +29,7 @@ import numpy as np
 
 from tokworld.envs import action_space, make_env, native_observation
 from tokworld.errors import TokWorldError
-from tokworld.eval.media import pyplot
+from tokworld.eval.media import pyplot, save_figure
 from tokworld.folders import write_json_atomic
 from tokworld.returns import play_episodes
 from tokworld.training.finetune import finetune
@@ -142,9 +142,7 @@ def plot_curves(results: dict, path: Path) -> Path:
     ax.set_title(results["env_id"], fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def bench_learn(

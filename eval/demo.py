@@ -26,7 +26,7 @@ from tokworld.data.collect import collect
 from tokworld.data.windows import RealContext
 from tokworld.envs import action_space, native_observation
 from tokworld.errors import TokWorldError
-from tokworld.eval.media import contact_sheet, pyplot, write_gif
+from tokworld.eval.media import contact_sheet, pyplot, save_figure, write_gif
 from tokworld.eval.real_env import evaluate_run
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.policy import Agent
@@ -217,10 +217,7 @@ def _plot_curve(curve: list[dict], random: float, path: Path, env_id: str) -> Pa
     ax.set_title(env_id, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _table(s: dict) -> str:

@@ -1,4 +1,8 @@
-"""Things people look at: GIFs of episodes, contact sheets, real | imagined side by side."""
+"""Things people look at: GIFs of episodes, contact sheets, real | imagined side by side.
+
+Every image and figure is written atomically (`tokworld.folders.atomic_file`): an interrupted
+write leaves the previous file, or none, never a truncated one.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 from einops import rearrange
+
+from tokworld.folders import atomic_file
 
 
 def pyplot():
@@ -20,6 +26,22 @@ def pyplot():
     return plt
 
 
+def write_image(image: np.ndarray, path: str | Path, **options) -> Path:
+    """uint8 (H, W, 3) image, or (T, H, W, 3) frames for a GIF, -> `path` (format from its
+    suffix; `options` go to `imageio.v3.imwrite`)."""
+    with atomic_file(path) as tmp:
+        iio.imwrite(tmp, image, **options)
+    return Path(path)
+
+
+def save_figure(fig, path: str | Path, **options) -> Path:
+    """A matplotlib figure -> `path` (`options` go to `savefig`); the figure is closed."""
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, **options)
+    pyplot().close(fig)
+    return Path(path)
+
+
 def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour upscaling of (..., H, W, 3) frames, so 64x64 frames are visible."""
     return frames.repeat(factor, axis=-3).repeat(factor, axis=-2)
@@ -27,10 +49,7 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
 
 def write_gif(frames: np.ndarray, path: str | Path, fps: int = 8, scale: int = 2) -> Path:
     """(T, H, W, 3) uint8 frames -> looping GIF at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, upscale(frames, scale), duration=1000 / fps, loop=0)
-    return path
+    return write_image(upscale(frames, scale), path, duration=1000 / fps, loop=0)
 
 
 def side_by_side(*videos: np.ndarray, gap: int = 2) -> np.ndarray:
@@ -49,7 +68,4 @@ def contact_sheet(
     grid = frames[: min(n, max_rows)][:, cols]
     grid = np.pad(grid, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255)
     image = rearrange(grid, "r c h w ch -> (r h) (c w) ch")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, image)
-    return path
+    return write_image(image, path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokworld.eval.media import pyplot
+from tokworld.eval.media import pyplot, save_figure
 
 MAX_PANELS = 24  # dimensions drawn by `plot_dimensions`; a wider observation shows its first ones
 
@@ -26,14 +26,6 @@ FIDELITY_LINES = {
         ("codec_nmse", "codec reconstruction vs real (floor)", ":"),
     ]),
 }  # fmt: skip
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    pyplot().close(fig)
-    return path
 
 
 def _values(values) -> list[float]:
@@ -71,7 +63,7 @@ def plot_fidelity(result: dict, path: str | Path) -> Path:
         f"open loop from {result['context']} real steps, {result['windows']} windows, {how}"
     )
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_dimensions(lines: list[tuple], path: str | Path, title: str) -> Path:
@@ -102,4 +94,4 @@ def plot_dimensions(lines: list[tuple], path: str | Path, title: str) -> Path:
     more = f" (first {shown} of {dims} dimensions)" if shown < dims else ""
     fig.suptitle(title + more, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)

@@ -20,7 +20,6 @@ import math
 from pathlib import Path
 
 import datasets
-import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from einops import rearrange
 from scipy import ndimage
 
 from tokworld.errors import TokWorldError
+from tokworld.eval.media import write_image
 from tokworld.tokenizer.foreground import foreground_mask
 from tokworld.tokenizer.frame import FrameTokenizer, to_uint8
 
@@ -208,6 +208,4 @@ def save_grid(
     pairs = torch.stack([originals, reconstructions])  # (2, N, H, W, 3)
     pairs = F.pad(pairs.cpu(), (0, 0, 1, 1, 1, 1, 0, pad), value=255)  # white borders, full rows
     image = rearrange(pairs, "two (r col) h w c -> (r two h) (col w) c", col=columns)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, image.numpy())
+    write_image(image.numpy(), path)

@@ -52,10 +52,10 @@ def _encode(vocab: Vocabulary, steps: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def test_the_id_space_starts_at_frame_codes_with_no_special_ids(vocab):
     assert [k.name for k in Kind] == ["FRAME", "ACTION", "REWARD", "END"]
-    assert vocab.frame_slice == slice(0, 16)
-    assert vocab.reward_slice == slice(16, 19)
-    assert vocab.end_slice == slice(19, 21)
-    assert vocab.action_slice == slice(21, 26) and vocab.size == 26  # actions last
+    assert vocab.id_slice(Kind.FRAME) == slice(0, 16)
+    assert vocab.id_slice(Kind.REWARD) == slice(16, 19)
+    assert vocab.id_slice(Kind.END) == slice(19, 21)
+    assert vocab.id_slice(Kind.ACTION) == slice(21, 26) and vocab.size == 26  # actions last
 
 
 def test_block_layout_encode_decode_and_masks_follow_the_order(vocab):
@@ -65,18 +65,19 @@ def test_block_layout_encode_decode_and_masks_follow_the_order(vocab):
     assert vocab.step_segments == (Kind.ACTION, Kind.END, Kind.REWARD, Kind.FRAME)
     steps = _steps(vocab, 5, 3)
     blocks = vocab.encode(steps["codes"], steps["action"], steps["reward"], steps["terminated"])
-    assert torch.equal(blocks[..., 6] - vocab.end_slice.start, steps["terminated"].long())
-    assert torch.equal(blocks[..., 7] - vocab.reward_slice.start, steps["reward"].long() + 1)
+    end, reward = vocab.id_slice(Kind.END), vocab.id_slice(Kind.REWARD)
+    assert torch.equal(blocks[..., 6] - end.start, steps["terminated"].long())
+    assert torch.equal(blocks[..., 7] - reward.start, steps["reward"].long() + 1)
     decoded = vocab.decode(blocks)
     for name, value in zip(decoded._fields, decoded, strict=True):
         assert torch.equal(value, steps[name]), name
     stream = rearrange(blocks, "b t n -> b (t n)")
     mask = vocab.allowed_mask(stream.shape[1])
     assert mask[torch.arange(stream.shape[1]), stream].all()
-    assert mask[6, vocab.end_slice].all() and not mask[6, vocab.reward_slice].any()
-    assert mask[7, vocab.reward_slice].all() and not mask[7, vocab.end_slice].any()
+    assert mask[6, end].all() and not mask[6, reward].any()
+    assert mask[7, reward].all() and not mask[7, end].any()
     assert vocab.kinds(4, start=6).tolist() == [Kind.END, Kind.REWARD, Kind.FRAME, Kind.FRAME]
-    again = Vocabulary.from_json(vocab.to_json())
+    again = Vocabulary.from_dict(vocab.to_dict())
     assert again == vocab and again.order == ORDER
 
 
@@ -146,7 +147,7 @@ def test_imagination_walks_the_blocks_in_order(vocab, model):
 def test_fine_tuning_copies_exactly_the_shared_rows(vocab, model):
     adapted = adapt_world_model(model, gym.spaces.Discrete(5), seed=7)
     new = adapted.vocab
-    assert new.order == ORDER and new.action_slice == slice(21, 26)
+    assert new.order == ORDER and new.id_slice(Kind.ACTION) == slice(21, 26)
     old_ids, new_ids = vocab.shared_ids(new)
     assert torch.equal(old_ids, torch.arange(21)) and torch.equal(new_ids, torch.arange(21))
     torch.manual_seed(7)

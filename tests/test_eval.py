@@ -32,7 +32,8 @@ class CopyModel(TokWorldModel):
     def forward(self, input_ids, position_ids=None, cache=None, use_cache=False, **kwargs):
         vocab = self.vocab
         self.stream = getattr(self, "stream", {})
-        reward_zero = int(vocab.reward.encode(torch.zeros(1))[0]) + vocab.reward_slice.start
+        start = {kind: vocab.id_slice(kind).start for kind in Kind}
+        reward_zero = int(vocab.reward.encode(torch.zeros(1))[0]) + start[Kind.REWARD]
         logits = torch.full((*input_ids.shape, vocab.size), float("-inf"))
         for i, p in enumerate(position_ids[0].tolist()):
             self.stream[p] = input_ids[:, i]
@@ -43,10 +44,10 @@ class CopyModel(TokWorldModel):
             else:
                 ids = {
                     Kind.REWARD: reward_zero,
-                    Kind.END: vocab.end_slice.start,
-                    Kind.FRAME: vocab.frame_slice.start,
+                    Kind.END: start[Kind.END],
+                    Kind.FRAME: start[Kind.FRAME],
                 }
-                target = torch.full_like(input_ids[:, i], ids.get(kind, vocab.action_slice.start))
+                target = torch.full_like(input_ids[:, i], ids.get(kind, start[Kind.ACTION]))
             logits[torch.arange(len(target)), i, target] = 0.0
         return TokWorldOutput(logits=logits)
 

@@ -16,7 +16,7 @@ from tokworld.config import ModelChoices, TokWorldConfig
 from tokworld.eval.real_env import evaluate_run
 from tokworld.model import TokWorldModel
 from tokworld.returns import human_normalized
-from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.tokenizer.vocab import Kind, Vocabulary
 from tokworld.training import online
 from tokworld.training.imagination import ImaginationConfig
 from tokworld.training.online import OnlineConfig, run_dataset, train_online
@@ -124,10 +124,10 @@ def test_finetune_onto_six_actions_keeps_every_row_but_the_actions():
     adapted = adapt_world_model(model, gym.spaces.Discrete(6))
     new = adapted.vocab
     assert new.action.sizes == (6,) and new.size == vocab.size + 3
-    for kind in ("frame_slice", "reward_slice", "end_slice"):
-        assert getattr(new, kind) == getattr(vocab, kind)
-    assert new.action_slice.start == vocab.action_slice.start
-    keep = vocab.action_slice.start
+    for kind in (Kind.FRAME, Kind.REWARD, Kind.END):
+        assert new.id_slice(kind) == vocab.id_slice(kind)
+    assert new.id_slice(Kind.ACTION).start == vocab.id_slice(Kind.ACTION).start
+    keep = vocab.id_slice(Kind.ACTION).start
     for name in ("backbone.embed_tokens.weight", "head.weight"):
         old, ours = model.state_dict()[name], adapted.state_dict()[name]
         assert ours.shape[0] == new.size
@@ -140,7 +140,7 @@ def test_finetune_onto_six_actions_keeps_every_row_but_the_actions():
     tokens = new.encode(torch.zeros(1, 2, 16), torch.tensor([[5, 4]]), torch.zeros(1, 2),
                         torch.zeros(1, 2, dtype=torch.bool)).view(1, -1)  # fmt: skip
     logits = adapted(tokens).logits
-    assert torch.isfinite(logits[0, 15, new.action_slice]).all()  # all 6 actions allowed
+    assert torch.isfinite(logits[0, 15, new.id_slice(Kind.ACTION)]).all()  # all 6 actions allowed
 
 
 @pytest.mark.parametrize(

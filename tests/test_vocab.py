@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -214,14 +215,14 @@ def _kind_slices(vocab: Vocabulary) -> dict[Kind, slice]:
 @given(vocabularies())
 def test_slices_are_disjoint_and_cover_the_id_space_with_actions_last(vocab):
     slices = sorted(_kind_slices(vocab).values(), key=lambda s: s.start)
-    assert slices[0] == vocab.frame_slice and vocab.frame_slice.start == 0  # no special ids
+    frame, reward, action = (vocab.id_slice(k) for k in (Kind.FRAME, Kind.REWARD, Kind.ACTION))
+    assert slices[0] == frame and frame.start == 0  # no special ids
     for before, after in zip(slices, slices[1:], strict=False):
         assert before.stop == after.start  # contiguous, no gap, no overlap
-    assert slices[-1] == vocab.action_slice
-    assert vocab.action_slice.stop == vocab.size
+    assert slices[-1] == action and action.stop == vocab.size
     assert all(s.stop > s.start for s in slices)
-    assert vocab.reward_slice.stop - vocab.reward_slice.start == vocab.reward.num_tokens
-    assert vocab.frame_slice.stop - vocab.frame_slice.start == vocab.codebook_size
+    assert reward.stop - reward.start == vocab.reward.num_tokens
+    assert frame.stop - frame.start == vocab.codebook_size
 
 
 @given(vocabularies(), st.integers(1, 80), st.integers(0, 200))
@@ -253,8 +254,9 @@ def test_block_layout_is_frame_action_reward_end():
     vocab = Vocabulary.from_spaces(gym.spaces.MultiDiscrete([3, 4]), 10, tokens_per_frame=3)
     assert vocab.block_kinds == (Kind.FRAME,) * 3 + (Kind.ACTION,) * 2 + (Kind.REWARD, Kind.END)
     assert vocab.kinds(7, start=5).tolist() == [2, 3, 0, 0, 0, 1, 1]
-    assert vocab.block_ranges[3] == (vocab.action_slice.start, vocab.action_slice.start + 3)
-    assert vocab.block_ranges[4] == (vocab.action_slice.start + 3, vocab.action_slice.stop)
+    action = vocab.id_slice(Kind.ACTION)
+    assert vocab.block_ranges[3] == (action.start, action.start + 3)
+    assert vocab.block_ranges[4] == (action.start + 3, action.stop)
 
 
 @pytest.mark.parametrize(
@@ -314,9 +316,9 @@ def test_frames_must_be_hxwx3():
 
 @given(vocabularies())
 def test_json_round_trip_is_exact(vocab):
-    again = Vocabulary.from_json(vocab.to_json())
+    again = Vocabulary.from_dict(json.loads(json.dumps(vocab.to_dict())))
     assert again == vocab
-    assert again.to_json() == vocab.to_json()
+    assert again.to_dict() == vocab.to_dict()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vocab.json"
         vocab.save(path)
@@ -335,10 +337,10 @@ def test_loading_a_broken_vocabulary_is_an_error(tmp_path):
 @given(vocabularies(), action_spaces, st.integers(0, 2**31))
 def test_with_action_space_only_moves_the_action_tail(vocab, space, seed):
     new = vocab.with_action_space(space)
-    assert new.frame_slice == vocab.frame_slice
-    assert new.reward_slice == vocab.reward_slice
-    assert new.end_slice == vocab.end_slice
-    assert new.action_slice.start == vocab.action_slice.start
+    assert new.id_slice(Kind.FRAME) == vocab.id_slice(Kind.FRAME)
+    assert new.id_slice(Kind.REWARD) == vocab.id_slice(Kind.REWARD)
+    assert new.id_slice(Kind.END) == vocab.id_slice(Kind.END)
+    assert new.id_slice(Kind.ACTION).start == vocab.id_slice(Kind.ACTION).start
     assert new.size == vocab.size - vocab.action.num_tokens + new.action.num_tokens
     assert new.reward == vocab.reward
     # The same frame, reward and end give the same ids under both vocabularies.

@@ -77,9 +77,9 @@ def test_mask_allows_exactly_the_next_kind_at_every_position(space):
         assert (logits[:, p, ~allowed] == float("-inf")).all(), p
     # The slices of consecutive positions cycle through frame, action(s), reward, end.
     ranges = vocab.block_ranges
-    assert ranges[K - 1] == (vocab.frame_slice.start, vocab.frame_slice.stop)
-    assert ranges[-2] == (vocab.reward_slice.start, vocab.reward_slice.stop)
-    assert ranges[-1] == (vocab.end_slice.start, vocab.end_slice.stop)
+    assert ranges[K - 1] == (vocab.id_slice(Kind.FRAME).start, vocab.id_slice(Kind.FRAME).stop)
+    assert ranges[-2] == (vocab.id_slice(Kind.REWARD).start, vocab.id_slice(Kind.REWARD).stop)
+    assert ranges[-1] == (vocab.id_slice(Kind.END).start, vocab.id_slice(Kind.END).stop)
 
 
 def test_padded_steps_contribute_no_loss_or_gradient():

@@ -180,22 +180,6 @@ class Vocabulary:
         return slice(start, start + self.num_ids(kind))
 
     @property
-    def frame_slice(self) -> slice:
-        return self.id_slice(Kind.FRAME)
-
-    @property
-    def reward_slice(self) -> slice:
-        return self.id_slice(Kind.REWARD)
-
-    @property
-    def end_slice(self) -> slice:
-        return self.id_slice(Kind.END)
-
-    @property
-    def action_slice(self) -> slice:
-        return self.id_slice(Kind.ACTION)
-
-    @property
     def size(self) -> int:
         return sum(self.num_ids(k) for k in ID_ORDER)
 
@@ -395,19 +379,14 @@ class Vocabulary:
             bool(d.get("per_position_codes", False)),
         )
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> Vocabulary:
-        return cls.from_dict(json.loads(text))
-
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        """`to_dict` as a JSON file."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
+        """Inverse of `save`; an unreadable file is one TokWorldError line."""
         try:
-            return cls.from_json(Path(path).read_text())
+            return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError) as e:
             raise TokWorldError(f"cannot read vocabulary {path}: {e}") from None

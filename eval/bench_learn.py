@@ -13,8 +13,9 @@ A folder per arm and seed (`DIR/ARM/seed_S`) holds that run; a finished one is r
 unfinished online run resumes, and an unfinished sb3 run starts over (sb3 checkpoints are
 pickles, which tokworld never writes). `DIR/results.json` holds every curve plotted in
 `DIR/curves.png`, the wall time of every run, and the pretraining cost of `--from RUN`. With
-`only`, one arm runs and nothing is gathered: start arms side by side in the same DIR, then
-run the command without it to gather them.
+`only` ("ARM", or "ARM:SEED" for one seed of it), that alone runs and nothing is gathered:
+start arms (or seeds) side by side in the same DIR, then run the command without it to gather
+them.
 """
 
 from __future__ import annotations
@@ -155,13 +156,12 @@ def bench_learn(
     sac: bool = False,
     only: str | None = None,
 ) -> dict:
-    """Run every arm (or the arm `only`) for `seeds` seeds into `out`; write and return
-    `results.json` (with `only`: return that arm's results and write nothing more)."""
+    """Run every arm (or only `only`: "ARM" or "ARM:SEED") for `seeds` seeds into `out`; write
+    and return `results.json` (with `only`: return what ran and write nothing more)."""
     if seeds < 1:
         raise TokWorldError(f"--seeds must be >= 1, got {seeds}")
     chosen = {"scratch": True, "pretrained": bool(pretrained), "ppo": ppo, "sac": sac}
-    if only is not None and not chosen.get(only):
-        raise TokWorldError(f"--only {only}: not an arm of this benchmark ({_named(chosen)})")
+    only, seed_list = _only(only, chosen, seeds)
     space = action_space(cfg.env_id)
     if sac and not isinstance(space, gym.spaces.Box):
         raise TokWorldError(f"--sac needs continuous (Box) actions; {cfg.env_id} has {space}")
@@ -181,12 +181,12 @@ def bench_learn(
             continue
         curves = [
             run_online(replace(cfg, seed=s), out / name / f"seed_{s}", run, progress)
-            for s in range(seeds)
+            for s in seed_list
         ]
         results["arms"][name] = summarize(curves)
     for algo in [a for a in MODEL_FREE if chosen[a] and only in (None, a)]:
         curves = [run_model_free(algo, replace(cfg, seed=s), out / algo / f"seed_{s}", progress)
-                  for s in range(seeds)]  # fmt: skip
+                  for s in seed_list]  # fmt: skip
         results["arms"][algo] = summarize(curves)
     if only is not None:
         return results
@@ -197,8 +197,19 @@ def bench_learn(
     return results
 
 
-def _named(chosen: dict[str, bool]) -> str:
-    return ", ".join(name for name, on in chosen.items() if on)
+def _only(only: str | None, chosen: dict[str, bool], seeds: int) -> tuple[str | None, list]:
+    """--only "ARM" or "ARM:SEED" -> (the arm or None, the seeds to run)."""
+    if only is None:
+        return None, list(range(seeds))
+    arm, colon, seed = only.partition(":")
+    if not chosen.get(arm):
+        arms = ", ".join(name for name, on in chosen.items() if on)
+        raise TokWorldError(f"--only {only}: {arm} is not an arm of this benchmark ({arms})")
+    if not colon:
+        return arm, list(range(seeds))
+    if not (seed.isdigit() and int(seed) < seeds):
+        raise TokWorldError(f"--only {only}: the seed must be one of 0 to {seeds - 1}")
+    return arm, [int(seed)]
 
 
 def _pretraining_cost(run: Path) -> dict:

@@ -22,10 +22,20 @@ def test_checkpoints_are_the_online_loops_epoch_ends():
     assert checkpoints(cfg) == [2000, 4000, 6000, 7000]
 
 
-def test_only_an_arm_the_benchmark_has(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "only, error",
+    [
+        ("pretrained", "--only pretrained: pretrained is not an arm of this benchmark (scratch)"),
+        ("bogus:0", "--only bogus:0: bogus is not an arm of this benchmark (scratch)"),
+        ("scratch:2", "--only scratch:2: the seed must be one of 0 to 1"),
+        ("scratch:x", "--only scratch:x: the seed must be one of 0 to 1"),
+    ],
+)
+def test_only_an_arm_the_benchmark_has_and_one_of_its_seeds(tmp_path, capsys, only, error):
     out = tmp_path / "bench"
-    assert main(["bench", "learn", *MICRO, "--only", "pretrained", "--out", str(out)]) == 2
-    assert "--only pretrained: not an arm of this benchmark (scratch)" in capsys.readouterr().err
+    argv = ["bench", "learn", *MICRO, "--only", only, "--out", str(out)]
+    assert main(argv) == 2
+    assert error in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -34,9 +44,10 @@ def test_every_arm_runs_and_results_json_holds_the_plotted_curves(tiny_run, tmp_
     pytest.importorskip("stable_baselines3")
     out = tmp_path / "bench"
     argv = ["bench", "learn", *MICRO, "--from", str(tiny_run), "--ppo", "--out", str(out)]
-    # An arm alone (as when arms run side by side) runs its seeds and gathers nothing.
-    assert main([*argv, "--only", "pretrained"]) == 0
+    # One seed of an arm alone (as when seeds run side by side) runs and gathers nothing.
+    assert main([*argv, "--only", "pretrained:1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["pretrained"]
+    assert sorted(p.name for p in (out / "pretrained").iterdir()) == ["seed_1"]
     capsys.readouterr()
     assert main(argv) == 0
     text = capsys.readouterr().out  # the stages' own JSON lines, then the result

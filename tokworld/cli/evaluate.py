@@ -85,9 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     q.add_argument(
         "--only",
-        choices=ARMS,
-        help="run this arm alone and gather nothing (start arms side by side in one --out, "
-        "then run without --only to gather them)",
+        metavar="ARM[:SEED]",
+        help=f"run this arm ({', '.join(ARMS)}), or one seed of it, alone and gather nothing "
+        "(start them side by side in one --out, then run without --only to gather them)",
     )
     add_config_flags(q, OnlineConfig, defaults={"eval_episodes": 100})
     q.set_defaults(func=_bench_learn)

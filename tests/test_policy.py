@@ -137,6 +137,47 @@ def test_policy_save_load_is_bit_exact(tmp_path):
     torch.testing.assert_close(policy(frames).logits, loaded(frames).logits, rtol=0, atol=0)
 
 
+def test_a_separate_critic_keeps_the_value_loss_out_of_the_actor():
+    """`critic="separate"`: the value's gradient reaches only the critic's own encoder and LSTM,
+    the logits' only the actor's; the state carries both LSTMs; save/load is exact."""
+    codec = ActionCodec.from_space(gym.spaces.Discrete(3))
+    cfg = PolicyConfig.preset("tiny", codec, "tokens", codebook_size=64, critic="separate")
+    policy = ActorCritic(cfg)
+    codes = torch.randint(0, 64, (2, 5, 16))
+    out = policy(codes)
+    assert len(out.state) == 4 and all(s.shape == (1, 2, 64) for s in out.state)
+    out.value.sum().backward()
+    touched = {n.split(".")[0] for n, p in policy.named_parameters() if p.grad is not None}
+    assert touched == {"critic", "critic_encoder", "critic_lstm"}
+    policy.zero_grad(set_to_none=True)
+    policy(codes).logits.sum().backward()
+    touched = {n.split(".")[0] for n, p in policy.named_parameters() if p.grad is not None}
+    assert touched == {"actor", "encoder", "lstm"}
+    stepped = policy(codes[:, 2:], policy(codes[:, :2]).state)  # the state carries both LSTMs
+    torch.testing.assert_close(stepped.value, out.value[:, 2:])
+    torch.testing.assert_close(stepped.logits, out.logits[:, 2:])
+    shared = ActorCritic(PolicyConfig.preset("tiny", codec, "tokens", codebook_size=64))
+    shared(codes).value.sum().backward()
+    assert shared.encoder.embed.weight.grad is not None  # shared: the value shapes the encoder
+
+
+def test_separate_critic_policy_trains_saves_and_acts(tiny, tmp_path):
+    tokenizer, world_model, codes = tiny
+    policy = build_policy("tiny", world_model.vocab.action, tokenizer, "tokens", "separate")
+    cfg = ImaginationConfig(steps=2, batch_size=3, horizon=3, context_steps=2, log_every=1)
+    train_policy(policy, world_model, tokenizer, codes, cfg, tmp_path / "pi", progress=False)
+    policy.save_pretrained(tmp_path / "policy")
+    loaded = ActorCritic.from_pretrained(tmp_path / "policy")
+    assert loaded.config.critic == "separate"
+    obs = codes[:4]["codes"]
+    obs = torch.as_tensor(np.asarray(obs)).unsqueeze(1)
+    torch.testing.assert_close(policy(obs).value, loaded(obs).value, rtol=0, atol=0)
+    agent = Agent(loaded, tokenizer, greedy=True)
+    agent(torch.zeros(3, 64, 64, 3, dtype=torch.uint8))
+    agent.reset([1])
+    assert all(s[:, 1].abs().sum() == 0 and s[:, 0].abs().sum() > 0 for s in agent.state)
+
+
 def test_agent_resets_rows_and_explores(tiny):
     tokenizer, world_model, _ = tiny
     policy = build_policy("tiny", world_model.vocab.action, tokenizer, "tokens")
@@ -155,6 +196,7 @@ def test_agent_resets_rows_and_explores(tiny):
     [
         (lambda c: PolicyConfig.preset("tiny", c, "pixels"), "policy_input must be one of"),
         (lambda c: PolicyConfig.preset("huge", c), "unknown policy preset"),
+        (lambda c: PolicyConfig.preset("tiny", c, critic="own"), "critic must be one of"),
         (lambda c: PolicyConfig.preset("tiny", c, depth=3), "unknown policy config field"),
         (lambda c: ImaginationConfig(horizon=0), "horizon must be >= 1"),
         (

@@ -30,7 +30,9 @@ from tokworld.tokenizer.codecs import ActionCodec
 from tokworld.tokenizer.pretrained import SafetensorsPretrained
 
 INPUTS = ("frames", "tokens", "vector")
-State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, hidden)
+CRITICS = ("shared", "separate")
+# The LSTM's (h, c), each (1, B, hidden), then the critic's own (h, c) with a separate critic.
+State = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,10 @@ class PolicyConfig:
     Frames: one conv3x3 -> maxpool2 -> ReLU stage per entry of `channels` (IRIS: 32, 32, 64, 64
     on 64x64 frames, so a 4x4 grid). Tokens: a `token_dim` embedding per code plus a position
     embedding, flattened. Vector: two ReLU layers of `hidden_size` on the bins' ranks. Each
-    feeds an LSTM of `hidden_size`, read by the actor and critic.
+    feeds an LSTM of `hidden_size`. `critic="shared"` (IRIS): the actor and critic heads read
+    the same LSTM. `critic="separate"` (DreamerV3's separate networks): the critic has its own
+    encoder and LSTM, so its regression on returns (tens to hundreds on dense-reward tasks) does
+    not shape the actor's features; it costs a second encoder + LSTM pass per step.
     """
 
     action: dict
@@ -51,8 +56,11 @@ class PolicyConfig:
     tokens_per_frame: int = 16
     token_dim: int = 32
     hidden_size: int = 512
+    critic: str = "shared"
 
     def __post_init__(self):
+        if self.critic not in CRITICS:
+            raise TokWorldError(f"critic must be one of {CRITICS}, got {self.critic!r}")
         if self.policy_input not in INPUTS:
             raise TokWorldError(f"policy_input must be one of {INPUTS}, got {self.policy_input!r}")
         if self.policy_input == "vector" and self.codebook_size % self.tokens_per_frame:
@@ -174,6 +182,11 @@ class VectorEncoder(nn.Module):
 ENCODERS = {"frames": FrameEncoder, "tokens": TokenEncoder, "vector": VectorEncoder}
 
 
+def _recur(encoder: nn.Module, lstm: nn.LSTM, flat: torch.Tensor, b: int, state) -> tuple:
+    """Observations flattened to (B * T, ...) -> LSTM outputs (B, T, hidden) and its state."""
+    return lstm(rearrange(encoder(flat), "(b t) d -> b t d", b=b), state)
+
+
 class ActorCritic(SafetensorsPretrained, nn.Module):
     """Encoder -> LSTM -> (actor logits, critic value), stepped a frame or a sequence at a time."""
 
@@ -187,6 +200,9 @@ class ActorCritic(SafetensorsPretrained, nn.Module):
         self.lstm = nn.LSTM(self.encoder.out_dim, config.hidden_size, batch_first=True)
         self.actor = nn.Linear(config.hidden_size, self.codec.num_tokens)
         self.critic = nn.Linear(config.hidden_size, 1)
+        if config.critic == "separate":
+            self.critic_encoder = ENCODERS[config.policy_input](config)
+            self.critic_lstm = nn.LSTM(self.encoder.out_dim, config.hidden_size, batch_first=True)
 
     @property
     def frames_input(self) -> bool:
@@ -196,17 +212,21 @@ class ActorCritic(SafetensorsPretrained, nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def initial_state(self, batch: int) -> State:
-        zeros = torch.zeros(1, batch, self.config.hidden_size, device=self.device)
-        return zeros, zeros.clone()
-
     def forward(self, obs: torch.Tensor, state: State | None = None) -> PolicyOutput:
         """obs (B, T, 3, H, W) float frames or (B, T, K) codes; state None starts from zeros."""
         self._check(obs, extra_dims=1)
-        b = obs.shape[0]
-        feats = self.encoder(rearrange(obs, "b t ... -> (b t) ..."))
-        out, state = self.lstm(rearrange(feats, "(b t) d -> b t d", b=b), state)
-        return PolicyOutput(self.actor(out), self.critic(out).squeeze(-1), state)
+        flat = rearrange(obs, "b t ... -> (b t) ...")
+        out, hidden = _recur(
+            self.encoder, self.lstm, flat, obs.shape[0], None if state is None else state[:2]
+        )
+        if self.config.critic == "shared":
+            return PolicyOutput(self.actor(out), self.critic(out).squeeze(-1), hidden)
+        critic_state = None if state is None else state[2:]
+        seen, critic_hidden = _recur(
+            self.critic_encoder, self.critic_lstm, flat, obs.shape[0], critic_state
+        )
+        value = self.critic(seen).squeeze(-1)
+        return PolicyOutput(self.actor(out), value, (*hidden, *critic_hidden))
 
     def step(self, obs: torch.Tensor, state: State | None = None) -> PolicyOutput:
         """One step: obs (B, 3, H, W) or (B, K) -> logits (B, A), value (B,), next state."""
@@ -313,11 +333,14 @@ class Agent:
         return actions[0].cpu().numpy() if single else actions.cpu()
 
 
-def build_policy(name: str, codec: ActionCodec, tokenizer, policy_input: str = "auto"):
+def build_policy(
+    name: str, codec: ActionCodec, tokenizer, policy_input: str = "auto", critic: str = "shared"
+):
     """A fresh `ActorCritic` of preset `name` for this action codec and observation tokenizer.
 
     `policy_input` "auto" reads decoded frames from a frame tokenizer, ranks from a vector
-    codec; "frames" needs a frame tokenizer, "vector" a vector codec."""
+    codec; "frames" needs a frame tokenizer, "vector" a vector codec. `critic`: see
+    `PolicyConfig`."""
     kind = tokenizer.observation
     if policy_input == "auto":
         policy_input = "vector" if kind == "vector" else "frames"
@@ -331,5 +354,6 @@ def build_policy(name: str, codec: ActionCodec, tokenizer, policy_input: str = "
         frame_size=frame_size,
         codebook_size=tokenizer.codebook_size,
         tokens_per_frame=tokenizer.tokens_per_frame,
+        critic=critic,
     )
     return ActorCritic(cfg)

@@ -38,7 +38,7 @@ from tokworld.data.mixture import fingerprint
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, read_json, recover, start_run, write_json_atomic
 from tokworld.model import TokWorldModel
-from tokworld.policy import ActorCritic, Agent, build_policy
+from tokworld.policy import CRITICS, ActorCritic, Agent, build_policy
 from tokworld.presets import NAMES, check_preset
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
@@ -79,6 +79,14 @@ class OnlineConfig:
         metadata={
             "choices": ("auto", "frames", "tokens", "vector"),
             "help": "what the policy reads (auto: decoded frames, or a vector codec's bins)",
+        },
+    )
+    critic: str = field(
+        default="shared",
+        metadata={
+            "choices": CRITICS,
+            "help": "the critic reads the actor's LSTM (IRIS), or has its own encoder and LSTM "
+            "(DreamerV3; for dense rewards, whose large returns would shape the actor's features)",
         },
     )
     tokenizer_steps: int = field(default=100, metadata={"help": "per epoch (0: frozen)"})
@@ -290,7 +298,7 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
 
     if models.policy is None:
         action = models.world_model.vocab.action
-        models.policy = build_policy(cfg.preset, action, tokenizer, cfg.policy_input)
+        models.policy = build_policy(cfg.preset, action, tokenizer, cfg.policy_input, cfg.critic)
     previous = out / "train_state" / "online" / "policy_state"
     if epoch > 0 and previous.exists():
         shutil.copytree(previous, work / "policy" / "train_state")

@@ -10,7 +10,8 @@ frozen world model while the policy acts, keeping log-probs, entropies and value
 - advantages scaled by max(1, S), S an EMA of the 95th - 5th percentile of the returns
   (DreamerV3), so one entropy weight suits any reward scale;
 - actor: REINFORCE with the scaled advantage, plus an entropy bonus; critic: squared error to
-  the returns. Steps after an imagined episode end carry no loss.
+  the returns (on the actor's own LSTM, or on a network of its own with
+  `PolicyConfig.critic="separate"`). Steps after an imagined episode end carry no loss.
 
 The world model and the tokenizer run under `no_grad` in the engine and are never handed to
 the optimizer; only the actor-critic learns.

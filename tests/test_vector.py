@@ -15,7 +15,7 @@ from tokworld.data.mixture import load_mixture
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.policy import Agent, build_policy
-from tokworld.run import load_run
+from tokworld.run import load_policy, load_run
 from tokworld.tokenizer.codecs import ActionCodec, RewardCodec
 from tokworld.tokenizer.observation import load_observation_tokenizer
 from tokworld.tokenizer.vector import VectorCodec, VectorCodecConfig
@@ -172,7 +172,7 @@ MICRO = dict(
 
 
 def test_online_loop_on_vectors_keeps_the_codec_it_fitted_first(tmp_path):
-    cfg = OnlineConfig("CartPole-v1", **MICRO)
+    cfg = OnlineConfig("CartPole-v1", critic="separate", **MICRO)
     metrics = finetune(cfg, tmp_path / "run", progress=False)
     assert len(metrics["learning_curve"]) == 2
     assert metrics["history"][0]["tokenizer"]["kind"] == "vector_codec"
@@ -180,6 +180,7 @@ def test_online_loop_on_vectors_keeps_the_codec_it_fitted_first(tmp_path):
     world_model, codec = load_run(tmp_path / "run")
     first = load_observation_tokenizer(tmp_path / "run" / "tokenizer")
     assert torch.equal(codec.edges, first.edges) and world_model.vocab.per_position_codes
+    assert load_policy(tmp_path / "run").config.critic == "separate"  # as configured
 
 
 def test_finetuning_a_vector_run_checks_the_new_envs_observations(vector_run, tiny_run, tmp_path):

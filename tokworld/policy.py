@@ -219,14 +219,14 @@ class ActorCritic(SafetensorsPretrained, nn.Module):
         out, hidden = _recur(
             self.encoder, self.lstm, flat, obs.shape[0], None if state is None else state[:2]
         )
+        logits = self.actor(out)
         if self.config.critic == "shared":
-            return PolicyOutput(self.actor(out), self.critic(out).squeeze(-1), hidden)
+            return PolicyOutput(logits, self.critic(out).squeeze(-1), hidden)
         critic_state = None if state is None else state[2:]
         seen, critic_hidden = _recur(
             self.critic_encoder, self.critic_lstm, flat, obs.shape[0], critic_state
         )
-        value = self.critic(seen).squeeze(-1)
-        return PolicyOutput(self.actor(out), value, (*hidden, *critic_hidden))
+        return PolicyOutput(logits, self.critic(seen).squeeze(-1), (*hidden, *critic_hidden))
 
     def step(self, obs: torch.Tensor, state: State | None = None) -> PolicyOutput:
         """One step: obs (B, 3, H, W) or (B, K) -> logits (B, A), value (B,), next state."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tokworld.config import ModelChoices
 from tokworld.data.collect import collect
 from tokworld.data.mixture import load_mixture
 from tokworld.errors import TokWorldError
@@ -181,6 +182,20 @@ def test_online_loop_on_vectors_keeps_the_codec_it_fitted_first(tmp_path):
     first = load_observation_tokenizer(tmp_path / "run" / "tokenizer")
     assert torch.equal(codec.edges, first.edges) and world_model.vocab.per_position_codes
     assert load_policy(tmp_path / "run").config.critic == "separate"  # as configured
+
+
+def test_action_bins_set_the_box_action_slice_and_the_policys_choices(tmp_path):
+    cfg = OnlineConfig("Pendulum-v1", model=ModelChoices(action_bins=5), **MICRO)
+    finetune(cfg, tmp_path / "run", progress=False)
+    world_model, codec = load_run(tmp_path / "run")
+    assert world_model.vocab.action.sizes == (5,)
+    agent = Agent(load_policy(tmp_path / "run"), codec, seed=0)
+    rows = np.random.default_rng(0).uniform(-1, 1, (64, 3)).astype(np.float32)
+    torques = np.asarray(agent(rows)).reshape(-1, 1)
+    centres = np.array([-1.6, -0.8, 0.0, 0.8, 1.6])  # the 5 bin centres over [-2, 2]
+    assert np.abs(torques - centres).min(1).max() < 1e-6
+    with pytest.raises(TokWorldError, match="at least 2 bins, got 1"):
+        ModelChoices(action_bins=1)  # refused before anything runs
 
 
 def test_finetuning_a_vector_run_checks_the_new_envs_observations(vector_run, tiny_run, tmp_path):

@@ -112,8 +112,8 @@ class TokWorldConfig(PreTrainedConfig):
 class ModelChoices:
     """What `pretrain` and `finetune` choose for the models they build from scratch (a loaded
     run keeps its own): the tokenizer's codebook (or, for vector observations, the codec's
-    bins), the reward codec, the rare-event balance of the loss and the frame decoding. None
-    keeps the preset's or `TokWorldConfig`'s default."""
+    bins), the reward codec, the Box actions' bins, the rare-event balance of the loss and the
+    frame decoding. None keeps the preset's or `TokWorldConfig`'s default."""
 
     codebook_size: int | None = field(
         default=None, metadata={"help": "codes of a tokenizer built here (the preset's)"}
@@ -141,6 +141,11 @@ class ModelChoices:
         metadata={"help": "world model built here: weight of the rare reward/end events' mean "
                   "loss against the mean over all steps (default: TokWorldConfig's)"},
     )  # fmt: skip
+    action_bins: int = field(
+        default=32,
+        metadata={"help": "world model built here: bins per dimension of Box actions (the "
+                  "policy picks one bin centre per dimension; fewer bins, fewer choices)"},
+    )  # fmt: skip
     frame_decoding: str | None = field(
         default=None,
         metadata={
@@ -149,6 +154,10 @@ class ModelChoices:
             "one pass (default: the preset's)",
         },
     )
+
+    def __post_init__(self):
+        if self.action_bins < 2:
+            raise TokWorldError(f"Box actions need at least 2 bins, got {self.action_bins}")
 
     def tokenizer_config(self, preset: str) -> FrameTokenizerConfig:
         """The frame tokenizer's config at `preset`, with the chosen codebook size."""
@@ -160,6 +169,7 @@ class ModelChoices:
         vocab = Vocabulary.from_spaces(
             space, tokenizer.codebook_size, tokenizer.tokens_per_frame,
             reward_codec=self.reward_codec, per_position_codes=tokenizer.per_position_codes,
+            action_bins=self.action_bins,
         )  # fmt: skip
         chosen = {"event_balance": self.event_balance, "frame_decoding": self.frame_decoding}
         given = {k: v for k, v in chosen.items() if v is not None}

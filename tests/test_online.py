@@ -149,6 +149,8 @@ def test_finetune_onto_six_actions_keeps_every_row_but_the_actions():
         (["finetune", "--run", "/nonexistent", "--env", ENV, "--env-steps", "10", "--out", "X"],
          "has no world_model"),
         (["finetune", "--env", ENV, "--env-steps", "0", "--out", "X"], "env_steps must be >= 1"),
+        (["finetune", "--env", ENV, "--env-steps", "9", "--value-bins", "1", "--out", "X"],
+         "value_bins must be 0 or >= 2, got 1"),
         (["eval", "--run", "/nonexistent", "--env", ENV, "--json", "x.json"], "has no tokenizer/"),
     ],
 )  # fmt: skip

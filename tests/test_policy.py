@@ -161,14 +161,20 @@ def test_a_separate_critic_keeps_the_value_loss_out_of_the_actor():
     assert shared.encoder.embed.weight.grad is not None  # shared: the value shapes the encoder
 
 
-def test_separate_critic_policy_trains_saves_and_acts(tiny, tmp_path):
+@pytest.mark.parametrize("value_bins", [0, 255])
+def test_separate_critic_policy_trains_saves_and_acts(tiny, tmp_path, value_bins):
     tokenizer, world_model, codes = tiny
-    policy = build_policy("tiny", world_model.vocab.action, tokenizer, "tokens", "separate")
+    action = world_model.vocab.action
+    policy = build_policy("tiny", action, tokenizer, "tokens", "separate", value_bins)
+    before = _params(policy)["critic.weight"]
     cfg = ImaginationConfig(steps=2, batch_size=3, horizon=3, context_steps=2, log_every=1)
-    train_policy(policy, world_model, tokenizer, codes, cfg, tmp_path / "pi", progress=False)
+    result = train_policy(
+        policy, world_model, tokenizer, codes, cfg, tmp_path / "pi", progress=False
+    )
+    assert result["value_loss"] > 0 and not torch.equal(before, policy.critic.weight)
     policy.save_pretrained(tmp_path / "policy")
     loaded = ActorCritic.from_pretrained(tmp_path / "policy")
-    assert loaded.config.critic == "separate"
+    assert (loaded.config.critic, loaded.config.value_bins) == ("separate", value_bins)
     obs = codes[:4]["codes"]
     obs = torch.as_tensor(np.asarray(obs)).unsqueeze(1)
     torch.testing.assert_close(policy(obs).value, loaded(obs).value, rtol=0, atol=0)
@@ -197,6 +203,7 @@ def test_agent_resets_rows_and_explores(tiny):
         (lambda c: PolicyConfig.preset("tiny", c, "pixels"), "policy_input must be one of"),
         (lambda c: PolicyConfig.preset("huge", c), "unknown policy preset"),
         (lambda c: PolicyConfig.preset("tiny", c, critic="own"), "critic must be one of"),
+        (lambda c: PolicyConfig.preset("tiny", c, value_bins=1), "value_bins must be 0 or"),
         (lambda c: PolicyConfig.preset("tiny", c, depth=3), "unknown policy config field"),
         (lambda c: ImaginationConfig(horizon=0), "horizon must be >= 1"),
         (

@@ -173,7 +173,7 @@ MICRO = dict(
 
 
 def test_online_loop_on_vectors_keeps_the_codec_it_fitted_first(tmp_path):
-    cfg = OnlineConfig("CartPole-v1", critic="separate", **MICRO)
+    cfg = OnlineConfig("CartPole-v1", critic="separate", value_bins=63, **MICRO)
     metrics = finetune(cfg, tmp_path / "run", progress=False)
     assert len(metrics["learning_curve"]) == 2
     assert metrics["history"][0]["tokenizer"]["kind"] == "vector_codec"
@@ -181,7 +181,8 @@ def test_online_loop_on_vectors_keeps_the_codec_it_fitted_first(tmp_path):
     world_model, codec = load_run(tmp_path / "run")
     first = load_observation_tokenizer(tmp_path / "run" / "tokenizer")
     assert torch.equal(codec.edges, first.edges) and world_model.vocab.per_position_codes
-    assert load_policy(tmp_path / "run").config.critic == "separate"  # as configured
+    policy = load_policy(tmp_path / "run").config
+    assert (policy.critic, policy.value_bins) == ("separate", 63)  # as configured
 
 
 def test_action_bins_set_the_box_action_slice_and_the_policys_choices(tmp_path):

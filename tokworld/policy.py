@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from tokworld import twohot
 from tokworld.errors import TokWorldError
 from tokworld.presets import preset_fields
 from tokworld.tokenizer.codecs import ActionCodec
@@ -46,6 +47,9 @@ class PolicyConfig:
     the same LSTM. `critic="separate"` (DreamerV3's separate networks): the critic has its own
     encoder and LSTM, so its regression on returns (tens to hundreds on dense-reward tasks) does
     not shape the actor's features; it costs a second encoder + LSTM pass per step.
+    `value_bins=0` (IRIS): the critic's head is one number, fitted to the returns by squared
+    error; N >= 2 (DreamerV3: 255): logits over N symlog points, fitted by two-hot
+    cross-entropy (`tokworld.twohot`), so returns of any scale are learned at one pace.
     """
 
     action: dict
@@ -57,8 +61,11 @@ class PolicyConfig:
     token_dim: int = 32
     hidden_size: int = 512
     critic: str = "shared"
+    value_bins: int = 0
 
     def __post_init__(self):
+        if self.value_bins < 0 or self.value_bins == 1:
+            raise TokWorldError(f"value_bins must be 0 or >= 2, got {self.value_bins}")
         if self.critic not in CRITICS:
             raise TokWorldError(f"critic must be one of {CRITICS}, got {self.critic!r}")
         if self.policy_input not in INPUTS:
@@ -125,11 +132,13 @@ class ActionDistribution:
 
 @dataclass
 class PolicyOutput:
-    """logits (B, T, sum of component sizes), value (B, T), state: the LSTM state after T."""
+    """logits (B, T, sum of component sizes), value (B, T), state: the LSTM state after T;
+    value_logits (B, T, value_bins) with a two-hot critic, else None."""
 
     logits: torch.Tensor
     value: torch.Tensor
     state: State
+    value_logits: torch.Tensor | None = None
 
 
 class FrameEncoder(nn.Module):
@@ -199,7 +208,10 @@ class ActorCritic(SafetensorsPretrained, nn.Module):
         self.encoder = ENCODERS[config.policy_input](config)
         self.lstm = nn.LSTM(self.encoder.out_dim, config.hidden_size, batch_first=True)
         self.actor = nn.Linear(config.hidden_size, self.codec.num_tokens)
-        self.critic = nn.Linear(config.hidden_size, 1)
+        self.critic = nn.Linear(config.hidden_size, config.value_bins or 1)
+        if config.value_bins:  # DreamerV3: a zero head starts at value 0, the bins' middle
+            nn.init.zeros_(self.critic.weight)
+            nn.init.zeros_(self.critic.bias)
         if config.critic == "separate":
             self.critic_encoder = ENCODERS[config.policy_input](config)
             self.critic_lstm = nn.LSTM(self.encoder.out_dim, config.hidden_size, batch_first=True)
@@ -221,17 +233,25 @@ class ActorCritic(SafetensorsPretrained, nn.Module):
         )
         logits = self.actor(out)
         if self.config.critic == "shared":
-            return PolicyOutput(logits, self.critic(out).squeeze(-1), hidden)
+            return self._output(logits, out, hidden)
         critic_state = None if state is None else state[2:]
         seen, critic_hidden = _recur(
             self.critic_encoder, self.critic_lstm, flat, obs.shape[0], critic_state
         )
-        return PolicyOutput(logits, self.critic(seen).squeeze(-1), (*hidden, *critic_hidden))
+        return self._output(logits, seen, (*hidden, *critic_hidden))
+
+    def _output(self, logits: torch.Tensor, seen: torch.Tensor, state: State) -> PolicyOutput:
+        """The critic's head on its LSTM outputs `seen`: one number, or two-hot logits."""
+        head = self.critic(seen)
+        if not self.config.value_bins:
+            return PolicyOutput(logits, head.squeeze(-1), state)
+        return PolicyOutput(logits, twohot.decode(head), state, head)
 
     def step(self, obs: torch.Tensor, state: State | None = None) -> PolicyOutput:
         """One step: obs (B, 3, H, W) or (B, K) -> logits (B, A), value (B,), next state."""
         out = self(obs.unsqueeze(1), state)
-        return PolicyOutput(out.logits[:, 0], out.value[:, 0], out.state)
+        head = None if out.value_logits is None else out.value_logits[:, 0]
+        return PolicyOutput(out.logits[:, 0], out.value[:, 0], out.state, head)
 
     def distribution(self, logits: torch.Tensor) -> ActionDistribution:
         return ActionDistribution(logits, self.codec.sizes)
@@ -334,13 +354,18 @@ class Agent:
 
 
 def build_policy(
-    name: str, codec: ActionCodec, tokenizer, policy_input: str = "auto", critic: str = "shared"
+    name: str,
+    codec: ActionCodec,
+    tokenizer,
+    policy_input: str = "auto",
+    critic: str = "shared",
+    value_bins: int = 0,
 ):
     """A fresh `ActorCritic` of preset `name` for this action codec and observation tokenizer.
 
     `policy_input` "auto" reads decoded frames from a frame tokenizer, ranks from a vector
-    codec; "frames" needs a frame tokenizer, "vector" a vector codec. `critic`: see
-    `PolicyConfig`."""
+    codec; "frames" needs a frame tokenizer, "vector" a vector codec. `critic` and
+    `value_bins`: see `PolicyConfig`."""
     kind = tokenizer.observation
     if policy_input == "auto":
         policy_input = "vector" if kind == "vector" else "frames"
@@ -355,5 +380,6 @@ def build_policy(
         codebook_size=tokenizer.codebook_size,
         tokens_per_frame=tokenizer.tokens_per_frame,
         critic=critic,
+        value_bins=value_bins,
     )
     return ActorCritic(cfg)

@@ -10,8 +10,9 @@ frozen world model while the policy acts, keeping log-probs, entropies and value
 - advantages scaled by max(1, S), S an EMA of the 95th - 5th percentile of the returns
   (DreamerV3), so one entropy weight suits any reward scale;
 - actor: REINFORCE with the scaled advantage, plus an entropy bonus; critic: squared error to
-  the returns (on the actor's own LSTM, or on a network of its own with
-  `PolicyConfig.critic="separate"`). Steps after an imagined episode end carry no loss.
+  the returns, or two-hot cross-entropy with `PolicyConfig.value_bins` (on the actor's own
+  LSTM, or on a network of its own with `PolicyConfig.critic="separate"`). Steps after an
+  imagined episode end carry no loss.
 
 The world model and the tokenizer run under `no_grad` in the engine and are never handed to
 the optimizer; only the actor-critic learns.
@@ -28,6 +29,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from tokworld import twohot
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, SamplingConfig
@@ -143,7 +145,7 @@ class ImaginationLoss(torch.nn.Module):
             state = policy(context_obs[:, :-1]).state if context_obs.shape[1] > 1 else None
         start = engine.start(context)
         obs = [start.frames if policy.frames_input else start.codes]
-        logps, entropies, values, rewards, ends = [], [], [], [], []
+        logps, entropies, values, heads, rewards, ends = [], [], [], [], [], []
         for _ in range(cfg.horizon):
             out = policy.step(obs[-1], state)
             dist = policy.distribution(out.logits)
@@ -151,6 +153,7 @@ class ImaginationLoss(torch.nn.Module):
             logps.append(dist.log_prob(codes))
             entropies.append(dist.entropy())
             values.append(out.value.float())
+            heads.append(out.value_logits)
             state = out.state
             step = engine.step(policy.to_action(codes))
             obs.append(step.frames if policy.frames_input else step.codes)
@@ -172,7 +175,11 @@ class ImaginationLoss(torch.nn.Module):
         total = weight.sum().clamp(min=1)
         actor_loss = -(logp * advantage * weight).sum() / total
         entropy_mean = (entropy * weight).sum() / total
-        value_loss = 0.5 * ((value - returns).square() * weight).sum() / total
+        if policy.config.value_bins:
+            value_error = twohot.loss(torch.stack(heads, 1), returns)
+        else:
+            value_error = 0.5 * (value - returns).square()
+        value_loss = (value_error * weight).sum() / total
         loss = actor_loss - cfg.entropy_weight * entropy_mean + cfg.value_weight * value_loss
         metrics = {
             "actor_loss": actor_loss.detach(),

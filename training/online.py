@@ -89,6 +89,14 @@ class OnlineConfig:
             "(DreamerV3; for dense rewards, whose large returns would shape the actor's features)",
         },
     )
+    value_bins: int = field(
+        default=0,
+        metadata={
+            "help": "critic of a policy built here: 0 regresses the returns by squared error "
+            "(IRIS); N >= 2 predicts them as two-hot logits over N symlog bins (DreamerV3: 255), "
+            "which learns returns of any scale (e.g. Pendulum's hundreds) at one pace"
+        },
+    )
     tokenizer_steps: int = field(default=100, metadata={"help": "per epoch (0: frozen)"})
     tokenizer_batch_size: int = 32
     model: ModelChoices = field(default_factory=ModelChoices)
@@ -125,6 +133,8 @@ class OnlineConfig:
             raise TokWorldError("world_model_steps must be >= 1 and tokenizer_steps >= 0")
         if not 0 <= self.epsilon <= 1:
             raise TokWorldError(f"epsilon must lie in [0, 1], got {self.epsilon}")
+        if self.value_bins < 0 or self.value_bins == 1:
+            raise TokWorldError(f"value_bins must be 0 or >= 2, got {self.value_bins}")
         check_event_share(self.event_share)
 
     @property
@@ -298,7 +308,9 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
 
     if models.policy is None:
         action = models.world_model.vocab.action
-        models.policy = build_policy(cfg.preset, action, tokenizer, cfg.policy_input, cfg.critic)
+        models.policy = build_policy(
+            cfg.preset, action, tokenizer, cfg.policy_input, cfg.critic, cfg.value_bins
+        )
     previous = out / "train_state" / "online" / "policy_state"
     if epoch > 0 and previous.exists():
         shutil.copytree(previous, work / "policy" / "train_state")

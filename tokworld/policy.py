@@ -36,6 +36,12 @@ CRITICS = ("shared", "separate")
 State = tuple[torch.Tensor, ...]
 
 
+def check_value_bins(value_bins: int) -> None:
+    """Raise TokWorldError unless `value_bins` is 0 (a scalar critic) or at least 2."""
+    if value_bins < 0 or value_bins == 1:
+        raise TokWorldError(f"value_bins must be 0 or >= 2, got {value_bins}")
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """Architecture of an `ActorCritic`; `action` is the `ActionCodec.to_dict()` it acts in.
@@ -64,8 +70,7 @@ class PolicyConfig:
     value_bins: int = 0
 
     def __post_init__(self):
-        if self.value_bins < 0 or self.value_bins == 1:
-            raise TokWorldError(f"value_bins must be 0 or >= 2, got {self.value_bins}")
+        check_value_bins(self.value_bins)
         if self.critic not in CRITICS:
             raise TokWorldError(f"critic must be one of {CRITICS}, got {self.critic!r}")
         if self.policy_input not in INPUTS:

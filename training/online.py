@@ -38,7 +38,7 @@ from tokworld.data.mixture import fingerprint
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, read_json, recover, start_run, write_json_atomic
 from tokworld.model import TokWorldModel
-from tokworld.policy import CRITICS, ActorCritic, Agent, build_policy
+from tokworld.policy import CRITICS, ActorCritic, Agent, build_policy, check_value_bins
 from tokworld.presets import NAMES, check_preset
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
@@ -133,8 +133,7 @@ class OnlineConfig:
             raise TokWorldError("world_model_steps must be >= 1 and tokenizer_steps >= 0")
         if not 0 <= self.epsilon <= 1:
             raise TokWorldError(f"epsilon must lie in [0, 1], got {self.epsilon}")
-        if self.value_bins < 0 or self.value_bins == 1:
-            raise TokWorldError(f"value_bins must be 0 or >= 2, got {self.value_bins}")
+        check_value_bins(self.value_bins)
         check_event_share(self.event_share)
 
     @property

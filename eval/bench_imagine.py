@@ -5,7 +5,9 @@ time early vs late in one long rollout (flat cost means a ratio near 1).
 Every line (a mode with frames, the same mode without the decoder, and with `iris=True` IRIS's
 imagination at the same model size and batch, `eval.iris_reference`) is timed in the same
 process, in blocks of 20 steps taken in turn, and speedups are ratios of lines measured under the
-same machine load, which this shared machine's absolute figures are not.
+same machine load, which this shared machine's absolute figures are not. On a GPU every timer
+waits for the device's queued work (`torch.cuda.synchronize`), so a timing covers the kernels
+it launched, not just their launch.
 """
 
 from __future__ import annotations
@@ -40,10 +42,17 @@ class _TimedDecoder:
         self.tokenizer, self.seconds = tokenizer, 0.0
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
+        start = _clock(codes.device)
         frames = self.tokenizer.decode(codes)
-        self.seconds += time.perf_counter() - start
+        self.seconds += _clock(codes.device) - start
         return frames
+
+
+def _clock(device: torch.device) -> float:
+    """`time.perf_counter()` once `device` has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def build(preset: str, num_actions: int = 4, device: str = "cpu", **overrides):
@@ -71,10 +80,10 @@ def random_context(model: TokWorldModel, batch: int, steps: int) -> dict[str, to
 
 def _timed_steps(step, actions: torch.Tensor) -> float:
     """Seconds to take `step(action)` for every row of `actions` (T, B)."""
-    start = time.perf_counter()
+    start = _clock(actions.device)
     for action in actions:
         step(action)
-    return time.perf_counter() - start
+    return _clock(actions.device) - start
 
 
 def _flatness(engine: ImaginationEngine, context: dict, actions: torch.Tensor, steps: int) -> dict:
@@ -100,9 +109,28 @@ def bench_imagine(
     compile: bool = False,
     iris: bool = False,
     modes: tuple[str, ...] | None = None,
+    bf16: bool = False,
 ) -> dict:
     """Figures of imagination at `batch` rows for each frame decoding mode in `modes` (default:
-    the preset's); see the module docstring.
+    the preset's), every line under `torch.autocast` to bfloat16 if `bf16`; see the module
+    docstring and `_measure`."""
+    with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+        result = _measure(preset, batch, steps, long_steps, context, device, compile, iris, modes)
+    return {**result, "bf16": bf16}
+
+
+def _measure(
+    preset: str,
+    batch: int,
+    steps: int,
+    long_steps: int,
+    context: int,
+    device: str,
+    compile: bool,
+    iris: bool,
+    modes: tuple[str, ...] | None,
+) -> dict:
+    """The figures of `bench_imagine`.
 
     `lines` holds, per line (`"token"`, `"parallel"`, and each with `", tokens"`: no decoder),
     its imagined steps/s, decoder share, warm-up and speedup over IRIS; the flat-cost figures

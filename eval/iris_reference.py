@@ -35,9 +35,18 @@ IRIS_TOKENS_PER_STEP = TOKENS_PER_FRAME + 1
 class IrisCache:
     """Keys and values of every layer, (B, H, max_tokens, D), filled from the left."""
 
-    def __init__(self, layers: int, batch: int, heads: int, max_tokens: int, head_dim: int):
+    def __init__(
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        max_tokens: int,
+        head_dim: int,
+        device: torch.device | str = "cpu",
+    ):
         shape = (layers, batch, heads, max_tokens, head_dim)
-        self.keys, self.values = torch.zeros(shape), torch.zeros(shape)
+        self.keys = torch.zeros(shape, device=device)
+        self.values = torch.zeros(shape, device=device)
         self.size = 0
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -103,8 +112,10 @@ class IrisReference(nn.Module):
         self.register_buffer("predicts_obs", position != k - 1)
 
     def new_cache(self, batch: int) -> IrisCache:
-        width = self.pos_emb.embedding_dim
-        return IrisCache(len(self.blocks), batch, self.heads, self.max_tokens, width // self.heads)
+        width, device = self.pos_emb.embedding_dim, self.pos_emb.weight.device
+        return IrisCache(
+            len(self.blocks), batch, self.heads, self.max_tokens, width // self.heads, device
+        )
 
     def transformer(self, x: torch.Tensor, cache: IrisCache | None = None) -> torch.Tensor:
         """(B, T, E) embeddings -> (B, T, E) outputs; with `cache`, after its filled slots."""

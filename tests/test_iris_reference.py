@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tokworld.cli import main
 from tokworld.data.format import load_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench_imagine import bench_imagine
@@ -18,6 +19,7 @@ from tokworld.eval.iris_reference import (
     IrisReference,
 )
 from tokworld.eval.iris_tokenizer import IrisTokenizer
+from tokworld.imagine import ImaginationEngine
 
 
 def _world_model(steps: int = 3) -> IrisReference:
@@ -60,6 +62,26 @@ def test_bench_imagine_reports_the_speedup_over_iris():
     assert len(result["speedup_vs_iris_per_block"]) == 1
     expected = result["imagined_steps_per_s"] / result["iris_imagined_steps_per_s"]
     assert abs(result["speedup_vs_iris"] - expected) < 1e-9
+
+
+def test_bench_imagine_command_times_both_modes_under_bf16_autocast(tmp_path, monkeypatch):
+    under_bf16 = []
+    step = ImaginationEngine.step
+
+    def recording_step(self, action):
+        under_bf16.append(torch.get_autocast_dtype("cpu") == torch.bfloat16
+                          and torch.is_autocast_enabled("cpu"))  # fmt: skip
+        return step(self, action)
+
+    monkeypatch.setattr(ImaginationEngine, "step", recording_step)
+    out = tmp_path / "imagine.json"
+    args = ["bench", "imagine", "--preset", "tiny", "--batch", "2", "--steps", "4",
+            "--long-steps", "4", "--device", "cpu", "--bf16", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["bf16"] and under_bf16 and all(under_bf16)
+    assert set(result["lines"]) == {"token", "token, tokens", "parallel", "parallel, tokens"}
+    assert result["parallel_over_token"]["frames"]["speedup"] > 0
 
 
 @pytest.mark.slow  # ~4 s

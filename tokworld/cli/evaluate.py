@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     q.add_argument("--compile", action="store_true", help="torch.compile the per-step forwards")
     q.add_argument(
+        "--bf16", action="store_true", help="every line under torch.autocast to bfloat16 (GPU)"
+    )
+    q.add_argument(
         "--iris",
         action="store_true",
         help="also time IRIS's imagination at the same size, interleaved with ours",
@@ -127,7 +130,7 @@ def _bench_imagine(args: argparse.Namespace) -> dict:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
     claim([args.json], args.overwrite)
     result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
-                           compile=args.compile, iris=args.iris,
+                           compile=args.compile, iris=args.iris, bf16=args.bf16,
                            modes=tuple(dict.fromkeys(args.frame_decoding)))  # fmt: skip
     return write_json(result, args.json)
 

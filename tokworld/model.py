@@ -13,6 +13,7 @@ query. One forward over a window predicts every step of it at once.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,12 @@ from transformers.utils import ModelOutput
 from tokworld.config import TokWorldConfig
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.vocab import Kind
+
+# The backbone's KV-cache argument and output field: `cache` in recent transformers,
+# `past_key_values` before (where `cache=` would be silently ignored).
+CACHE_ARGUMENT = (
+    "cache" if "cache" in inspect.signature(MistralModel.forward).parameters else "past_key_values"
+)
 
 
 @dataclass
@@ -137,13 +144,13 @@ class TokWorldModel(PreTrainedModel):
         out = self.backbone(
             inputs_embeds=embeds,
             position_ids=position_ids,
-            cache=cache,
             use_cache=use_cache,
             attention_mask=attention_mask,
+            **{CACHE_ARGUMENT: cache},
         )
         logits = self.head(out.last_hidden_state)
         logits = logits.masked_fill(~allowed, float("-inf"))
-        return TokWorldOutput(logits=logits, cache=out.cache)
+        return TokWorldOutput(logits=logits, cache=out[CACHE_ARGUMENT] if use_cache else None)
 
     def tokens_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Steps of a batch (codes (B, T, K), action, reward, terminated) -> (B, T*block)."""

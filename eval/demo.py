@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokworld.config import ModelChoices
 from tokworld.data.collect import collect
 from tokworld.data.windows import RealContext
 from tokworld.envs import action_space, native_observation
@@ -73,6 +74,7 @@ class DemoConfig:
     eval_episodes: int = 100
     imagine_episodes: int = 4
     seed: int = 0
+    frame_decoding: str | None = None  # the world model's (`TokWorldConfig`); None: the preset's
 
 
 def _stage(i: int, text: str) -> None:
@@ -100,6 +102,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     tokenizer = _tokenizer(cfg, data, out / "tokenizer")
     pre = PretrainConfig(
         dataset=str(data), preset="tiny", tokenizer=str(tokenizer),
+        model=ModelChoices(frame_decoding=cfg.frame_decoding),
         world_model_steps=cfg.world_model_steps, lr=cfg.world_model_lr, checkpoint_every=200,
         eval_every=200, seed=cfg.seed,
     )  # fmt: skip

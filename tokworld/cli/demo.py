@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from tokworld.config import FRAME_DECODINGS
 from tokworld.eval.demo import DemoConfig, run_demo
 from tokworld.eval.demo import __doc__ as DEMO_DOC
 
@@ -20,4 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest for tiny "
                    "models, and on a busy machine)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds collection, training and eval")
-    p.set_defaults(func=lambda args: run_demo(DemoConfig(seed=args.seed), args.out))
+    p.add_argument("--frame-decoding", choices=FRAME_DECODINGS, help="the world model's "
+                   "(default: the tiny preset's)")  # fmt: skip
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> dict:
+    return run_demo(DemoConfig(seed=args.seed, frame_decoding=args.frame_decoding), args.out)

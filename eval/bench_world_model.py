@@ -14,8 +14,10 @@ windows of the preset's context. Three timings, each the median of `--repeats` s
   training batch to the next (data loading, step, scheduler, logging).
 
 Tokens/s count our 19 tokens per step, and `iris_comparable_tokens_per_s` the 17 an IRIS step
-has for the same environment steps. Other processes on the machine slow every timing; compare
-the ratios of one run.
+has for the same environment steps. With `--frame-decoding token parallel` both modes' bare steps
+are timed interleaved (`bare_by_mode`; a parallel step's forward also carries one query per
+predicted token, but it is counted by the same 19 tokens of the same environment steps). Other
+processes on the machine slow every timing; compare the ratios of one run.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tokworld.config import TokWorldConfig
+from tokworld.config import FRAME_DECODINGS, TokWorldConfig
 from tokworld.data.format import TrajectoryMeta
 from tokworld.eval.iris_reference import (
     ACTIONS,
@@ -133,19 +135,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-iris", action="store_true", help="skip the IRIS reference")
     parser.add_argument("--no-loop", action="store_true", help="skip the timing through the loop")
+    parser.add_argument(
+        "--frame-decoding",
+        nargs="+",
+        choices=FRAME_DECODINGS,
+        default=["token"],
+        help="the modes whose bare step is timed, interleaved (the first one also through the "
+        "loop and as `bare`)",
+    )
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     vocab = Vocabulary.from_spaces(gym.spaces.Discrete(ACTIONS), CODEBOOK, TOKENS_PER_FRAME)
-    torch.manual_seed(0)
-    model = TokWorldModel(TokWorldConfig.preset(args.preset, vocab))
+    modes = list(dict.fromkeys(args.frame_decoding))
+    models = {}
+    for mode in modes:
+        torch.manual_seed(0)
+        models[mode] = TokWorldModel(TokWorldConfig.preset(args.preset, vocab, frame_decoding=mode))
+    model = models[modes[0]]
     cfg = model.config
     steps = cfg.context_steps
     ours = {"tokens_per_s": args.batch * steps * vocab.block_size,
             "iris_comparable_tokens_per_s": args.batch * steps * IRIS_TOKENS_PER_STEP}  # fmt: skip
     report: dict = {
         "preset": args.preset,
+        "frame_decoding": modes[0],
         "batch": args.batch,
         "context_steps": steps,
         "tokens_per_step": vocab.block_size,
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     batch = fixed_batch(args.batch, steps)
-    runs = {"bare": _step_fn(model, batch)}
+    runs = {mode: _step_fn(models[mode], batch) for mode in modes}
     if not args.no_iris:
         torch.manual_seed(0)
         iris = IrisReference(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, steps)
@@ -167,7 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
             seconds = step()
             if i >= args.warmup:
                 timings[name].append(seconds)
-    report["bare"] = _summary(timings["bare"], **ours)
+    report["bare"] = _summary(timings[modes[0]], **ours)
+    if len(modes) > 1:
+        report["bare_by_mode"] = {mode: _summary(timings[mode], **ours) for mode in modes}
+        token, parallel = timings["token"], timings["parallel"]
+        ratio = statistics.median(parallel) / statistics.median(token)
+        report["parallel_step_time_over_token"] = round(ratio, 3)
     if not args.no_iris:
         iris_tokens = ours["iris_comparable_tokens_per_s"]
         report["iris_reference"] = _summary(timings["iris_reference"], tokens_per_s=iris_tokens)
@@ -175,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["speedup_vs_iris_reference"] = round(ratio, 3)
     if not args.no_loop:
         torch.manual_seed(0)
-        looped = TokWorldModel(TokWorldConfig.preset(args.preset, vocab))
+        looped = TokWorldModel(TokWorldConfig.preset(args.preset, vocab, frame_decoding=modes[0]))
         report["loop"] = _summary(time_loop(looped, args.batch, args.warmup, args.repeats), **ours)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(report, indent=2)

@@ -20,6 +20,7 @@ from tokworld.data.format import load_trajectories
 from tokworld.data.validate import validate_trajectories
 from tokworld.dream import DreamVectorEnv
 from tokworld.errors import TokWorldError
+from tokworld.eval.bench_world_model import main as bench_world_model
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer import Kind, Vocabulary
@@ -309,3 +310,15 @@ def test_both_modes_run_through_the_command_line(decoding, minigrid_dataset, pre
                  "--out", str(finetuned)]) == 0  # fmt: skip
     config = json.loads((finetuned / "world_model" / "config.json").read_text())
     assert config["frame_decoding"] == decoding
+
+
+def test_training_throughput_benchmark_times_both_modes_interleaved(capsys):
+    report = bench_world_model(["--preset", "tiny", "--batch", "2", "--warmup", "1",
+                                "--repeats", "2", "--no-iris", "--no-loop",
+                                "--frame-decoding", "token", "parallel"])  # fmt: skip
+    assert report["frame_decoding"] == "token"
+    by_mode = report["bare_by_mode"]
+    assert set(by_mode) == {"token", "parallel"} and report["bare"] == by_mode["token"]
+    assert all(len(by_mode[m]["seconds"]) == 2 for m in by_mode)
+    ratio = by_mode["parallel"]["seconds_median"] / by_mode["token"]["seconds_median"]
+    assert report["parallel_step_time_over_token"] == pytest.approx(ratio, rel=0.05)

@@ -8,17 +8,27 @@ process, in blocks of 20 steps taken in turn, and speedups are ratios of lines m
 same machine load, which this shared machine's absolute figures are not. On a GPU every timer
 waits for the device's queued work (`torch.cuda.synchronize`), so a timing covers the kernels
 it launched, not just their launch.
+
+    tokworld bench imagine --preset base --batch 32 --iris --json OUT
+    python -m tokworld.eval.bench_imagine --preset base --batch 32 --iris --json OUT
+
+The second form is the same benchmark without the command line's imports (`datasets` among
+them), for a machine that has torch, transformers and little else, such as a GPU image.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import torch
 
 from tokworld.config import FRAME_DECODINGS, TokWorldConfig
+from tokworld.errors import TokWorldError
 from tokworld.eval.iris_reference import (
     CODEBOOK,
     TOKENS_PER_FRAME,
@@ -228,3 +238,63 @@ def _iris_imagination(model: TokWorldModel, batch: int, device: str) -> IrisImag
     iris = IrisImagination(world_model.to(device), IrisDecoder().to(device))
     iris.start(torch.randint(0, CODEBOOK, (batch, TOKENS_PER_FRAME), device=device))
     return iris
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's flags, shared by `tokworld bench imagine` and `main`."""
+    parser.add_argument("--preset", default="base", choices=("tiny", "small", "base"))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=40, help="steps timed for the throughput")
+    parser.add_argument(
+        "--long-steps", type=int, default=400, help="rollout length for the flatness"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step forwards")
+    parser.add_argument(
+        "--bf16", action="store_true", help="every line under torch.autocast to bfloat16 (GPU)"
+    )
+    parser.add_argument(
+        "--iris",
+        action="store_true",
+        help="also time IRIS's imagination at the same size, interleaved with ours",
+    )
+    parser.add_argument(
+        "--frame-decoding",
+        nargs="+",
+        choices=FRAME_DECODINGS,
+        default=list(FRAME_DECODINGS),
+        help="the modes timed, each with frames and without the decoder (default: both)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """`bench_imagine` with the flags of `add_arguments`."""
+    if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
+        raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
+    return bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
+                         compile=args.compile, iris=args.iris, bf16=args.bf16,
+                         modes=tuple(dict.fromkeys(args.frame_decoding)))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`python -m tokworld.eval.bench_imagine`: print the JSON report (also to `--json`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--json", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = run(args)
+    except TokWorldError as err:
+        raise SystemExit(f"error: {err}") from None
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

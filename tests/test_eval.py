@@ -370,6 +370,7 @@ def test_report_is_self_contained_and_renders_without_console_errors(static, tmp
         (["eval-model", "--run", "RUN", "--dataset", "DATA", "--context", "20"], "longer than"),
         (["report", "--run", "RUN", "--out", "OUT", "--fidelity", "DATA"], "is not the output"),
         (["bench", "--threads", "0"], "--threads must be >= 1"),
+        (["bench", "imagine", "--steps", "10", "--long-steps", "5"], "--long-steps >= --steps"),
     ],
 )
 def test_bad_input_is_one_line(args, message, static, tmp_path, capsys):

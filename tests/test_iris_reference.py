@@ -1,6 +1,8 @@
 """The IRIS reference that imagination speed is compared against behaves as IRIS does."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from tokworld.cli import main
 from tokworld.data.format import load_trajectories
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench_imagine import bench_imagine
+from tokworld.eval.bench_imagine import main as bench_imagine_main
 from tokworld.eval.bench_tokenizer import main as bench_tokenizer
 from tokworld.eval.iris_reference import (
     IRIS_TOKENS_PER_STEP,
@@ -82,6 +85,21 @@ def test_bench_imagine_command_times_both_modes_under_bf16_autocast(tmp_path, mo
     assert result["bf16"] and under_bf16 and all(under_bf16)
     assert set(result["lines"]) == {"token", "token, tokens", "parallel", "parallel, tokens"}
     assert result["parallel_over_token"]["frames"]["speedup"] > 0
+
+
+def test_bench_imagine_runs_as_a_module_without_the_command_line(tmp_path, capsys):
+    out = tmp_path / "imagine.json"
+    result = bench_imagine_main(["--preset", "tiny", "--batch", "2", "--steps", "4",
+                                 "--long-steps", "4", "--device", "cpu", "--frame-decoding",
+                                 "parallel", "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out) == result
+    assert set(result["lines"]) == {"parallel", "parallel, tokens"} and not result["bf16"]
+    with pytest.raises(SystemExit, match="--long-steps >= --steps"):
+        bench_imagine_main(["--steps", "10", "--long-steps", "5"])
+    # What a bare GPU image lacks stays unimported: the command line's `datasets`.
+    code = "import sys, tokworld.eval.bench_imagine; print('datasets' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert imported.stdout.strip() == "False", imported.stderr
 
 
 @pytest.mark.slow  # ~4 s

@@ -9,10 +9,9 @@ import torch
 
 from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.cli.outputs import add_overwrite_flag, claim, write_json
-from tokworld.config import FRAME_DECODINGS
-from tokworld.errors import TokWorldError
 from tokworld.eval.bench import run_suite
-from tokworld.eval.bench_imagine import bench_imagine
+from tokworld.eval.bench_imagine import add_arguments as add_imagine_arguments
+from tokworld.eval.bench_imagine import run as run_imagine_bench
 from tokworld.eval.bench_learn import ARMS, bench_learn
 from tokworld.eval.bench_learn import __doc__ as BENCH_LEARN_DOC
 from tokworld.eval.fidelity import FidelityConfig, evaluate_fidelity, held_out_dataset
@@ -50,30 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_bench)
     what = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     q = what.add_parser("imagine", help="imagined steps/s at one batch size, flat cost check")
-    q.add_argument("--preset", default="base", choices=("tiny", "small", "base"))
-    q.add_argument("--batch", type=int, default=32)
-    q.add_argument("--steps", type=int, default=40, help="steps timed for the throughput")
-    q.add_argument("--long-steps", type=int, default=400, help="rollout length for the flatness")
+    add_imagine_arguments(q)
     q.add_argument("--json", help="also write the JSON here")
     add_overwrite_flag(q)
-    q.add_argument("--device", default=DEVICE)
-    q.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    q.add_argument("--compile", action="store_true", help="torch.compile the per-step forwards")
-    q.add_argument(
-        "--bf16", action="store_true", help="every line under torch.autocast to bfloat16 (GPU)"
-    )
-    q.add_argument(
-        "--iris",
-        action="store_true",
-        help="also time IRIS's imagination at the same size, interleaved with ours",
-    )
-    q.add_argument(
-        "--frame-decoding",
-        nargs="+",
-        choices=FRAME_DECODINGS,
-        default=list(FRAME_DECODINGS),
-        help="the modes timed, each with frames and without the decoder (default: both)",
-    )
     q.set_defaults(func=_bench_imagine)
     q = what.add_parser(
         "learn",
@@ -126,13 +104,8 @@ def _bench(args: argparse.Namespace) -> dict:
 
 
 def _bench_imagine(args: argparse.Namespace) -> dict:
-    if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
-        raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
     claim([args.json], args.overwrite)
-    result = bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
-                           compile=args.compile, iris=args.iris, bf16=args.bf16,
-                           modes=tuple(dict.fromkeys(args.frame_decoding)))  # fmt: skip
-    return write_json(result, args.json)
+    return write_json(run_imagine_bench(args), args.json)
 
 
 def _bench_learn(args: argparse.Namespace) -> dict:

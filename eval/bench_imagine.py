@@ -19,10 +19,8 @@ them), for a machine that has torch, transformers and little else, such as a GPU
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import torch
@@ -36,6 +34,7 @@ from tokworld.eval.iris_reference import (
     IrisImagination,
     IrisReference,
 )
+from tokworld.folders import report_json
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
@@ -289,11 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = run(args)
     except TokWorldError as err:
         raise SystemExit(f"error: {err}") from None
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
-    return result
+    return report_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ with the same schedule on the same frames in the same order.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
 from tokworld.eval.iris_tokenizer import train_iris_tokenizer
 from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+from tokworld.folders import report_json
 from tokworld.tokenizer.foreground import FOREGROUND_LOSSES
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.training.tokenizer import train_tokenizer
@@ -157,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except TokWorldError as e:
         print(f"bench_tokenizer: error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
+    report_json(result, args.json)
     return 0
 
 

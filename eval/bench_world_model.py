@@ -23,7 +23,6 @@ processes on the machine slow every timing; compare the ratios of one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -45,6 +44,7 @@ from tokworld.eval.iris_reference import (
     TOKENS_PER_FRAME,
     IrisReference,
 )
+from tokworld.folders import report_json
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.codecs import space_to_dict
 from tokworld.tokenizer.vocab import Vocabulary
@@ -198,11 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         looped = TokWorldModel(TokWorldConfig.preset(args.preset, vocab, frame_decoding=modes[0]))
         report["loop"] = _summary(time_loop(looped, args.batch, args.warmup, args.repeats), **ours)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
-    return report
+    return report_json(report, args.json)
 
 
 if __name__ == "__main__":

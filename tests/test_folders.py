@@ -19,6 +19,7 @@ from tokworld.folders import (
     check_output_dir,
     recover,
     replace_dir,
+    report_json,
     start_run,
     write_json_atomic,
 )
@@ -195,3 +196,12 @@ def test_train_tokenizer_refuses_a_non_empty_folder_without_resume(pong_dataset,
     assert "\n" not in err and "not empty: pass --resume to continue it" in err, err
     assert _files(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer"]
+
+
+def test_report_json_prints_and_writes_the_same_valid_json(tmp_path, capsys):
+    report = {"steps_per_s": 3.5, "ratio": float("nan")}
+    assert report_json(report, tmp_path / "new" / "report.json") is report
+    written = json.loads((tmp_path / "new" / "report.json").read_text())
+    assert written == json.loads(capsys.readouterr().out) == {"steps_per_s": 3.5, "ratio": None}
+    report_json(report)  # no path: printed only
+    assert json.loads(capsys.readouterr().out)["ratio"] is None

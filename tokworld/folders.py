@@ -7,7 +7,8 @@ never leaves a half-written folder or file that looks complete:
   appears at `final` only when the block succeeds, and the sibling is gone either way.
 - `replace_dir(tmp, final)`: swap a complete directory in for an existing one via `NAME.old`;
   `recover(final)` undoes what a kill between the two renames left (call it before reading).
-- `atomic_file(final)`: the same for one file; `write_json_atomic(path, obj)` for a JSON one;
+- `atomic_file(final)`: the same for one file; `write_json_atomic(path, obj)` for a JSON one
+  (`report_json(obj, path)` also prints it);
   `files_into(folder)`: files written aside, then renamed into a folder that holds more.
 - `read_json(path, what)`: a JSON file a user may have touched, checked, or one clear line.
 - `start_run(out, settings, resume, record_name)`: create or resume a run folder and hold its
@@ -219,6 +220,15 @@ def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     TokWorldError line."""
     with atomic_file(path) as tmp:
         tmp.write_text(json_text(obj, indent))
+
+
+def report_json(obj: Any, path: str | Path | None = None) -> Any:
+    """A benchmark script's report: print `obj` as JSON and, with `path`, also write it there
+    (`write_json_atomic`); return `obj`."""
+    print(json_text(obj))
+    if path is not None:
+        write_json_atomic(path, obj)
+    return obj
 
 
 JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer",

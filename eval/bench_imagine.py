@@ -12,8 +12,9 @@ it launched, not just their launch.
     tokworld bench imagine --preset base --batch 32 --iris --json OUT
     python -m tokworld.eval.bench_imagine --preset base --batch 32 --iris --json OUT
 
-The second form is the same benchmark without the command line's imports (`datasets` among
-them), for a machine that has torch, transformers and little else, such as a GPU image.
+The second form is the same benchmark without the command line's imports: it runs where
+`datasets` is missing, e.g. a GPU image holding torch, transformers, accelerate, einops,
+gymnasium and vector-quantize-pytorch, with tokworld installed by `pip install --no-deps`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tokworld.eval.iris_reference import (
     IrisImagination,
     IrisReference,
 )
-from tokworld.folders import report_json
+from tokworld.folders import claim, report_json
 from tokworld.imagine import ImaginationEngine, SamplingConfig
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
@@ -277,18 +278,22 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """`python -m tokworld.eval.bench_imagine`: print the JSON report (also to `--json`)."""
+    """`python -m tokworld.eval.bench_imagine`: print the JSON report (also to `--json`); bad
+    input is one line, before any work."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--json", help="also write the JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        result = run(args)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise TokWorldError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        claim([args.json], args.overwrite)
+        return report_json(run(args), args.json)
     except TokWorldError as err:
         raise SystemExit(f"error: {err}") from None
-    return report_json(result, args.json)
 
 
 if __name__ == "__main__":

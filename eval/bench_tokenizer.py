@@ -27,7 +27,7 @@ from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
 from tokworld.eval.iris_tokenizer import train_iris_tokenizer
 from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
-from tokworld.folders import report_json
+from tokworld.folders import claim, report_json
 from tokworld.tokenizer.foreground import FOREGROUND_LOSSES
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.training.tokenizer import train_tokenizer
@@ -153,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     try:
-        result = run(args)
+        claim([args.json], overwrite=True)  # a bad --json fails now, not after the training
+        report_json(run(args), args.json)
     except TokWorldError as e:
         print(f"bench_tokenizer: error: {e}", file=sys.stderr)
         return 2
-    report_json(result, args.json)
     return 0
 
 

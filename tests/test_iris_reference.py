@@ -94,8 +94,11 @@ def test_bench_imagine_runs_as_a_module_without_the_command_line(tmp_path, capsy
                                  "parallel", "--json", str(out)])  # fmt: skip
     assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out) == result
     assert set(result["lines"]) == {"parallel", "parallel, tokens"} and not result["bf16"]
-    with pytest.raises(SystemExit, match="--long-steps >= --steps"):
-        bench_imagine_main(["--steps", "10", "--long-steps", "5"])
+    for bad, message in [(["--steps", "10", "--long-steps", "5"], "--long-steps >= --steps"),
+                         (["--threads", "0"], "--threads must be >= 1"),
+                         (["--json", str(out)], "already exists: pass --overwrite")]:  # fmt: skip
+        with pytest.raises(SystemExit, match=message):
+            bench_imagine_main(bad)
     # What a bare GPU image lacks stays unimported: the command line's `datasets`.
     code = "import sys, tokworld.eval.bench_imagine; print('datasets' in sys.modules)"
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

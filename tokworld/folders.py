@@ -7,6 +7,7 @@ never leaves a half-written folder or file that looks complete:
   appears at `final` only when the block succeeds, and the sibling is gone either way.
 - `replace_dir(tmp, final)`: swap a complete directory in for an existing one via `NAME.old`;
   `recover(final)` undoes what a kill between the two renames left (call it before reading).
+- `claim(paths, overwrite)`: output files checked before a command starts working.
 - `atomic_file(final)`: the same for one file; `write_json_atomic(path, obj)` for a JSON one
   (`report_json(obj, path)` also prints it);
   `files_into(folder)`: files written aside, then renamed into a folder that holds more.
@@ -48,6 +49,21 @@ def existing_parent(path: Path) -> Path:
     if not parent.is_dir():
         raise TokWorldError(f"cannot write to {path}: {parent} is a file, not a directory")
     return parent
+
+
+def claim(paths, overwrite: bool) -> None:
+    """Raise TokWorldError unless every path (None skipped) can be written as a new file (or,
+    with `overwrite`, replace one): a command calls it on all its output files before it
+    starts working, so a run of minutes never ends in "file exists"."""
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise TokWorldError(f"cannot write {path}: it is a directory")
+        if path.exists() and not overwrite:
+            raise TokWorldError(f"{path} already exists: pass --overwrite to replace it")
+        existing_parent(path)
 
 
 def check_output_dir(out: str | Path, kind: str = "output directory", hint: str = "") -> Path:

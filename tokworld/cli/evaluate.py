@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from tokworld.cli.flags import add_config_flags, config_from_args
-from tokworld.cli.outputs import add_overwrite_flag, claim, write_json
+from tokworld.cli.outputs import add_overwrite_flag, write_json
 from tokworld.eval.bench import run_suite
 from tokworld.eval.bench_imagine import add_arguments as add_imagine_arguments
 from tokworld.eval.bench_imagine import run as run_imagine_bench
@@ -17,6 +17,7 @@ from tokworld.eval.bench_learn import __doc__ as BENCH_LEARN_DOC
 from tokworld.eval.fidelity import FidelityConfig, evaluate_fidelity, held_out_dataset
 from tokworld.eval.plots import plot_fidelity
 from tokworld.eval.report import write_report
+from tokworld.folders import claim
 from tokworld.run import load_run
 from tokworld.training.online import OnlineConfig
 

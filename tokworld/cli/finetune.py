@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 
 from tokworld.cli.flags import add_config_flags, config_from_args
-from tokworld.cli.outputs import add_overwrite_flag, claim
+from tokworld.cli.outputs import add_overwrite_flag
 from tokworld.eval.real_env import episode_media, evaluate_run
+from tokworld.folders import claim
 from tokworld.run import load_tokenizer
 from tokworld.training.finetune import finetune
 from tokworld.training.online import OnlineConfig

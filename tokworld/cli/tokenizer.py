@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from tokworld.cli.outputs import add_overwrite_flag, claim, write_json
+from tokworld.cli.outputs import add_overwrite_flag, write_json
 from tokworld.data.format import load_trajectories
 from tokworld.data.validate import validate_trajectories
 from tokworld.data.windows import split_episodes
 from tokworld.errors import TokWorldError
 from tokworld.eval.tokenizer_metrics import evaluate_tokenizer
+from tokworld.folders import claim
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.training.tokenizer import tokenize_to_disk, train_tokenizer
 

@@ -99,10 +99,16 @@ def test_bench_imagine_runs_as_a_module_without_the_command_line(tmp_path, capsy
                          (["--json", str(out)], "already exists: pass --overwrite")]:  # fmt: skip
         with pytest.raises(SystemExit, match=message):
             bench_imagine_main(bad)
-    # What a bare GPU image lacks stays unimported: the command line's `datasets`.
-    code = "import sys, tokworld.eval.bench_imagine; print('datasets' in sys.modules)"
-    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert imported.stdout.strip() == "False", imported.stderr
+    # Run as `python -m`, it leaves unimported what a GPU image may lack: `datasets`.
+    argv = ["x", "--preset", "tiny", "--batch", "1", "--steps", "2", "--long-steps", "2",
+            "--device", "cpu", "--frame-decoding", "parallel"]  # fmt: skip
+    code = (f"import runpy, sys; sys.argv = {argv!r}; "
+            "runpy.run_module('tokworld.eval.bench_imagine', run_name='__main__'); "
+            "print('datasets imported:', 'datasets' in sys.modules)")  # fmt: skip
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert '"frame_decoding": "parallel"' in ran.stdout
+    assert ran.stdout.strip().endswith("datasets imported: False")
 
 
 @pytest.mark.slow  # ~4 s

@@ -20,9 +20,9 @@ from tokworld.folders import (
     recover,
     replace_dir,
     report_json,
-    start_run,
     write_json_atomic,
 )
+from tokworld.run_lock import start_run
 from tokworld.training.loop import TrainConfig, train
 
 
@@ -158,7 +158,7 @@ def test_start_run_records_settings_and_checks_them_on_resume(tmp_path):
 OTHER_WRITER = """
 import sys
 from tokworld.errors import TokWorldError
-from tokworld.folders import start_run
+from tokworld.run_lock import start_run
 try:
     with start_run(sys.argv[1], {"seed": 0}, True, "run.json"):
         print("opened")

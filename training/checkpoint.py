@@ -25,7 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tokworld.errors import TokWorldError
-from tokworld.folders import atomic_dir, read_json, recover, start_run
+from tokworld.folders import atomic_dir, read_json, recover
+from tokworld.run_lock import start_run
 
 
 def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -151,7 +152,7 @@ def open_run(
     record_name: str | None = None,
     settings: dict | None = None,
 ) -> Iterator[Path]:
-    """`tokworld.folders.start_run` in every process of a run: the main process checks, locks
+    """`tokworld.run_lock.start_run` in every process of a run: the main process checks, locks
     and records the run folder `out`; the others wait for it and raise the same one-line error
     when it could not. The lock is held until the block ends."""
     with ExitStack() as stack:

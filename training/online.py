@@ -36,12 +36,13 @@ from tokworld.data.collect import OBSERVATION_CHOICES, collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.mixture import fingerprint
 from tokworld.errors import TokWorldError
-from tokworld.folders import atomic_dir, read_json, recover, start_run, write_json_atomic
+from tokworld.folders import atomic_dir, read_json, recover, write_json_atomic
 from tokworld.model import TokWorldModel
 from tokworld.policy import CRITICS, ActorCritic, Agent, build_policy, check_value_bins
 from tokworld.presets import NAMES, check_preset
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
+from tokworld.run_lock import start_run
 from tokworld.tokenizer.observation import ObservationTokenizer
 from tokworld.training.accel import seed_everything
 from tokworld.training.imagination import ImaginationConfig, train_policy

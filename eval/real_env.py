@@ -1,17 +1,20 @@
-"""A run's policy in the real environment: returns as JSON; the best and worst episode as GIFs,
-or for a vector run (vector codec) as one plot of every observation dimension over them."""
+"""A run's policy (or a planner in its world model) in the real environment: returns as JSON;
+the best and worst episode as GIFs, or for a vector run (vector codec) as one plot of every
+observation dimension over them."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from tokworld.envs import action_space
 from tokworld.eval.media import write_gif
 from tokworld.eval.plots import plot_dimensions
 from tokworld.folders import write_json_atomic
+from tokworld.planner import Planner, PlannerConfig
 from tokworld.policy import Agent
 from tokworld.returns import play_episodes
-from tokworld.run import load_policy, load_tokenizer
+from tokworld.run import load_policy, load_run, load_tokenizer
 
 
 def episode_media(out_json: str | Path, observation: str) -> dict[str, Path]:
@@ -32,12 +35,20 @@ def evaluate_run(
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    planner: PlannerConfig | None = None,
 ) -> dict:
-    """Play `episodes` real episodes with the run's policy; write the JSON and the files
-    `episode_media` names: two GIFs, or for a vector run a plot of the observations."""
-    tokenizer = load_tokenizer(run)
-    policy = load_policy(run, action_space(env_id))
-    agent = Agent(policy, tokenizer, greedy, temperature, seed=seed)
+    """Play `episodes` real episodes with the run's policy, or with `planner` planning in the
+    run's world model (no policy needed; `greedy` and `temperature` then unused); write the
+    JSON and the files `episode_media` names: two GIFs, or for a vector run a plot of the
+    observations."""
+    if planner is None:
+        tokenizer = load_tokenizer(run)
+        agent = Agent(
+            load_policy(run, action_space(env_id)), tokenizer, greedy, temperature, seed=seed
+        )
+    else:
+        agent = planning_agent(run, env_id, planner, seed)
+        tokenizer = agent.tokenizer
     vector = tokenizer.observation == "vector"
     size = {} if vector else {"frame_size": tokenizer.config.frame_size}
     result = play_episodes(env_id, agent, episodes, seed=seed, progress=progress,
@@ -58,8 +69,19 @@ def evaluate_run(
         **result.summary(),
         "run": str(run),
         "greedy": greedy,
+        "planner": None if planner is None else asdict(planner),
         "returns": result.returns.tolist(),
         **{key: str(path) for key, path in media.items()},
     }
     write_json_atomic(Path(out_json), summary)
     return summary
+
+
+def planning_agent(run: str | Path, env_id: str, config: PlannerConfig, seed: int = 0) -> Planner:
+    """A `Planner` in the run's world model for `env_id`, checked to act in its action space;
+    the model's task for `env_id` where it was trained on several."""
+    world_model, tokenizer = load_run(run)
+    world_model.vocab.check_action_space(action_space(env_id), what=env_id)
+    tasks = world_model.config.tasks or []
+    task = tasks.index(env_id) if env_id in tasks else None
+    return Planner(world_model, tokenizer, config, seed=seed, task=task)

@@ -9,6 +9,7 @@ from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.cli.outputs import add_overwrite_flag
 from tokworld.eval.real_env import episode_media, evaluate_run
 from tokworld.folders import claim
+from tokworld.planner import PlannerConfig
 from tokworld.run import load_tokenizer
 from tokworld.training.finetune import finetune
 from tokworld.training.online import OnlineConfig
@@ -32,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser(
-        "eval", help="real-environment returns of a run's policy, with GIFs (vector runs: a plot)"
+        "eval",
+        help="real-environment returns of a run's policy (or of planning in its world model), "
+        "with GIFs (vector runs: a plot)",
     )
     p.add_argument("--run", required=True, help="run directory with policy/ and tokenizer/")
     p.add_argument("--env", required=True, help="gymnasium env id")
@@ -43,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="act by planning in the run's world model (random-shooting MPC, the --plan-* "
+        "flags) instead of with its policy",
+    )
+    add_config_flags(p, PlannerConfig)
     p.set_defaults(func=_eval)
 
 
@@ -55,7 +65,7 @@ def _eval(args: argparse.Namespace) -> dict:
     claim([args.json], args.overwrite)
     media = episode_media(args.json, load_tokenizer(args.run).observation)
     claim(list(media.values()), args.overwrite)
-    summary = evaluate_run(
-        args.run, args.env, args.episodes, args.json, args.greedy, args.temperature, args.seed
-    )
+    planner = config_from_args(PlannerConfig, args) if args.plan else None
+    summary = evaluate_run(args.run, args.env, args.episodes, args.json, args.greedy,
+                           args.temperature, args.seed, planner=planner)  # fmt: skip
     return {k: v for k, v in summary.items() if k != "returns"}

@@ -35,19 +35,19 @@ def evaluate_run(
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = True,
-    planner: PlannerConfig | None = None,
+    plan: PlannerConfig | None = None,
 ) -> dict:
-    """Play `episodes` real episodes with the run's policy, or with `planner` planning in the
-    run's world model (no policy needed; `greedy` and `temperature` then unused); write the
+    """Play `episodes` real episodes with the run's policy, or with a planner of config `plan`
+    in the run's world model (no policy needed; `greedy` and `temperature` then unused); write the
     JSON and the files `episode_media` names: two GIFs, or for a vector run a plot of the
     observations."""
-    if planner is None:
+    if plan is None:
         tokenizer = load_tokenizer(run)
         agent = Agent(
             load_policy(run, action_space(env_id)), tokenizer, greedy, temperature, seed=seed
         )
     else:
-        agent = planning_agent(run, env_id, planner, seed)
+        agent = planning_agent(run, env_id, plan, seed)
         tokenizer = agent.tokenizer
     vector = tokenizer.observation == "vector"
     size = {} if vector else {"frame_size": tokenizer.config.frame_size}
@@ -68,8 +68,8 @@ def evaluate_run(
     summary = {
         **result.summary(),
         "run": str(run),
-        "greedy": greedy,
-        "planner": None if planner is None else asdict(planner),
+        "greedy": greedy if plan is None else None,
+        "planner": None if plan is None else {**asdict(plan), "task": agent.task_name},
         "returns": result.returns.tolist(),
         **{key: str(path) for key, path in media.items()},
     }

@@ -20,10 +20,15 @@ from tokworld.run import load_run
 LOW, MIDDLE, HIGH = -1.9375, 0.0625, 1.9375  # Pendulum's 3 planned levels (bin centres)
 
 
+def scripted_reward(a: torch.Tensor) -> torch.Tensor:
+    """The lowest torque pays 3 (and ends the episode), the middle 1, the highest 0."""
+    return torch.where(a < -1, 3.0, torch.where(a < 1, 1.0, 0.0))
+
+
 class ScriptedEngine:
     """Stands in for the imagination engine: rewards and ends are a function of the action
-    (the lowest torque pays 3 and ends the episode, the middle pays 1, the highest 0); records
-    every start's context and every step's actions."""
+    (`scripted_reward`; the lowest torque ends the episode); records every start's context and
+    every step's actions."""
 
     def __init__(self):
         self.contexts, self.actions = [], []
@@ -36,9 +41,20 @@ class ScriptedEngine:
     def step(self, action):
         a = torch.as_tensor(action)[:, 0]
         self.actions[-1].append(a.clone())
-        reward = torch.where(a < -1, 3.0, torch.where(a < 1, 1.0, 0.0))
         codes = torch.zeros(len(a), 3, dtype=torch.long)
-        return ImaginedStep(codes, reward, a < -1)
+        return ImaginedStep(codes, scripted_reward(a), a < -1)
+
+
+def best_first_actions(actions: list[torch.Tensor], rows: int, stop_at_end: bool) -> list:
+    """From one start's recorded (H of (rows x N,)) actions: each row's first action of the
+    best sequence under the scripted rewards (discount 1; the first best on ties)."""
+    sequences = torch.stack(actions, 1).view(rows, -1, len(actions))  # (R, N, H)
+    rewards = scripted_reward(sequences)
+    if stop_at_end:  # nothing counts after the first lowest torque
+        ended_before = torch.cumsum((sequences < -1).float(), -1) - (sequences < -1).float()
+        rewards = rewards * (ended_before == 0)
+    best = rewards.sum(-1).argmax(1)
+    return sequences[torch.arange(rows), best, 0].tolist()
 
 
 @pytest.fixture
@@ -51,18 +67,22 @@ def planner(tiny_vector_run):
 
 
 def test_the_best_first_action_is_played_and_an_imagined_end_stops_the_return(planner):
-    # Counting rewards past the end, the lowest torque five times (15) would win; stopping
-    # there, a sequence starting with it scores 3 and one starting with the middle up to 7.
-    observations = np.zeros((2, 3), np.float32)
-    assert planner(observations).tolist() == [[MIDDLE], [MIDDLE]]
+    played = planner(np.zeros((2, 3), np.float32))[:, 0].tolist()
     first = planner.engine.actions[0]
     assert len(first) == 5 and first[0].shape == (2 * 64,)
     assert {round(float(a), 4) for a in torch.cat(first)} == {LOW, MIDDLE, HIGH}
+    assert played == best_first_actions(first, 2, stop_at_end=True)
+    # counting rewards past the end, the lowest torque would have been played: the candidates
+    # tell the two rules apart
+    assert best_first_actions(first, 2, stop_at_end=False) == [LOW, LOW] != played
 
 
 def test_imagination_starts_from_the_real_steps_and_the_played_actions(planner):
     obs = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5], [-1.0, 0.0, 2.0], [0.0, -1.0, 0.0]])
-    played = [float(planner(o.astype(np.float32))[0]) for o in obs]
+    played, plans = [], []
+    for o in obs:
+        played.append(float(planner(o.astype(np.float32))[0]))
+        plans.append(planner.plans[0].clone())
     engine = planner.engine
     last = engine.contexts[-1]  # 4 real steps seen, a context of 3: the last 3
     assert last["codes"].shape == (64, 3, 3)
@@ -70,12 +90,14 @@ def test_imagination_starts_from_the_real_steps_and_the_played_actions(planner):
     assert torch.equal(last["codes"][0], expected) and torch.equal(last["codes"][63], expected)
     assert last["action"][0, :2, 0].tolist() == played[1:3]
     # the rewards of the context are the ones imagined for the played actions
-    assert last["reward"][0, :2].tolist() == [1.0, 1.0]
+    assert last["reward"][0, :2].tolist() == scripted_reward(torch.tensor(played[1:3])).tolist()
     assert not last["terminated"].any()
-    # candidate 0 is the previous best plan shifted by the step just played
-    second = torch.stack(engine.actions[1])[:, 0]
-    best_first = torch.stack(engine.actions[0])  # (H, N): which candidate was best is unknown
-    assert any(torch.equal(second[:-1], best_first[1:, n]) for n in range(64))
+    # candidate 0 is the previous best plan shifted by the step just played, its last repeated
+    for t in range(1, 4):
+        shifted = torch.cat([plans[t - 1][1:], plans[t - 1][-1:]])[:, 0]
+        codec = planner.codec
+        expected = codec.decode((shifted + codec.offsets[0]).unsqueeze(-1))[:, 0]
+        assert torch.equal(torch.stack(engine.actions[t])[:, 0], expected)
 
 
 def test_a_reset_row_plans_from_its_own_shorter_context(planner):
@@ -95,7 +117,7 @@ def test_a_reset_row_plans_from_its_own_shorter_context(planner):
         ({"levels": 1}, "levels must be 0 .all bins. or >= 2, got 1"),
         ({"candidates": 0}, "candidates must be >= 1"),
         ({"discount": 0.0}, "discount must be in"),
-        ({"temperature": float("nan")}, "temperature must be >= 0"),
+        ({"temperature": float("nan")}, "temperature must be finite and >= 0, got nan"),
     ],
 )
 def test_a_bad_planner_setting_is_one_line(change, message):
@@ -105,29 +127,39 @@ def test_a_bad_planner_setting_is_one_line(change, message):
 
 def test_eval_plan_plays_a_vector_run_without_a_policy(tiny_vector_run, tmp_path, capsys):
     out = tmp_path / "plan.json"
-    argv = ["eval", "--run", str(tiny_vector_run), "--env", "Pendulum-v1", "--episodes", "2",
+    argv = ["eval", "--run", str(tiny_vector_run), "--env", "Pendulum-v1", "--episodes", "1",
             "--json", str(out), "--plan", "--plan-candidates", "4",
-            "--plan-horizon", "3"]  # fmt: skip
+            "--plan-horizon", "2"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads(out.read_text())
-    assert summary["planner"] == {**vars(PlannerConfig()), "candidates": 4, "horizon": 3}
-    assert summary["mean_length"] == 200.0 and len(summary["returns"]) == 2
+    assert summary["planner"] == {**vars(PlannerConfig()), "candidates": 4, "horizon": 2,
+                                  "task": "Pendulum-v1"}  # fmt: skip
+    assert summary["mean_length"] == 200.0 and len(summary["returns"]) == 1
     assert (tmp_path / "plan_episodes.png").exists()
     capsys.readouterr()
     assert main([*argv[:-4], "--overwrite", "--plan-levels", "1"]) == 2
     assert capsys.readouterr().err.strip() == (
         "tokworld eval: error: planner levels must be 0 (all bins) or >= 2, got 1"
     )
+    no_plan = [a for a in argv if a != "--plan"] + ["--overwrite"]
+    assert main(no_plan) == 2
+    assert (
+        capsys.readouterr().err.strip().endswith("the --plan-* flags set the planner: add --plan")
+    )
+    assert main([*argv, "--overwrite", "--greedy"]) == 2
+    assert "a planner's imagination takes --plan-temperature" in capsys.readouterr().err
 
 
 def test_eval_plan_plays_a_frame_run_with_discrete_actions(tiny_run, tmp_path):
     out = tmp_path / "plan.json"
     argv = ["eval", "--run", str(tiny_run), "--env", "MiniGrid-Empty-5x5-v0", "--episodes", "1",
-            "--json", str(out), "--plan", "--plan-candidates", "3",
-            "--plan-horizon", "2"]  # fmt: skip
+            "--json", str(out), "--plan", "--plan-candidates", "2",
+            "--plan-horizon", "1"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads(out.read_text())
-    assert summary["episodes"] == 1 and summary["mean_length"] >= 1
+    assert summary["episodes"] == 1 and summary["greedy"] is None
+    assert summary["planner"]["candidates"] == 2
+    assert summary["planner"]["task"] == "MiniGrid-Empty-5x5-v0"
     assert (tmp_path / "plan_best.gif").exists()
 
 

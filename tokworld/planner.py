@@ -5,13 +5,15 @@ sequences of `horizon` steps from the last `context` real steps (each sampled ac
 `hold` imagined steps; one candidate is the previous best plan, shifted by a step), scores
 each by its discounted imagined return (rewards after an imagined end do not count) and plays
 the first action of the best. Box actions choose among `levels` evenly spaced bins of the
-action codec per dimension (e.g. 3: both edges and the middle), discrete actions among all.
+action codec per dimension (e.g. 3 of 32 bins over [-2, 2]: the centres of bins 0, 16 and 31,
+-1.94, 0.06 and 1.94), discrete actions among all.
 
 A `Planner` acts like `policy.Agent`: real observations in, env actions out, `reset(rows)` at
 episode starts, a single observation gives a single action. It only sees observations, so
 the reward of a real step in its context is the one it imagined for the action it played.
-Planning trades compute for learning: every real step costs `horizon` forward passes over
-`candidates` rollouts per row.
+Planning trades compute for learning: every real step costs `horizon` imagined steps (one
+forward pass each with parallel frame decoding, K + 2 with token decoding) over `candidates`
+rollouts per row of the batch.
 """
 
 from __future__ import annotations
@@ -73,10 +75,13 @@ class PlannerConfig:
         if not 0 < self.discount <= 1:
             raise TokWorldError(f"planner discount must be in (0, 1], got {self.discount}")
         if not (self.temperature >= 0 and np.isfinite(self.temperature)):
-            raise TokWorldError(f"planner temperature must be >= 0, got {self.temperature}")
+            raise TokWorldError(
+                f"planner temperature must be finite and >= 0, got {self.temperature}"
+            )
 
     @property
     def sampling(self) -> SamplingConfig:
+        """How imagination draws tokens: greedy at temperature 0."""
         if self.temperature == 0:
             return SamplingConfig(greedy=True)
         return SamplingConfig(temperature=self.temperature)
@@ -98,6 +103,7 @@ class Planner:
         task: int | None = None,
     ):
         self.config, self.tokenizer, self.task = config, tokenizer.eval(), task
+        self.tasks = world_model.config.tasks
         self.codec = world_model.vocab.action
         self.engine = ImaginationEngine(world_model, None, config.sampling, seed=seed)
         self.device = world_model.device
@@ -105,6 +111,13 @@ class Planner:
         self.choices = [self._choices(size) for size in self.codec.sizes]
         self.history: list[dict[str, list]] = []
         self.plans: list[torch.Tensor | None] = []
+
+    @property
+    def task_name(self) -> str | None:
+        """The model's task the planner imagines in (None for a model without tasks)."""
+        if not self.tasks:
+            return None
+        return self.tasks[-1 if self.task is None else self.task]
 
     def _choices(self, size: int) -> torch.Tensor:
         """The local codes one action component is planned over."""
@@ -123,6 +136,8 @@ class Planner:
 
     @torch.no_grad()
     def __call__(self, observations):
+        """Observations (B, H, W, 3) or (B, D) -> env actions (B, ...); one observation gives
+        one numpy action."""
         kind = self.tokenizer.observation
         single = np.ndim(observations) == (1 if kind == "vector" else 3)
         obs = torch.as_tensor(np.asarray(observations))
@@ -130,7 +145,9 @@ class Planner:
         codes = self.tokenizer.encode(obs).cpu()
         b = codes.shape[0]
         if self.history and len(self.history) != b:
-            raise TokWorldError(f"the planner holds {len(self.history)} rows, got {b}: reset()")
+            raise TokWorldError(
+                f"the planner holds {len(self.history)} rows, got {b}: call reset() first"
+            )
         if not self.history:
             self.history, self.plans = [_empty() for _ in range(b)], [None] * b
         for row, c in zip(self.history, codes, strict=True):
@@ -138,9 +155,13 @@ class Planner:
         local = torch.zeros(b, self.codec.tokens_per_step, dtype=torch.long)
         reward = torch.zeros(b)
         # Rows whose context is as long go together (after a reset a row's context is shorter).
-        for length in sorted({len(h["codes"]) for h in self.history}):
-            rows = [i for i, h in enumerate(self.history) if len(h["codes"]) == length]
-            local[rows], reward[rows] = self._plan(rows)
+        try:
+            for length in sorted({len(h["codes"]) for h in self.history}):
+                rows = [i for i, h in enumerate(self.history) if len(h["codes"]) == length]
+                local[rows], reward[rows] = self._plan(rows)
+        except BaseException:  # an interrupted step leaves no row half-updated
+            self.reset()
+            raise
         for i, row in enumerate(self.history):
             row["action"] = (row["action"] + [local[i]])[-self.config.context :]
             row["reward"] = (row["reward"] + [float(reward[i])])[-self.config.context :]
@@ -157,11 +178,11 @@ class Planner:
         flat = rearrange(sequences, "r n h d -> h (r n) d") + torch.tensor(self.codec.offsets)
         returns = torch.zeros(len(rows) * n)
         alive = torch.ones(len(rows) * n)
-        first_reward = None
         for h in range(cfg.horizon):
             step = self.engine.step(self.codec.decode(flat[h]).to(self.device))
             reward = step.reward.float().cpu()
-            first_reward = reward if first_reward is None else first_reward
+            if h == 0:
+                first_reward = reward
             returns += alive * cfg.discount**h * reward
             alive = alive * (~step.terminated.cpu()).float()
         best = rearrange(returns, "(r n) -> r n", n=n).argmax(1)

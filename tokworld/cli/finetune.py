@@ -1,5 +1,5 @@
 """`tokworld finetune` (the online loop, from a pretrained run or from scratch) and `tokworld eval`
-(real returns of a run's policy)."""
+(real returns of a run's policy, or of planning in its world model)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 
 from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.cli.outputs import add_overwrite_flag
+from tokworld.errors import TokWorldError
 from tokworld.eval.real_env import episode_media, evaluate_run
 from tokworld.folders import claim
 from tokworld.planner import PlannerConfig
@@ -37,20 +38,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="real-environment returns of a run's policy (or of planning in its world model), "
         "with GIFs (vector runs: a plot)",
     )
-    p.add_argument("--run", required=True, help="run directory with policy/ and tokenizer/")
+    p.add_argument(
+        "--run",
+        required=True,
+        help="run directory with tokenizer/ and policy/ (--plan: world_model/)",
+    )
     p.add_argument("--env", required=True, help="gymnasium env id")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--json", required=True, help="output JSON; GIFs (or a plot) go beside it")
     add_overwrite_flag(p)
-    p.add_argument("--greedy", action="store_true", help="take the most likely action")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true", help="the policy takes its most likely action")
+    p.add_argument("--temperature", type=float, default=1.0, help="the policy's temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument(
         "--plan",
         action="store_true",
         help="act by planning in the run's world model (random-shooting MPC, the --plan-* "
-        "flags) instead of with its policy",
+        "flags) instead of with its policy; each real step costs --plan-horizon imagined steps "
+        "of --plan-candidates rollouts per episode played at once (up to 16)",
     )
     add_config_flags(p, PlannerConfig)
     p.set_defaults(func=_eval)
@@ -62,10 +68,18 @@ def _finetune(args: argparse.Namespace) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> dict:
+    plan = config_from_args(PlannerConfig, args)
+    if not args.plan and plan != PlannerConfig():
+        raise TokWorldError("the --plan-* flags set the planner: add --plan")
+    if args.plan and (args.greedy or args.temperature != 1.0):
+        raise TokWorldError(
+            "--greedy and --temperature sample the run's policy; a planner's imagination "
+            "takes --plan-temperature"
+        )
     claim([args.json], args.overwrite)
     media = episode_media(args.json, load_tokenizer(args.run).observation)
     claim(list(media.values()), args.overwrite)
-    planner = config_from_args(PlannerConfig, args) if args.plan else None
     summary = evaluate_run(args.run, args.env, args.episodes, args.json, args.greedy,
-                           args.temperature, args.seed, planner=planner)  # fmt: skip
+                           args.temperature, args.seed,
+                           plan=plan if args.plan else None)  # fmt: skip
     return {k: v for k, v in summary.items() if k != "returns"}

@@ -3,6 +3,9 @@ env passes gymnasium's checks, written episodes are a valid dataset, bad input i
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -105,6 +108,22 @@ def test_restarting_a_row_leaves_the_others_untouched(run_dir, minigrid_dataset)
     alone, _ = _engine(run_dir)
     alone.start(fresh)
     assert torch.equal(alone.step(torch.tensor([2])).codes[0], out_b.codes[1])
+
+
+def test_a_replaced_cache_is_freed_without_the_cyclic_collector(run_dir, minigrid_dataset):
+    # A planner starts imagination at every real step: a cache kept alive by a reference cycle
+    # until the next cyclic collection piled up gigabytes.
+    context = _context(run_dir, minigrid_dataset)
+    engine, _ = _engine(run_dir)
+    engine.start(context)
+    engine.step(torch.tensor([0, 1, 2]))
+    old = weakref.ref(engine.cache)
+    gc.disable()
+    try:
+        engine.start(context)
+        assert old() is None
+    finally:
+        gc.enable()
 
 
 def test_dream_env_passes_vector_checks_and_autoresets(run_dir, minigrid_dataset):

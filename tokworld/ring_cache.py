@@ -24,31 +24,43 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 ATTENTION = "tokworld_ring"
 
 
+class Slots:
+    """The ring's slot count and the slots the next forward writes, shared by the ring and its
+    layers. The layers hold this, not the ring: a ring and its layers then form no reference
+    cycle, so a dropped cache frees its buffers at once. (Through a cycle they waited for
+    Python's cyclic collector, which runs on object counts, not memory: a planner starting
+    imagination at every real step grew to 8 GB.)"""
+
+    def __init__(self, count: int, device: torch.device):
+        self.count = count
+        self.write = torch.zeros(0, dtype=torch.long, device=device)
+
+
 class RingLayer(DynamicLayer):
     """One layer's keys and values in the ring's preallocated slots."""
 
-    def __init__(self, ring: RingCache):
+    def __init__(self, slots: Slots):
         super().__init__()
-        self.ring = ring
+        self.slots = slots
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Write (B, H, q, D) states at the ring's current slots; return all slots."""
         if not self.is_initialized:
             b, h, _, d = key_states.shape
-            shape = (b, h, self.ring.slots, d)
+            shape = (b, h, self.slots.count, d)
             self.keys = key_states.new_zeros(shape)
             self.values = value_states.new_zeros(shape)
             self.device, self.is_initialized = key_states.device, True
-        slots = self.ring.write_slots
+        slots = self.slots.write
         self.keys.index_copy_(2, slots, key_states)
         self.values.index_copy_(2, slots, value_states)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self.ring.slots
+        return self.slots.count
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.ring.slots, 0
+        return self.slots.count, 0
 
 
 class RingCache(Cache):
@@ -63,10 +75,10 @@ class RingCache(Cache):
         self, num_layers: int, batch: int, window: int, device: torch.device, spare: int = 0
     ):
         self.window, self.slots = window, window + spare
-        super().__init__(layers=[RingLayer(self) for _ in range(num_layers)])
+        self.shared = Slots(self.slots, device)
+        super().__init__(layers=[RingLayer(self.shared) for _ in range(num_layers)])
         self.slot_position = torch.full((self.slots,), -1, dtype=torch.long, device=device)
         self.first = torch.zeros(batch, 1, 1, dtype=torch.long, device=device)
-        self.write_slots = torch.zeros(0, dtype=torch.long, device=device)
 
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
         """Claim the slots of stream `positions` (q,) for the next forward; return its mask.
@@ -74,8 +86,8 @@ class RingCache(Cache):
         The mask (B, 1, q, slots) is additive: 0 where token i may attend to a slot, -inf where
         not. Built once per forward, it serves every layer.
         """
-        self.write_slots = positions % self.slots
-        self.slot_position[self.write_slots] = positions
+        self.shared.write = positions % self.slots
+        self.slot_position[self.shared.write] = positions
         held = self.slot_position.unsqueeze(0)  # (1, slots)
         query = positions.unsqueeze(1)  # (q, 1)
         visible = (held >= 0) & (held <= query) & (held > query - self.window)  # (q, slots)

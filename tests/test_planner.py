@@ -125,11 +125,16 @@ def test_a_bad_planner_setting_is_one_line(change, message):
         PlannerConfig(**change)
 
 
+def plan_argv(run, env: str, out, candidates: int, horizon: int) -> list[str]:
+    """`tokworld eval --plan` of one episode with a small planner."""
+    return ["eval", "--run", str(run), "--env", env, "--episodes", "1", "--json", str(out),
+            "--plan", "--plan-candidates", str(candidates),
+            "--plan-horizon", str(horizon)]  # fmt: skip
+
+
 def test_eval_plan_plays_a_vector_run_without_a_policy(tiny_vector_run, tmp_path, capsys):
     out = tmp_path / "plan.json"
-    argv = ["eval", "--run", str(tiny_vector_run), "--env", "Pendulum-v1", "--episodes", "1",
-            "--json", str(out), "--plan", "--plan-candidates", "4",
-            "--plan-horizon", "2"]  # fmt: skip
+    argv = plan_argv(tiny_vector_run, "Pendulum-v1", out, candidates=4, horizon=2)
     assert main(argv) == 0
     summary = json.loads(out.read_text())
     assert summary["planner"] == {**vars(PlannerConfig()), "candidates": 4, "horizon": 2,
@@ -152,10 +157,7 @@ def test_eval_plan_plays_a_vector_run_without_a_policy(tiny_vector_run, tmp_path
 
 def test_eval_plan_plays_a_frame_run_with_discrete_actions(tiny_run, tmp_path):
     out = tmp_path / "plan.json"
-    argv = ["eval", "--run", str(tiny_run), "--env", "MiniGrid-Empty-5x5-v0", "--episodes", "1",
-            "--json", str(out), "--plan", "--plan-candidates", "2",
-            "--plan-horizon", "1"]  # fmt: skip
-    assert main(argv) == 0
+    assert main(plan_argv(tiny_run, "MiniGrid-Empty-5x5-v0", out, candidates=2, horizon=1)) == 0
     summary = json.loads(out.read_text())
     assert summary["episodes"] == 1 and summary["greedy"] is None
     assert summary["planner"]["candidates"] == 2

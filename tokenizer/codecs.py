@@ -255,6 +255,12 @@ class ActionCodec:
             return codes
         return (low + (codes.double() + 0.5) * width).float()
 
+    def decode_components(self, codes: torch.Tensor) -> torch.Tensor:
+        """(..., tokens_per_step) codes counted from 0 within each component -> actions, as
+        `decode`."""
+        codes = torch.as_tensor(codes).long()
+        return self.decode(codes + torch.tensor(self.offsets, device=codes.device))
+
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,

@@ -165,7 +165,7 @@ class Planner:
         for i, row in enumerate(self.history):
             row["action"] = (row["action"] + [local[i]])[-self.config.context :]
             row["reward"] = (row["reward"] + [float(reward[i])])[-self.config.context :]
-        actions = self.codec.decode(local + torch.tensor(self.codec.offsets))
+        actions = self.codec.decode_components(local)
         return actions[0].numpy() if single else actions
 
     def _plan(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,17 +175,17 @@ class Planner:
         sequences = self._candidates(rows)  # (R, N, H, D) local codes
         context = {k: repeat(v, "r ... -> (r n) ...", n=n) for k, v in self._context(rows).items()}
         self.engine.start(context)
-        flat = rearrange(sequences, "r n h d -> h (r n) d") + torch.tensor(self.codec.offsets)
-        returns = torch.zeros(len(rows) * n)
-        alive = torch.ones(len(rows) * n)
+        flat = rearrange(sequences, "r n h d -> h (r n) d").to(self.device)
+        returns = torch.zeros(len(rows) * n, device=self.device)
+        alive = torch.ones(len(rows) * n, device=self.device)
         for h in range(cfg.horizon):
-            step = self.engine.step(self.codec.decode(flat[h]).to(self.device))
-            reward = step.reward.float().cpu()
+            step = self.engine.step(self.codec.decode_components(flat[h]))
+            reward = step.reward.float()
             if h == 0:
-                first_reward = reward
+                first_reward = reward.cpu()
             returns += alive * cfg.discount**h * reward
-            alive = alive * (~step.terminated.cpu()).float()
-        best = rearrange(returns, "(r n) -> r n", n=n).argmax(1)
+            alive = alive * (~step.terminated).float()
+        best = rearrange(returns.cpu(), "(r n) -> r n", n=n).argmax(1)
         chosen = sequences[torch.arange(len(rows)), best]  # (R, H, D)
         for i, r in enumerate(rows):
             self.plans[r] = chosen[i]
@@ -222,7 +222,7 @@ class Planner:
         if c > 1:
             local[:, :-1] = torch.stack([torch.stack(h["action"][-(c - 1) :]) for h in hist])
             reward[:, :-1] = torch.tensor([h["reward"][-(c - 1) :] for h in hist])
-        action = self.codec.decode(local + torch.tensor(self.codec.offsets))
+        action = self.codec.decode_components(local)
         context = {"codes": codes, "action": action, "reward": reward,
                    "terminated": torch.zeros(len(rows), c, dtype=torch.bool)}  # fmt: skip
         if self.task is not None:

@@ -263,8 +263,7 @@ class ActorCritic(SafetensorsPretrained, nn.Module):
 
     def to_action(self, codes: torch.Tensor) -> torch.Tensor:
         """Component codes (B, D) -> env actions: (B,) Discrete, (B, D) MultiDiscrete or Box."""
-        offsets = torch.tensor(self.codec.offsets, device=codes.device)
-        return self.codec.decode(codes + offsets)
+        return self.codec.decode_components(codes)
 
     @torch.no_grad()
     def act(

@@ -74,11 +74,16 @@ class RingCache(Cache):
     def __init__(
         self, num_layers: int, batch: int, window: int, device: torch.device, spare: int = 0
     ):
-        self.window, self.slots = window, window + spare
-        self.shared = Slots(self.slots, device)
+        self.window = window
+        self.shared = Slots(window + spare, device)
         super().__init__(layers=[RingLayer(self.shared) for _ in range(num_layers)])
         self.slot_position = torch.full((self.slots,), -1, dtype=torch.long, device=device)
         self.first = torch.zeros(batch, 1, 1, dtype=torch.long, device=device)
+
+    @property
+    def slots(self) -> int:
+        """Slots per layer: `window + spare`."""
+        return self.shared.count
 
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
         """Claim the slots of stream `positions` (q,) for the next forward; return its mask.

@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import gymnasium as gym
 import torch
 
 from tokworld.config import FRAME_DECODINGS, TokWorldConfig
+from tokworld.cuda_graph import CudaGraphed, check_cuda_graphs
 from tokworld.errors import TokWorldError
 from tokworld.eval.iris_reference import (
     CODEBOOK,
@@ -43,17 +45,18 @@ from tokworld.tokenizer.vocab import Vocabulary
 
 BLOCK = 20  # steps per timed block
 TOKENS = ", tokens"  # suffix of a line without the decoder
+GRAPHS = ", graphs"  # suffix of a line replayed from CUDA graphs
 
 
 class _TimedDecoder:
-    """Wraps `tokenizer.decode`, adding up the seconds spent in it."""
+    """Wraps a decoder (codes -> frames), adding up the seconds spent in it."""
 
-    def __init__(self, tokenizer: FrameTokenizer):
-        self.tokenizer, self.seconds = tokenizer, 0.0
+    def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor]):
+        self.decode, self.seconds = decode, 0.0
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
         start = _clock(codes.device)
-        frames = self.tokenizer.decode(codes)
+        frames = self.decode(codes)
         self.seconds += _clock(codes.device) - start
         return frames
 
@@ -96,6 +99,30 @@ def _timed_steps(step, actions: torch.Tensor) -> float:
     return _clock(actions.device) - start
 
 
+def _graphs_agree(model: TokWorldModel, tokenizer: FrameTokenizer, batch: int, context: int,
+                  actions: torch.Tensor) -> dict:  # fmt: skip
+    """Whether imagination replayed from CUDA graphs gives what eager gives, from one start with
+    the same seed: sampled tokens compared exactly, frames by their largest difference, through
+    a row restart halfway and a snapshot restored after it."""
+    start, fresh = random_context(model, batch, context), random_context(model, 1, context)
+    half, rollouts = len(actions) // 2, []
+    for graphs in (False, True):
+        decode = CudaGraphed(tokenizer.decode_unchecked) if graphs else tokenizer.decode
+        engine = ImaginationEngine(model, decode, SamplingConfig(), seed=0, cuda_graphs=graphs)
+        engine.start(start)
+        steps = [engine.step(action) for action in actions[:half]]
+        engine.restart_rows(torch.tensor([0]), fresh)
+        state = engine.snapshot()
+        steps += [engine.step(action) for action in actions[half:]]
+        engine.restore(state)
+        rollouts.append(steps + [engine.step(action) for action in actions[half:]])
+    pairs = list(zip(*rollouts, strict=True))
+    same = all(torch.equal(getattr(a, k), getattr(b, k)) for a, b in pairs
+               for k in ("codes", "reward", "terminated"))  # fmt: skip
+    diff = max((a.frames - b.frames).abs().max().item() for a, b in pairs)
+    return {"steps": len(pairs), "tokens_equal": same, "frames_max_abs_diff": diff}
+
+
 def _flatness(engine: ImaginationEngine, context: dict, actions: torch.Tensor, steps: int) -> dict:
     """Per-step time at `steps` and at the end of one rollout of len(actions) steps (medians
     over `BLOCK` steps), from a fresh start."""
@@ -120,12 +147,17 @@ def bench_imagine(
     iris: bool = False,
     modes: tuple[str, ...] | None = None,
     bf16: bool = False,
+    cuda_graphs: bool = False,
 ) -> dict:
     """Figures of imagination at `batch` rows for each frame decoding mode in `modes` (default:
-    the preset's), every line under `torch.autocast` to bfloat16 if `bf16`; see the module
-    docstring and `_measure`."""
-    with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
-        result = _measure(preset, batch, steps, long_steps, context, device, compile, iris, modes)
+    the preset's), every line under `torch.autocast` to bfloat16 if `bf16`; with `cuda_graphs`
+    each mode also replayed from CUDA graphs (its step forward and its decoder), after a check
+    that the replay gives what eager gives; see the module docstring and `_measure`."""
+    # Autocast's cache of cast weights would be freed under a graph that reads it.
+    with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16,
+                        cache_enabled=not cuda_graphs):  # fmt: skip
+        result = _measure(preset, batch, steps, long_steps, context, device, compile, iris,
+                          modes, cuda_graphs)  # fmt: skip
     return {**result, "bf16": bf16}
 
 
@@ -139,26 +171,36 @@ def _measure(
     compile: bool,
     iris: bool,
     modes: tuple[str, ...] | None,
+    cuda_graphs: bool = False,
 ) -> dict:
     """The figures of `bench_imagine`.
 
-    `lines` holds, per line (`"token"`, `"parallel"`, and each with `", tokens"`: no decoder),
-    its imagined steps/s, decoder share, warm-up and speedup over IRIS; the flat-cost figures
-    are measured on the lines without the decoder (the transformer and its cache alone). The
-    top-level figures repeat the first mode's, and `parallel_over_token` compares the modes.
+    `lines` holds, per line (`"token"`, `"parallel"`, each with `", graphs"` if `cuda_graphs`,
+    and each of those with `", tokens"`: no decoder), its imagined steps/s, decoder share,
+    warm-up and speedup over IRIS; the flat-cost figures are measured on the lines without the
+    decoder (the transformer and its cache alone). The top-level figures repeat the first
+    mode's, `parallel_over_token` compares the eager modes and `graphs_over_eager` each mode's
+    replay with its eager run.
     """
     actions = torch.randint(0, 4, (long_steps, batch), device=device)
-    runs, engines, decoders, warmup = {}, {}, {}, {}
+    runs, engines, decoders, warmup, agreement = {}, {}, {}, {}, {}
+    variants = (("", False), (GRAPHS, True)) if cuda_graphs else (("", False),)
     for mode in modes or (None,):
         overrides = {"frame_decoding": mode} if mode else {}  # default: the preset's
         model, tokenizer = build(preset, device=device, **overrides)
         mode = model.config.frame_decoding
-        decoders[mode] = _TimedDecoder(tokenizer)
-        for name, decoder in ((mode, decoders[mode]), (mode + TOKENS, None)):
-            engine = ImaginationEngine(model, decoder, SamplingConfig(), seed=0, compile=compile)
-            engine.start(random_context(model, batch, context))
-            warmup[name] = _timed_steps(engine.step, actions[:3])  # torch.compile's included
-            runs[name], engines[name] = engine.step, engine
+        if cuda_graphs:
+            agreement[mode] = _graphs_agree(model, tokenizer, batch, context, actions[:BLOCK])
+        for suffix, graphs in variants:
+            line = mode + suffix
+            decoders[line] = _TimedDecoder(CudaGraphed(tokenizer.decode_unchecked) if graphs
+                                           else tokenizer.decode)  # fmt: skip
+            for name, decoder in ((line, decoders[line]), (line + TOKENS, None)):
+                engine = ImaginationEngine(model, decoder, SamplingConfig(), seed=0,
+                                           compile=compile, cuda_graphs=graphs)  # fmt: skip
+                engine.start(random_context(model, batch, context))
+                warmup[name] = _timed_steps(engine.step, actions[:3])  # compile, captures
+                runs[name], engines[name] = engine.step, engine
     if iris:
         runs["iris"] = _iris_imagination(model, batch, device).step
         _timed_steps(runs["iris"], actions[:3])
@@ -207,6 +249,13 @@ def _measure(
         result["iris_imagined_steps_per_s"] = lines.pop("iris")["imagined_steps_per_s"]
         result["speedup_vs_iris"] = lines[first]["speedup_vs_iris"]
         result["speedup_vs_iris_per_block"] = lines[first]["speedup_vs_iris_per_block"]
+    if cuda_graphs:
+        result["graphs_over_eager"] = {
+            mode: {what: _speedup(blocks[mode + suffix], blocks[mode + GRAPHS + suffix])
+                   for what, suffix in (("frames", ""), ("tokens", TOKENS))}
+            for mode in modes if not mode.endswith(GRAPHS)
+        }  # fmt: skip
+        result["graphs_agree_with_eager"] = agreement
     if set(FRAME_DECODINGS) <= set(modes):
         result["parallel_over_token"] = {
             what: _speedup(blocks["token" + suffix], blocks["parallel" + suffix])
@@ -255,6 +304,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bf16", action="store_true", help="every line under torch.autocast to bfloat16 (GPU)"
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="also time each mode replayed from CUDA graphs (GPU), interleaved with eager",
+    )
+    parser.add_argument(
         "--iris",
         action="store_true",
         help="also time IRIS's imagination at the same size, interleaved with ours",
@@ -272,9 +326,14 @@ def run(args: argparse.Namespace) -> dict:
     """`bench_imagine` with the flags of `add_arguments`."""
     if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
+    if args.cuda_graphs:
+        if args.compile:
+            raise TokWorldError("choose --compile or --cuda-graphs, not both")
+        check_cuda_graphs(args.device)
     return bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
                          compile=args.compile, iris=args.iris, bf16=args.bf16,
-                         modes=tuple(dict.fromkeys(args.frame_decoding)))  # fmt: skip
+                         modes=tuple(dict.fromkeys(args.frame_decoding)),
+                         cuda_graphs=args.cuda_graphs)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

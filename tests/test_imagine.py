@@ -120,10 +120,35 @@ def test_a_replaced_cache_is_freed_without_the_cyclic_collector(run_dir, minigri
     old = weakref.ref(engine.cache)
     gc.disable()
     try:
-        engine.start(context)
+        engine.start({k: v[:2] for k, v in context.items()})  # another batch size: a new ring
         assert old() is None
     finally:
         gc.enable()
+
+
+def test_a_new_start_reuses_the_ring_and_continues_as_a_fresh_engine(run_dir, minigrid_dataset):
+    # The ring stays in place across starts at one batch size (CUDA graphs replay on its
+    # buffers); what the previous rollout wrote there must not reach the new one.
+    first, second = (_context(run_dir, minigrid_dataset, seed=s) for s in (0, 7))
+    logits = {"reused": [], "fresh": []}
+    reused, _ = _engine(run_dir)
+    reused.start(first)
+    for _ in range(3):
+        reused.step(torch.tensor([0, 1, 2]))
+    reused.restart_rows(torch.tensor([1]), _context(run_dir, minigrid_dataset, n=1, seed=5))
+    reused.step(torch.tensor([0, 1, 2]))  # row 1's context now starts later than the others'
+    ring = reused.cache
+    fresh, _ = _engine(run_dir)
+    for name, engine in (("reused", reused), ("fresh", fresh)):
+        engine.start(second)
+        original = engine._sample
+        engine._sample = lambda x, o=original, seen=logits[name]: seen.append(x) or o(x)
+        for _ in range(3):
+            engine.step(torch.tensor([2, 0, 1]))
+    assert reused.cache is ring
+    assert len(logits["reused"]) == len(logits["fresh"]) > 0
+    for a, b in zip(logits["reused"], logits["fresh"], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_dream_env_passes_vector_checks_and_autoresets(run_dir, minigrid_dataset):

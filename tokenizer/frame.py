@@ -304,6 +304,12 @@ class FrameTokenizer(SafetensorsPretrained, nn.Module):
             raise TokWorldError(f"codes must be integers of shape (B, {k}), got {codes.shape}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= n):
             raise TokWorldError(f"codes must lie in [0, {n}), got [{codes.min()}, {codes.max()}]")
+        return self.decode_unchecked(codes)
+
+    def decode_unchecked(self, codes: torch.Tensor) -> torch.Tensor:
+        """`decode` without the range check, which waits for the device (a host sync that a
+        CUDA graph cannot hold): for (B, K) integer codes on the tokenizer's device known to
+        lie in range, e.g. those a world model samples from its frame slice."""
         if self.config.quantizer == "fsq":
             seq = self.quantizer.indices_to_codes(codes.long())
         else:

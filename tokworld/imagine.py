@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
+from tokworld.cuda_graph import CudaGraphed, check_cuda_graphs
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.ring_cache import ATTENTION, RingCache
@@ -67,7 +68,12 @@ class ImaginationEngine:
         sampling: SamplingConfig = SamplingConfig(),
         seed: int = 0,
         compile: bool = False,
+        cuda_graphs: bool = False,
     ):
+        if compile and cuda_graphs:
+            raise TokWorldError("choose torch.compile or CUDA graphs for imagination, not both")
+        if cuda_graphs:
+            check_cuda_graphs(world_model.device)
         self.model = world_model.eval()
         self.model.backbone.set_attn_implementation(ATTENTION)
         # torch.compile of the per-step forwards (two graphs: token decoding's 2 and 1 new
@@ -76,6 +82,11 @@ class ImaginationEngine:
         # of about a minute.
         # Starts and row restarts, whose shapes vary, stay eager.
         self.step_model = torch.compile(self.model, dynamic=False) if compile else self.model
+        # CUDA graphs replay each step's forward (one graph per token count, captured at its
+        # first use on the current KV ring; `start` keeps the ring when the batch size does).
+        self.cuda_graphs = cuda_graphs
+        self.graphed: CudaGraphed | None = None
+        self.graphed_cache: RingCache | None = None
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling
@@ -107,7 +118,10 @@ class ImaginationEngine:
         tokens = self._context_tokens(context)
         b = tokens.shape[0]
         self.task = self._task(context)
-        self.cache = self._new_cache(b)
+        if self.cache is not None and self.cache.batch == b:
+            self.cache.reset()
+        else:
+            self.cache = self._new_cache(b)
         self.pos = tokens.shape[1] - 1  # stream position of the pending token
         if self.pos:
             self._forward(self.cache, tokens[:, :-1], torch.arange(self.pos, device=self.device))
@@ -238,8 +252,7 @@ class ImaginationEngine:
         token; every token sampled from one forward. Returns the ids of each kind."""
         tokens = torch.cat([self.pending, action_ids], 1)  # (B, n)
         positions = torch.arange(self.pos, self.pos + tokens.shape[1], device=self.device)
-        queries = positions[-1] + self.query_offsets  # (Q,)
-        logits = self._forward(self.cache, tokens, positions, self.step_model, queries)
+        logits = self._step_logits(tokens, positions)
         self.pending = self._sample(logits)[..., 0]  # (B, Q)
         self.pos += tokens.shape[1]
         return {kind: self.pending[:, at] for kind, at in self.queries_of.items()}
@@ -248,7 +261,23 @@ class ImaginationEngine:
         """Append `tokens` (B, q) to every row's stream; return the logits after them."""
         positions = torch.arange(self.pos, self.pos + tokens.shape[1], device=self.device)
         self.pos += tokens.shape[1]
-        return self._forward(self.cache, tokens, positions, self.step_model)
+        return self._step_logits(tokens, positions)
+
+    def _step_logits(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """A step's forward of `tokens` (B, q) at `positions` (q,) on the ring: the last logits
+        (B, V), or with parallel decoding its queries' (B, Q, V); replayed from a CUDA graph
+        with `cuda_graphs`."""
+        task = () if self.task is None else (self.task,)
+        if not self.cuda_graphs:
+            return self._ring_forward(tokens, positions, *task)
+        if self.graphed_cache is not self.cache:  # a new ring (a restore, a new batch size)
+            self.graphed, self.graphed_cache = CudaGraphed(self._ring_forward), self.cache
+        return self.graphed(tokens, positions, *task)
+
+    def _ring_forward(self, tokens: torch.Tensor, positions: torch.Tensor, *task: torch.Tensor):
+        """`_step_logits` without the graph: it reads only its arguments and the ring."""
+        queries = positions[-1] + self.query_offsets if self.parallel else None
+        return self._forward(self.cache, tokens, positions, self.step_model, queries, *task)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., V) masked logits -> (..., 1) token ids."""

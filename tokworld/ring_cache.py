@@ -85,6 +85,17 @@ class RingCache(Cache):
         """Slots per layer: `window + spare`."""
         return self.shared.count
 
+    @property
+    def batch(self) -> int:
+        """Rows."""
+        return self.first.shape[0]
+
+    def reset(self) -> None:
+        """Forget every token, in place (buffers stay where they are, for CUDA graphs): the
+        ring is then as new."""
+        self.slot_position.fill_(-1)
+        self.first.zero_()
+
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
         """Claim the slots of stream `positions` (q,) for the next forward; return its mask.
 
@@ -102,7 +113,7 @@ class RingCache(Cache):
     def release(self, positions: torch.Tensor) -> None:
         """Forget the tokens at stream `positions` (parallel decoding's queries): no later token
         sees their slots until a real token is written there."""
-        self.slot_position[positions % self.slots] = -1
+        self.slot_position.index_fill_(0, positions % self.slots, -1)  # no host scalar copy
 
     def copy_rows(self, rows: torch.Tensor, other: RingCache) -> None:
         """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same slots)."""

@@ -1,0 +1,78 @@
+"""CUDA graphs in imagination: replay gives what eager gives, one graph per token count, and
+asking for graphs where they cannot run is one error. The replay tests need a CUDA device (run
+them there with `pytest --noconftest tests/test_cuda_graph.py`); the errors are checked here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokworld.cuda_graph import CudaGraphed
+from tokworld.errors import TokWorldError
+from tokworld.eval.bench_imagine import _graphs_agree, build, main, random_context
+from tokworld.imagine import ImaginationEngine
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+MODES = ("token", "parallel")
+
+
+def test_graphs_on_a_cpu_model_are_one_error():
+    model, _ = build("tiny")
+    with pytest.raises(TokWorldError, match="CUDA graphs need a CUDA device; the model is on cpu"):
+        ImaginationEngine(model, cuda_graphs=True)
+    with pytest.raises(TokWorldError, match="torch.compile or CUDA graphs"):
+        ImaginationEngine(model, compile=True, cuda_graphs=True)
+
+
+def test_bench_with_graphs_on_cpu_is_one_line():
+    with pytest.raises(SystemExit, match="^error: CUDA graphs need a CUDA device"):
+        main(["--preset", "tiny", "--device", "cpu", "--cuda-graphs"])
+    with pytest.raises(SystemExit, match="^error: choose --compile or --cuda-graphs"):
+        main(["--preset", "tiny", "--device", "cpu", "--cuda-graphs", "--compile"])
+
+
+@needs_cuda
+def test_a_graphed_function_replays_new_inputs_into_fresh_outputs():
+    calls = []
+
+    def double(x):
+        calls.append(1)
+        return x * 2
+
+    graphed = CudaGraphed(double)
+    first = graphed(torch.ones(3, device="cuda"))
+    second = graphed(torch.full((3,), 5.0, device="cuda"))
+    assert torch.equal(first, torch.full((3,), 2.0, device="cuda"))  # not overwritten
+    assert torch.equal(second, torch.full((3,), 10.0, device="cuda"))
+    assert len(calls) == graphed.warmup + 1  # warm-ups and the capture; replays call nothing
+    graphed(torch.ones(4, device="cuda"))
+    assert len(graphed.graphs) == 2
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_graphed_imagination_matches_eager(mode):
+    model, tokenizer = build("tiny", device="cuda", frame_decoding=mode)
+    actions = torch.randint(0, 4, (12, 3), device="cuda")
+    agreement = _graphs_agree(model, tokenizer, 3, 4, actions)
+    assert agreement["tokens_equal"]
+    assert agreement["frames_max_abs_diff"] <= 1e-6
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_one_graph_per_token_count_kept_across_starts(mode):
+    model, _ = build("tiny", device="cuda", frame_decoding=mode)
+    engine = ImaginationEngine(model, cuda_graphs=True)
+    action = torch.zeros(3, dtype=torch.long, device="cuda")
+    for _ in range(2):  # the second start reuses the ring, and with it the graphs
+        engine.start(random_context(model, 3, 4))
+        for _ in range(4):
+            engine.step(action)
+        graphed = engine.graphed
+        assert len(graphed.graphs) == 2  # first step after a start, and every later one
+    state = engine.snapshot()
+    engine.restore(state)  # a restored ring is a copy: its graphs are captured anew
+    engine.step(action)
+    # A token step feeds the action with its last token, then one token at a time: 2 shapes.
+    assert engine.graphed is not graphed and len(engine.graphed.graphs) == (mode == "token") + 1

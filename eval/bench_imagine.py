@@ -28,7 +28,7 @@ import gymnasium as gym
 import torch
 
 from tokworld.config import FRAME_DECODINGS, TokWorldConfig
-from tokworld.cuda_graph import CudaGraphed, check_cuda_graphs
+from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.errors import TokWorldError
 from tokworld.eval.iris_reference import (
     CODEBOOK,
@@ -38,7 +38,7 @@ from tokworld.eval.iris_reference import (
     IrisReference,
 )
 from tokworld.folders import claim, report_json
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
@@ -107,7 +107,7 @@ def _graphs_agree(model: TokWorldModel, tokenizer: FrameTokenizer, batch: int, c
     start, fresh = random_context(model, batch, context), random_context(model, 1, context)
     half, rollouts = len(actions) // 2, []
     for graphs in (False, True):
-        decode = CudaGraphed(tokenizer.decode_unchecked) if graphs else tokenizer.decode
+        decode = imagination_decoder(tokenizer, graphs)
         engine = ImaginationEngine(model, decode, SamplingConfig(), seed=0, cuda_graphs=graphs)
         engine.start(start)
         steps = [engine.step(action) for action in actions[:half]]
@@ -153,9 +153,7 @@ def bench_imagine(
     the preset's), every line under `torch.autocast` to bfloat16 if `bf16`; with `cuda_graphs`
     each mode also replayed from CUDA graphs (its step forward and its decoder), after a check
     that the replay gives what eager gives; see the module docstring and `_measure`."""
-    # Autocast's cache of cast weights would be freed under a graph that reads it.
-    with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16,
-                        cache_enabled=not cuda_graphs):  # fmt: skip
+    with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
         result = _measure(preset, batch, steps, long_steps, context, device, compile, iris,
                           modes, cuda_graphs)  # fmt: skip
     return {**result, "bf16": bf16}
@@ -193,8 +191,7 @@ def _measure(
             agreement[mode] = _graphs_agree(model, tokenizer, batch, context, actions[:BLOCK])
         for suffix, graphs in variants:
             line = mode + suffix
-            decoders[line] = _TimedDecoder(CudaGraphed(tokenizer.decode_unchecked) if graphs
-                                           else tokenizer.decode)  # fmt: skip
+            decoders[line] = _TimedDecoder(imagination_decoder(tokenizer, graphs))
             for name, decoder in ((line, decoders[line]), (line + TOKENS, None)):
                 engine = ImaginationEngine(model, decoder, SamplingConfig(), seed=0,
                                            compile=compile, cuda_graphs=graphs)  # fmt: skip

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.format import TrajectoryMeta, load_trajectories, write_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
@@ -20,7 +21,7 @@ from tokworld.eval.media import contact_sheet, side_by_side, write_gif
 from tokworld.eval.plots import plot_dimensions
 from tokworld.eval.vector_fidelity import observation_variance
 from tokworld.folders import check_output_dir, write_json_atomic
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
 from tokworld.run import check_observations, load_policy, load_run
@@ -55,11 +56,17 @@ class ImagineConfig:
         default=False,
         metadata={"help": "torch.compile the per-token forward (long runs: ~1.5x after a warm-up)"},
     )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata={"help": "replay each step's forward and the decoder from CUDA graphs (GPU)"},
+    )
     device: str = DEVICE
 
     def __post_init__(self):
         if self.steps < 1 or self.episodes < 1 or self.context < 1:
             raise TokWorldError("--steps, --episodes and --context must be positive")
+        if self.cuda_graphs:
+            check_cuda_graphs(self.device)
 
 
 def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) -> dict:
@@ -77,7 +84,9 @@ def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) 
     else:
         policy = Agent(load_policy(cfg.policy, meta.space, cfg.device), tokenizer, seed=cfg.seed)
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.greedy)
-    engine = ImaginationEngine(world_model, tokenizer.decode, sampling, cfg.seed, cfg.compile)
+    decoder = imagination_decoder(tokenizer, cfg.cuda_graphs)
+    engine = ImaginationEngine(world_model, decoder, sampling, cfg.seed, cfg.compile,
+                               cfg.cuda_graphs)  # fmt: skip
     length = cfg.context + (cfg.steps if cfg.open_loop else 0)
     windows = RealContext(ds, length, tokenizer, cfg.seed).sample(cfg.episodes)
     context = {k: v[:, : cfg.context] for k, v in windows.items()}

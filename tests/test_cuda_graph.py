@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tokworld.cli import main as cli_main
 from tokworld.cuda_graph import CudaGraphed
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench_imagine import _graphs_agree, build, main, random_context
@@ -76,3 +77,21 @@ def test_one_graph_per_token_count_kept_across_starts(mode):
     engine.step(action)
     # A token step feeds the action with its last token, then one token at a time: 2 shapes.
     assert engine.graphed is not graphed and len(engine.graphed.graphs) == (mode == "token") + 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["imagine", "--run", "r", "--dataset", "d", "--out", "o", "--cuda-graphs"],
+         "CUDA graphs need a CUDA device; the model is on cpu"),
+        (["finetune", "--env", "CartPole-v1", "--env-steps", "10", "--out", "o", "--cuda-graphs"],
+         "cuda_graphs needs a CUDA device, and torch sees none"),
+    ],
+)  # fmt: skip
+def test_cuda_graphs_without_a_gpu_is_one_line_before_any_work(args, message, tmp_path, capsys):
+    args = [str(tmp_path / a) if a in ("r", "d", "o") else a for a in args]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()

@@ -147,7 +147,15 @@ class VectorCodec(SafetensorsPretrained, nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, D) -> float32 observations (B, D), each value its bin's centre."""
-        bins = self._bins(codes)
+        self._bins(codes)
+        return self.decode_unchecked(torch.as_tensor(codes, device=self.device))
+
+    @torch.no_grad()
+    def decode_unchecked(self, codes: torch.Tensor) -> torch.Tensor:
+        """`decode` without the range check, which waits for the device (a host sync that a
+        CUDA graph cannot hold): for (B, D) integer codes on the tokenizer's device known to
+        lie in their dimensions' ranges, e.g. those a world model samples."""
+        bins = codes.long() - self._offsets()
         return torch.gather(self.centres.T.expand(len(bins), -1, -1), 1, bins[:, None])[:, 0]
 
     def bin_width(self, codes: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,9 @@ class CudaGraphed:
         self.graphs: dict[tuple, tuple[list[torch.Tensor], torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = tuple((tuple(x.shape), x.dtype, x.device) for x in inputs)
+        # A graph replays the precision it was captured under: autocast's state is in the key.
+        autocast = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda")
+        key = (autocast, *((tuple(x.shape), x.dtype, x.device) for x in inputs))
         if key not in self.graphs:
             self.graphs[key] = self._capture(inputs)
         buffers, graph, output = self.graphs[key]
@@ -58,9 +60,17 @@ class CudaGraphed:
                 self.fn(*buffers)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), _uncached_autocast():
             output = self.fn(*buffers)
         return buffers, graph, output
+
+
+def _uncached_autocast():
+    """The current autocast without its cache of cast weights, which is freed when the
+    autocast region ends, under a graph that would still read it; a no-op outside autocast."""
+    enabled = torch.is_autocast_enabled("cuda")
+    dtype = torch.get_autocast_dtype("cuda")
+    return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
 
 
 def check_cuda_graphs(device: torch.device | str) -> None:

@@ -15,7 +15,7 @@ from gymnasium.vector import AutoresetMode
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
-from tokworld.imagine import ImaginationEngine, ImaginedStep, SamplingConfig
+from tokworld.imagine import ImaginationEngine, ImaginedStep, SamplingConfig, imagination_decoder
 from tokworld.rollout import observations
 from tokworld.run import check_observations, load_run
 from tokworld.tokenizer.codecs import space_from_dict
@@ -46,6 +46,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         device: str = "cpu",
         render_mode: str | None = None,
         compile: bool = False,
+        cuda_graphs: bool = False,
     ):
         world_model, self.tokenizer = load_run(run, device)
         ds = load_trajectories(dataset) if isinstance(dataset, str) else dataset
@@ -54,9 +55,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         world_model.vocab.check_action_space(meta.space, "the dataset")
         self.context = RealContext(ds, context_steps, self.tokenizer, seed)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k)
-        self.engine = ImaginationEngine(
-            world_model, self.tokenizer.decode, sampling, seed, compile=compile
-        )
+        decoder = imagination_decoder(self.tokenizer, cuda_graphs)
+        self.engine = ImaginationEngine(world_model, decoder, sampling, seed, compile, cuda_graphs)
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
         self.render_mode = render_mode
         if meta.observation == "vector":

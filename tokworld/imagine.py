@@ -35,6 +35,13 @@ from tokworld.ring_cache import ATTENTION, RingCache
 from tokworld.tokenizer.vocab import Kind
 
 
+def imagination_decoder(tokenizer, cuda_graphs: bool = False) -> Callable:
+    """What imagination decodes a step's codes with: `tokenizer.decode`, or with `cuda_graphs`
+    its `decode_unchecked` replayed from CUDA graphs (codes a world model samples lie in its
+    frame slice, so the range check, a host sync that no graph can hold, is not needed)."""
+    return CudaGraphed(tokenizer.decode_unchecked) if cuda_graphs else tokenizer.decode
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How tokens are drawn: `greedy`, or softmax at `temperature` over the `top_k` best."""

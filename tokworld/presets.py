@@ -63,9 +63,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         # cache is what makes it fast on memory-bound hardware; training cost barely changes.
         # frame_decoding stays "token" (the config's default) in every preset: "parallel" (one
         # forward per imagined step) was 1.4x faster at batch 32 on a 2-core CPU, where a step's
-        # cost is its matmuls, and 14.6x on an H200, where it is kernel launches, but 8.2x
-        # IRIS's imagination with decoded frames there, short of the 10x it must reach to be the
-        # default; see the README's benchmarks.
+        # cost is its matmuls, and 14.6x on an H200, where it is kernel launches, but 8.2-9.2x
+        # IRIS's imagination with decoded frames there when both run eager, short of the 10x it
+        # must reach to be the default (38x replayed from CUDA graphs); see the README.
         "world_model": {
             "num_hidden_layers": 10,
             "hidden_size": 256,

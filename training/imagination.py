@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from tokworld import twohot
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
 from tokworld.training.accel import describe, make_accelerator
@@ -82,6 +82,13 @@ class ImaginationConfig:
             "imagined steps/s after a one-time warm-up of about a minute)"
         },
     )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata={
+            "help": "replay imagination's per-step forwards and the frame decoder from CUDA "
+            "graphs (GPU; at batch 32 on an H200 4-8x more imagined steps/s than eager)"
+        },
+    )
     log_every: int = 10
     seed: int = field(default=0, metadata={"cli": False})  # the online loop seeds each epoch
 
@@ -93,6 +100,8 @@ class ImaginationConfig:
             raise TokWorldError("gamma must lie in (0, 1] and lam in [0, 1]")
         if not 0 <= self.event_starts <= 1:
             raise TokWorldError(f"event_starts must lie in [0, 1], got {self.event_starts}")
+        if self.cuda_graphs and not torch.cuda.is_available():
+            raise TokWorldError("cuda_graphs needs a CUDA device, and torch sees none")
 
 
 def lambda_returns(
@@ -210,10 +219,12 @@ class ImaginationLoss(torch.nn.Module):
 
 def _resume_config(policy: ActorCritic, cfg: ImaginationConfig) -> dict:
     """What a policy checkpoint must have been trained with to be continued: the policy's and
-    the imagination config, but for `steps` (a continuation trains up to more) and `seed` (the
-    online loop reseeds every epoch)."""
+    the imagination config, but for `steps` (a continuation trains up to more), `seed` (the
+    online loop reseeds every epoch) and how imagination is run (`compile`, `cuda_graphs`: they
+    change its speed, not what it samples)."""
     config = resume_config(policy.config.to_dict(), cfg)
-    del config["train"]["steps"], config["train"]["seed"]
+    for name in ("steps", "seed", "compile", "cuda_graphs"):
+        del config["train"][name]
     return config
 
 
@@ -266,11 +277,10 @@ def train_policy(
     context = RealContext(
         ds, cfg.context_steps, tokenizer, rank_seed + start, cfg.event_starts, cfg.horizon
     )
-    decoder = tokenizer.decode if policy.frames_input else None
+    decoder = imagination_decoder(tokenizer, cfg.cuda_graphs) if policy.frames_input else None
     sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k)
-    module.engine = ImaginationEngine(
-        world_model, decoder, sampling, seed=rank_seed + start, compile=cfg.compile
-    )
+    module.engine = ImaginationEngine(world_model, decoder, sampling, seed=rank_seed + start,
+                                      compile=cfg.compile, cuda_graphs=cfg.cuda_graphs)  # fmt: skip
     module.generator = torch.Generator(accelerator.device).manual_seed(rank_seed + start)
     if accelerator.is_main_process:
         accelerator.init_trackers("policy", config=asdict(cfg))

@@ -36,18 +36,18 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
     plan: PlannerConfig | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Play `episodes` real episodes with the run's policy, or with a planner of config `plan`
-    in the run's world model (no policy needed; `greedy` and `temperature` then unused); write the
-    JSON and the files `episode_media` names: two GIFs, or for a vector run a plot of the
-    observations."""
+    in the run's world model (no policy needed; `greedy` and `temperature` then unused), its
+    networks on `device`; write the JSON and the files `episode_media` names: two GIFs, or for a
+    vector run a plot of the observations."""
     if plan is None:
-        tokenizer = load_tokenizer(run)
-        agent = Agent(
-            load_policy(run, action_space(env_id)), tokenizer, greedy, temperature, seed=seed
-        )
+        tokenizer = load_tokenizer(run, device)
+        policy = load_policy(run, action_space(env_id), device)
+        agent = Agent(policy, tokenizer, greedy, temperature, seed=seed)
     else:
-        agent = planning_agent(run, env_id, plan, seed)
+        agent = planning_agent(run, env_id, plan, seed, device)
         tokenizer = agent.tokenizer
     vector = tokenizer.observation == "vector"
     size = {} if vector else {"frame_size": tokenizer.config.frame_size}
@@ -77,10 +77,12 @@ def evaluate_run(
     return summary
 
 
-def planning_agent(run: str | Path, env_id: str, config: PlannerConfig, seed: int = 0) -> Planner:
-    """A `Planner` in the run's world model for `env_id`, checked to act in its action space;
-    the model's task for `env_id` where it was trained on several."""
-    world_model, tokenizer = load_run(run)
+def planning_agent(
+    run: str | Path, env_id: str, config: PlannerConfig, seed: int = 0, device: str = "cpu"
+) -> Planner:
+    """A `Planner` in the run's world model (on `device`) for `env_id`, checked to act in its
+    action space; the model's task for `env_id` where it was trained on several."""
+    world_model, tokenizer = load_run(run, device)
     world_model.vocab.check_action_space(action_space(env_id), what=env_id)
     tasks = world_model.config.tasks or []
     task = tasks.index(env_id) if env_id in tasks else None

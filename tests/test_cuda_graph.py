@@ -87,6 +87,8 @@ def test_one_graph_per_token_count_kept_across_starts(mode):
          "CUDA graphs need a CUDA device; the model is on cpu"),
         (["finetune", "--env", "CartPole-v1", "--env-steps", "10", "--out", "o", "--cuda-graphs"],
          "cuda_graphs needs a CUDA device, and torch sees none"),
+        (["eval", "--run", "r", "--env", "Pendulum-v1", "--json", "o", "--plan",
+          "--plan-cuda-graphs"], "CUDA graphs need a CUDA device; the model is on cpu"),
     ],
 )  # fmt: skip
 def test_cuda_graphs_without_a_gpu_is_one_line_before_any_work(args, message, tmp_path, capsys):

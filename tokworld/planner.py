@@ -66,6 +66,14 @@ class PlannerConfig:
         },
     )
 
+    cuda_graphs: bool = field(
+        default=False,
+        metadata={
+            "flag": "--plan-cuda-graphs",
+            "help": "replay imagination's step forwards from CUDA graphs (with --device cuda)",
+        },
+    )
+
     def __post_init__(self):
         for name in ("candidates", "horizon", "hold", "context"):
             if getattr(self, name) < 1:
@@ -105,7 +113,9 @@ class Planner:
         self.config, self.tokenizer, self.task = config, tokenizer.eval(), task
         self.tasks = world_model.config.tasks
         self.codec = world_model.vocab.action
-        self.engine = ImaginationEngine(world_model, None, config.sampling, seed=seed)
+        self.engine = ImaginationEngine(
+            world_model, None, config.sampling, seed=seed, cuda_graphs=config.cuda_graphs
+        )
         self.device = world_model.device
         self.generator = torch.Generator().manual_seed(seed)
         self.choices = [self._choices(size) for size in self.codec.sizes]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+from tokworld.cli.evaluate import DEVICE
 from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.cli.outputs import add_overwrite_flag
+from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.errors import TokWorldError
 from tokworld.eval.real_env import episode_media, evaluate_run
 from tokworld.folders import claim
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="the policy's temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--device", default=DEVICE, help="where the run's networks run")
     p.add_argument(
         "--plan",
         action="store_true",
@@ -71,6 +74,8 @@ def _eval(args: argparse.Namespace) -> dict:
     plan = config_from_args(PlannerConfig, args)
     if not args.plan and plan != PlannerConfig():
         raise TokWorldError("the --plan-* flags set the planner: add --plan")
+    if plan.cuda_graphs:
+        check_cuda_graphs(args.device)
     if args.plan and (args.greedy or args.temperature != 1.0):
         raise TokWorldError(
             "--greedy and --temperature sample the run's policy; a planner's imagination "
@@ -80,6 +85,6 @@ def _eval(args: argparse.Namespace) -> dict:
     media = episode_media(args.json, load_tokenizer(args.run).observation)
     claim(list(media.values()), args.overwrite)
     summary = evaluate_run(args.run, args.env, args.episodes, args.json, args.greedy,
-                           args.temperature, args.seed,
-                           plan=plan if args.plan else None)  # fmt: skip
+                           args.temperature, args.seed, plan=plan if args.plan else None,
+                           device=args.device)  # fmt: skip
     return {k: v for k, v in summary.items() if k != "returns"}

@@ -4,14 +4,19 @@ them there with `pytest --noconftest tests/test_cuda_graph.py`); the errors are 
 
 from __future__ import annotations
 
+import gymnasium as gym
 import pytest
 import torch
 
 from tokworld.cli import main as cli_main
+from tokworld.config import TokWorldConfig
 from tokworld.cuda_graph import CudaGraphed
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench_imagine import _graphs_agree, build, main, random_context
 from tokworld.imagine import ImaginationEngine
+from tokworld.model import TokWorldModel
+from tokworld.tokenizer.codecs import ActionCodec, RewardCodec
+from tokworld.tokenizer.vocab import Vocabulary
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 MODES = ("token", "parallel")
@@ -58,6 +63,30 @@ def test_graphed_imagination_matches_eager(mode):
     agreement = _graphs_agree(model, tokenizer, 3, 4, actions)
     assert agreement["tokens_equal"]
     assert agreement["frames_max_abs_diff"] <= 1e-6
+
+
+@needs_cuda
+def test_graphed_imagination_of_a_vector_model_with_box_actions_matches_eager():
+    # Per-position observation codes (the vector codec's layout) and Box actions, on the GPU:
+    # what planning a Pendulum run does.
+    action = ActionCodec.from_space(gym.spaces.Box(-2.0, 2.0, (1,)), bins=8)
+    vocab = Vocabulary(3 * 16, 3, action, RewardCodec("symlog"), per_position_codes=True)
+    torch.manual_seed(0)
+    config = TokWorldConfig.preset("tiny", vocab, frame_decoding="parallel")
+    model = TokWorldModel(config).to("cuda").eval()
+    context = {
+        "codes": torch.randint(0, 16, (4, 3, 3)) + torch.arange(3) * 16,
+        "action": torch.rand(4, 3, 1) * 4 - 2,
+        "reward": torch.zeros(4, 3),
+        "terminated": torch.zeros(4, 3, dtype=torch.bool),
+    }
+    actions = torch.rand(6, 4, 1, device="cuda") * 4 - 2
+    rollouts = []
+    for graphs in (False, True):
+        engine = ImaginationEngine(model, seed=1, cuda_graphs=graphs)
+        engine.start(context)
+        rollouts.append(torch.stack([engine.step(a).codes for a in actions]))
+    assert torch.equal(rollouts[0], rollouts[1])
 
 
 @needs_cuda

@@ -304,7 +304,8 @@ class Vocabulary:
             if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
                 raise TokWorldError(f"frame codes must lie in [0, {self.codebook_size})")
             if self.per_position_codes and codes.numel():
-                ranges = torch.tensor(self._ranges(Kind.FRAME)) - start  # (K, 2)
+                ranges = torch.tensor(self._ranges(Kind.FRAME), device=codes.device)  # (K, 2)
+                ranges = ranges - start
                 if ((codes < ranges[:, 0]) | (codes >= ranges[:, 1])).any():
                     raise TokWorldError("observation code outside its position's code range")
             return codes + start

@@ -169,7 +169,7 @@ def _measure(
     compile: bool,
     iris: bool,
     modes: tuple[str, ...] | None,
-    cuda_graphs: bool = False,
+    cuda_graphs: bool,
 ) -> dict:
     """The figures of `bench_imagine`.
 
@@ -324,9 +324,7 @@ def run(args: argparse.Namespace) -> dict:
     if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
     if args.cuda_graphs:
-        if args.compile:
-            raise TokWorldError("choose --compile or --cuda-graphs, not both")
-        check_cuda_graphs(args.device)
+        check_cuda_graphs(args.device, args.compile)
     return bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,
                          compile=args.compile, iris=args.iris, bf16=args.bf16,
                          modes=tuple(dict.fromkeys(args.frame_decoding)),

@@ -66,7 +66,7 @@ class ImagineConfig:
         if self.steps < 1 or self.episodes < 1 or self.context < 1:
             raise TokWorldError("--steps, --episodes and --context must be positive")
         if self.cuda_graphs:
-            check_cuda_graphs(self.device)
+            check_cuda_graphs(self.device, self.compile)
 
 
 def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) -> dict:

@@ -4,6 +4,9 @@ them there with `pytest --noconftest tests/test_cuda_graph.py`); the errors are 
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import gymnasium as gym
 import pytest
 import torch
@@ -33,7 +36,7 @@ def test_graphs_on_a_cpu_model_are_one_error():
 def test_bench_with_graphs_on_cpu_is_one_line():
     with pytest.raises(SystemExit, match="^error: CUDA graphs need a CUDA device"):
         main(["--preset", "tiny", "--device", "cpu", "--cuda-graphs"])
-    with pytest.raises(SystemExit, match="^error: choose --compile or --cuda-graphs"):
+    with pytest.raises(SystemExit, match="^error: choose torch.compile or CUDA graphs"):
         main(["--preset", "tiny", "--device", "cpu", "--cuda-graphs", "--compile"])
 
 
@@ -115,7 +118,9 @@ def test_one_graph_per_token_count_kept_across_starts(mode):
         (["imagine", "--run", "r", "--dataset", "d", "--out", "o", "--cuda-graphs"],
          "CUDA graphs need a CUDA device; the model is on cpu"),
         (["finetune", "--env", "CartPole-v1", "--env-steps", "10", "--out", "o", "--cuda-graphs"],
-         "cuda_graphs needs a CUDA device, and torch sees none"),
+         "CUDA graphs need a CUDA device; the model is on cpu"),
+        (["imagine", "--run", "r", "--dataset", "d", "--out", "o", "--cuda-graphs", "--compile"],
+         "choose torch.compile or CUDA graphs"),
         (["eval", "--run", "r", "--env", "Pendulum-v1", "--json", "o", "--plan",
           "--plan-cuda-graphs"], "CUDA graphs need a CUDA device; the model is on cpu"),
     ],
@@ -126,3 +131,24 @@ def test_cuda_graphs_without_a_gpu_is_one_line_before_any_work(args, message, tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+@needs_cuda
+def test_rings_and_graphs_are_kept_per_batch_size_and_freed_with_the_engine():
+    # A planner alternates batch sizes (rows grouped by context length): each size keeps its
+    # ring and graphs, and a dropped engine frees them without the cyclic collector.
+    model, _ = build("tiny", device="cuda", frame_decoding="parallel")
+    engine = ImaginationEngine(model, cuda_graphs=True)
+    for batch in (3, 2, 3, 2):
+        engine.start(random_context(model, batch, 4))
+        for _ in range(3):
+            engine.step(torch.zeros(batch, dtype=torch.long, device="cuda"))
+    assert sorted(batch for batch, *_ in engine.rings) == [2, 3]
+    assert [len(graphed.graphs) for _, graphed in engine.graphed.values()] == [2, 2]
+    ring = weakref.ref(engine.cache)
+    gc.disable()
+    try:
+        del engine
+        assert ring() is None
+    finally:
+        gc.enable()

@@ -17,6 +17,7 @@ from tokworld.errors import TokWorldError
 from tokworld.folders import (
     atomic_dir,
     check_output_dir,
+    first_change,
     recover,
     replace_dir,
     report_json,
@@ -205,3 +206,12 @@ def test_report_json_prints_and_writes_the_same_valid_json(tmp_path, capsys):
     assert written == json.loads(capsys.readouterr().out) == {"steps_per_s": 3.5, "ratio": None}
     report_json(report)  # no path: printed only
     assert json.loads(capsys.readouterr().out)["ratio"] is None
+
+
+def test_speed_only_settings_do_not_block_a_resume():
+    # compile and cuda_graphs change how fast a run goes, not what it computes: toggling one,
+    # or a record from before one existed, resumes; any other change is named.
+    old = {"config": {"lr": 1e-3, "imagination": {"compile": False}}}
+    assert first_change(old, {"config": {"lr": 1e-3, "imagination": {"cuda_graphs": True}}}) is None
+    new = {"config": {"lr": 1e-4, "imagination": {"compile": True}}}
+    assert first_change(old, new) == ("config.lr", 1e-3, 1e-4)

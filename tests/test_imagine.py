@@ -126,6 +126,19 @@ def test_a_replaced_cache_is_freed_without_the_cyclic_collector(run_dir, minigri
         gc.enable()
 
 
+def test_a_start_in_another_precision_gets_a_new_ring(run_dir, minigrid_dataset):
+    # A reset ring keeps its buffers, so it is reused only for keys of its own dtype.
+    context = _context(run_dir, minigrid_dataset)
+    engine, _ = _engine(run_dir)
+    engine.start(context)
+    engine.step(torch.tensor([0, 1, 2]))
+    single = engine.cache
+    engine.model.double()
+    engine.start({k: v.double() if v.is_floating_point() else v for k, v in context.items()})
+    engine.step(torch.tensor([0, 1, 2]))  # a reused float32 ring would refuse float64 keys
+    assert engine.cache is not single and engine.cache.layers[0].keys.dtype == torch.float64
+
+
 def test_a_new_start_reuses_the_ring_and_continues_as_a_fresh_engine(run_dir, minigrid_dataset):
     # The ring stays in place across starts at one batch size (CUDA graphs replay on its
     # buffers); what the previous rollout wrote there must not reach the new one.

@@ -306,6 +306,7 @@ class FrameTokenizer(SafetensorsPretrained, nn.Module):
             raise TokWorldError(f"codes must lie in [0, {n}), got [{codes.min()}, {codes.max()}]")
         return self.decode_unchecked(codes)
 
+    @torch.no_grad()
     def decode_unchecked(self, codes: torch.Tensor) -> torch.Tensor:
         """`decode` without the range check, which waits for the device (a host sync that a
         CUDA graph cannot hold): for (B, K) integer codes on the tokenizer's device known to

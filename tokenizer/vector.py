@@ -147,15 +147,17 @@ class VectorCodec(SafetensorsPretrained, nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, D) -> float32 observations (B, D), each value its bin's centre."""
-        self._bins(codes)
-        return self.decode_unchecked(torch.as_tensor(codes, device=self.device))
+        return self._centres_of(self._bins(codes))
 
     @torch.no_grad()
     def decode_unchecked(self, codes: torch.Tensor) -> torch.Tensor:
         """`decode` without the range check, which waits for the device (a host sync that a
         CUDA graph cannot hold): for (B, D) integer codes on the tokenizer's device known to
         lie in their dimensions' ranges, e.g. those a world model samples."""
-        bins = codes.long() - self._offsets()
+        return self._centres_of(codes.long() - self._offsets())
+
+    def _centres_of(self, bins: torch.Tensor) -> torch.Tensor:
+        """Bins (B, D) -> (B, D) their centres."""
         return torch.gather(self.centres.T.expand(len(bins), -1, -1), 1, bins[:, None])[:, 0]
 
     def bin_width(self, codes: torch.Tensor) -> torch.Tensor:

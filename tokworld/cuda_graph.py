@@ -44,24 +44,26 @@ class CudaGraphed:
         if key not in self.graphs:
             self.graphs[key] = self._capture(inputs)
         buffers, graph, output = self.graphs[key]
-        for buffer, value in zip(buffers, inputs, strict=True):
-            buffer.copy_(value)
-        graph.replay()
-        return output.clone()
+        with torch.cuda.device(buffers[0].device):  # the inputs' GPU, not the current one
+            for buffer, value in zip(buffers, inputs, strict=True):
+                buffer.copy_(value)
+            graph.replay()
+            return output.clone()
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]):
         if not inputs or any(x.device.type != "cuda" for x in inputs):
             raise TokWorldError("CUDA graphs need inputs on a CUDA device")
-        buffers = [x.clone() for x in inputs]
-        side = torch.cuda.Stream(inputs[0].device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.fn(*buffers)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), _uncached_autocast():
-            output = self.fn(*buffers)
+        with torch.cuda.device(inputs[0].device):
+            buffers = [x.clone() for x in inputs]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.fn(*buffers)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), _uncached_autocast():
+                output = self.fn(*buffers)
         return buffers, graph, output
 
 
@@ -73,7 +75,10 @@ def _uncached_autocast():
     return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
 
 
-def check_cuda_graphs(device: torch.device | str) -> None:
-    """A TokWorldError unless CUDA graphs can run on `device`."""
+def check_cuda_graphs(device: torch.device | str, compile: bool = False) -> None:
+    """A TokWorldError unless CUDA graphs can run on `device` (and `torch.compile` is not asked
+    for too)."""
+    if compile:
+        raise TokWorldError("choose torch.compile or CUDA graphs for imagination, not both")
     if torch.device(device).type != "cuda":
         raise TokWorldError(f"CUDA graphs need a CUDA device; the model is on {device}")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
@@ -48,6 +49,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         compile: bool = False,
         cuda_graphs: bool = False,
     ):
+        if cuda_graphs:
+            check_cuda_graphs(device, compile)
         world_model, self.tokenizer = load_run(run, device)
         ds = load_trajectories(dataset) if isinstance(dataset, str) else dataset
         meta = TrajectoryMeta.from_dataset(ds)

@@ -295,14 +295,21 @@ def _type_problem(value: Any, types: type | tuple[type, ...], name: str) -> str 
     return f"{name} is {_json_type(value)}, expected {wanted}"
 
 
+# Settings that change how fast a run goes, not what it computes: a resume may change them, and
+# a run recorded before one of them existed resumes.
+SPEED_ONLY = frozenset({"compile", "cuda_graphs"})
+
+
 def first_change(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
-    """(dotted key, old value, new value) of the first entry where two JSON values differ,
-    in the order of `new`'s keys, then `old`'s; None when they are equal."""
-    if old == new:
-        return None
+    """(dotted key, old value, new value) of the first entry where two JSON settings differ,
+    in the order of `new`'s keys, then `old`'s, the `SPEED_ONLY` keys aside; None when they
+    agree."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in [*new, *(k for k in old if k not in new)]:
+            if k in SPEED_ONLY:
+                continue
             change = first_change(old.get(k), new.get(k), f"{key}.{k}" if key else k)
             if change is not None:
                 return change
-    return key, old, new
+        return None
+    return None if old == new else (key, old, new)

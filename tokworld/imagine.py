@@ -17,11 +17,17 @@ With parallel decoding (`frame_decoding="parallel"`) a step is one forward: [the
 sampled tokens, action tokens, queries] -> every token the step predicts (reward, end, the K
 frame codes), each sampled from its query's logits. The sampled tokens wait to be written into
 the cache by the next step's forward, so queries are never left visible in it.
+
+On a GPU a step is launch-bound; with `cuda_graphs=True` each step's forward is recorded once
+per token count on the ring's buffers and replayed (`cuda_graph.CudaGraphed`): the same
+samples, 4-8x more steps/s at batch 32 on an H200. The ring is therefore kept in place: a new
+`start` at the same batch size resets it rather than allocating another.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,10 +83,8 @@ class ImaginationEngine:
         compile: bool = False,
         cuda_graphs: bool = False,
     ):
-        if compile and cuda_graphs:
-            raise TokWorldError("choose torch.compile or CUDA graphs for imagination, not both")
         if cuda_graphs:
-            check_cuda_graphs(world_model.device)
+            check_cuda_graphs(world_model.device, compile)
         self.model = world_model.eval()
         self.model.backbone.set_attn_implementation(ATTENTION)
         # torch.compile of the per-step forwards (two graphs: token decoding's 2 and 1 new
@@ -89,11 +93,12 @@ class ImaginationEngine:
         # of about a minute.
         # Starts and row restarts, whose shapes vary, stay eager.
         self.step_model = torch.compile(self.model, dynamic=False) if compile else self.model
-        # CUDA graphs replay each step's forward (one graph per token count, captured at its
-        # first use on the current KV ring; `start` keeps the ring when the batch size does).
+        # CUDA graphs replay each step's forward: per batch size, the ring and the graphs
+        # recorded on it (one per token count, captured at first use). `start` reuses a ring of
+        # its batch size; with graphs every size's ring is kept (a planner alternates sizes).
         self.cuda_graphs = cuda_graphs
-        self.graphed: CudaGraphed | None = None
-        self.graphed_cache: RingCache | None = None
+        self.rings: dict[tuple, RingCache] = {}  # by `_ring_key`
+        self.graphed: dict[tuple, tuple[RingCache, CudaGraphed]] = {}
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling
@@ -125,10 +130,7 @@ class ImaginationEngine:
         tokens = self._context_tokens(context)
         b = tokens.shape[0]
         self.task = self._task(context)
-        if self.cache is not None and self.cache.batch == b:
-            self.cache.reset()
-        else:
-            self.cache = self._new_cache(b)
+        self._keep(self._ring(b))
         self.pos = tokens.shape[1] - 1  # stream position of the pending token
         if self.pos:
             self._forward(self.cache, tokens[:, :-1], torch.arange(self.pos, device=self.device))
@@ -208,6 +210,28 @@ class ImaginationEngine:
             return None
         return torch.as_tensor(context["task"])[:, -1].to(self.device).long()
 
+    def _ring_key(self, batch: int) -> tuple:
+        """What a ring must match to be reused: its rows, and the precision its keys and values
+        were written in (the model's dtype, autocast's state)."""
+        kind = self.device.type
+        autocast = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind)
+        return batch, self.model.dtype, autocast
+
+    def _ring(self, batch: int) -> RingCache:
+        """A ring of `batch` rows, as new: the one kept for that key, reset, or a new one."""
+        ring = self.rings.get(self._ring_key(batch))
+        if ring is None:
+            return self._new_cache(batch)
+        ring.reset()
+        return ring
+
+    def _keep(self, ring: RingCache) -> None:
+        """Make `ring` the current one and keep it for its key (without CUDA graphs, only it: a
+        dropped ring frees its memory)."""
+        if not self.cuda_graphs:
+            self.rings.clear()
+        self.rings[self._ring_key(ring.batch)] = self.cache = ring
+
     def _new_cache(self, batch: int) -> RingCache:
         layers = self.model.config.num_hidden_layers
         return RingCache(layers, batch, self.window, self.device, spare=self.most_written - 1)
@@ -277,9 +301,12 @@ class ImaginationEngine:
         task = () if self.task is None else (self.task,)
         if not self.cuda_graphs:
             return self._ring_forward(tokens, positions, *task)
-        if self.graphed_cache is not self.cache:  # a new ring (a restore, a new batch size)
-            self.graphed, self.graphed_cache = CudaGraphed(self._ring_forward), self.cache
-        return self.graphed(tokens, positions, *task)
+        key = self._ring_key(self.cache.batch)
+        ring, graphed = self.graphed.get(key, (None, None))
+        if ring is not self.cache:  # a new ring (a first start at this size, a restore)
+            graphed = CudaGraphed(_weakly(self._ring_forward))  # no engine-graph cycle
+            self.graphed[key] = (self.cache, graphed)
+        return graphed(tokens, positions, *task)
 
     def _ring_forward(self, tokens: torch.Tensor, positions: torch.Tensor, *task: torch.Tensor):
         """`_step_logits` without the graph: it reads only its arguments and the ring."""
@@ -321,6 +348,13 @@ class ImaginationEngine:
             raise TokWorldError(f"not an imagination snapshot: it has no {missing[0]!r}")
         for name in self.SNAPSHOT_STATE:
             setattr(self, name, _copied(state[name]))
+        self._keep(self.cache)  # a copy: graphs are recorded on it anew
+
+
+def _weakly(method: Callable) -> Callable:
+    """`method` (bound) called through a weak reference to its object."""
+    ref = weakref.WeakMethod(method)
+    return lambda *args: ref()(*args)
 
 
 def _copied(value):

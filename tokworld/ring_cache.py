@@ -87,12 +87,12 @@ class RingCache(Cache):
 
     @property
     def batch(self) -> int:
-        """Rows."""
+        """Rows of the batch the ring holds."""
         return self.first.shape[0]
 
     def reset(self) -> None:
-        """Forget every token, in place (buffers stay where they are, for CUDA graphs): the
-        ring is then as new."""
+        """Forget every token, in place (buffers stay where they are, for CUDA graphs): every
+        token then sees only what is written after, as in a new ring of the same dtype."""
         self.slot_position.fill_(-1)
         self.first.zero_()
 

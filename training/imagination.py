@@ -30,6 +30,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from tokworld import twohot
+from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
@@ -86,7 +87,7 @@ class ImaginationConfig:
         default=False,
         metadata={
             "help": "replay imagination's per-step forwards and the frame decoder from CUDA "
-            "graphs (GPU; at batch 32 on an H200 4-8x more imagined steps/s than eager)"
+            "graphs (GPU; at batch 32 on an H200 4-6x more imagined steps/s than eager)"
         },
     )
     log_every: int = 10
@@ -100,8 +101,8 @@ class ImaginationConfig:
             raise TokWorldError("gamma must lie in (0, 1] and lam in [0, 1]")
         if not 0 <= self.event_starts <= 1:
             raise TokWorldError(f"event_starts must lie in [0, 1], got {self.event_starts}")
-        if self.cuda_graphs and not torch.cuda.is_available():
-            raise TokWorldError("cuda_graphs needs a CUDA device, and torch sees none")
+        if self.cuda_graphs:  # the online loop trains on the GPU if there is one
+            check_cuda_graphs("cuda" if torch.cuda.is_available() else "cpu", self.compile)
 
 
 def lambda_returns(
@@ -149,10 +150,10 @@ class ImaginationLoss(torch.nn.Module):
 
     def forward(self, context: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         cfg, policy, engine = self.cfg, self.policy, self.engine
+        start = engine.start(context)  # first: it checks the context's codes
         context_obs = self.observe(context["codes"].to(engine.device))  # (B, C, ...)
         with torch.no_grad():
             state = policy(context_obs[:, :-1]).state if context_obs.shape[1] > 1 else None
-        start = engine.start(context)
         obs = [start.frames if policy.frames_input else start.codes]
         logps, entropies, values, heads, rewards, ends = [], [], [], [], [], []
         for _ in range(cfg.horizon):
@@ -219,12 +220,10 @@ class ImaginationLoss(torch.nn.Module):
 
 def _resume_config(policy: ActorCritic, cfg: ImaginationConfig) -> dict:
     """What a policy checkpoint must have been trained with to be continued: the policy's and
-    the imagination config, but for `steps` (a continuation trains up to more), `seed` (the
-    online loop reseeds every epoch) and how imagination is run (`compile`, `cuda_graphs`: they
-    change its speed, not what it samples)."""
+    the imagination config, but for `steps` (a continuation trains up to more) and `seed` (the
+    online loop reseeds every epoch)."""
     config = resume_config(policy.config.to_dict(), cfg)
-    for name in ("steps", "seed", "compile", "cuda_graphs"):
-        del config["train"][name]
+    del config["train"]["steps"], config["train"]["seed"]
     return config
 
 

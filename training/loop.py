@@ -234,10 +234,12 @@ def check_resume_config(state_dir: Path, config: dict | None) -> None:
     if config is None or not (state_dir / "state.json").exists():
         return
     saved = read_state(state_dir)["extra"].get("config")
-    if saved != config:
+    change = first_change(saved, config)
+    if change is not None:
+        key, old, new = change
         raise TokWorldError(
             f"cannot resume {state_dir}: it was trained with another config "
-            f"({_first_difference(saved, config)})"
+            f"({key or 'config'}: {json.dumps(old)} -> {json.dumps(new)})"
         )
 
 
@@ -245,12 +247,6 @@ def resume_config(model_config: dict, train_config) -> dict:
     """What a checkpoint must have been trained with to be resumed, as JSON: the model's
     config and the stage's whole training config (a dataclass: lr, batch size, seed, steps...)."""
     return json.loads(json.dumps({"model": model_config, "train": asdict(train_config)}))
-
-
-def _first_difference(old, new) -> str:
-    """`key: old -> new` for the first (nested) entry where two JSON values differ."""
-    key, old, new = first_change(old, new)
-    return f"{key or 'config'}: {json.dumps(old)} -> {json.dumps(new)}"
 
 
 def _checkpoint(accelerator, model, optimizer, scheduler, step, state_dir, history, config):

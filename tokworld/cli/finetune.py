@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from tokworld.cli.evaluate import DEVICE
 from tokworld.cli.flags import add_config_flags, config_from_args
 from tokworld.cli.outputs import add_overwrite_flag
 from tokworld.cuda_graph import check_cuda_graphs
@@ -53,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="the policy's temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--device", default=DEVICE, help="where the run's networks run")
+    p.add_argument("--device", default="cpu", help="where the run's networks run, e.g. cuda")
     p.add_argument(
         "--plan",
         action="store_true",

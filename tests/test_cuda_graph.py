@@ -11,7 +11,6 @@ import gymnasium as gym
 import pytest
 import torch
 
-from tokworld.cli import main as cli_main
 from tokworld.config import TokWorldConfig
 from tokworld.cuda_graph import CudaGraphed
 from tokworld.errors import TokWorldError
@@ -98,17 +97,21 @@ def test_one_graph_per_token_count_kept_across_starts(mode):
     model, _ = build("tiny", device="cuda", frame_decoding=mode)
     engine = ImaginationEngine(model, cuda_graphs=True)
     action = torch.zeros(3, dtype=torch.long, device="cuda")
+    seen = []
     for _ in range(2):  # the second start reuses the ring, and with it the graphs
         engine.start(random_context(model, 3, 4))
         for _ in range(4):
             engine.step(action)
-        graphed = engine.graphed
-        assert len(graphed.graphs) == 2  # first step after a start, and every later one
-    state = engine.snapshot()
-    engine.restore(state)  # a restored ring is a copy: its graphs are captured anew
+        ((ring, graphed),) = engine.graphed.values()
+        assert ring is engine.cache and len(graphed.graphs) == 2  # after a start, then later
+        seen.append(graphed)
+    assert seen[0] is seen[1]
+    engine.restore(engine.snapshot())  # a restored ring is a copy: its graphs are captured anew
     engine.step(action)
+    ((ring, graphed),) = engine.graphed.values()
     # A token step feeds the action with its last token, then one token at a time: 2 shapes.
-    assert engine.graphed is not graphed and len(engine.graphed.graphs) == (mode == "token") + 1
+    assert ring is engine.cache and graphed is not seen[0]
+    assert len(graphed.graphs) == (mode == "token") + 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
@@ -126,6 +129,8 @@ def test_one_graph_per_token_count_kept_across_starts(mode):
     ],
 )  # fmt: skip
 def test_cuda_graphs_without_a_gpu_is_one_line_before_any_work(args, message, tmp_path, capsys):
+    from tokworld.cli import main as cli_main  # not at the top: the GPU image lacks its imports
+
     args = [str(tmp_path / a) if a in ("r", "d", "o") else a for a in args]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip()

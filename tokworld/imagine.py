@@ -20,8 +20,8 @@ the cache by the next step's forward, so queries are never left visible in it.
 
 On a GPU a step is launch-bound; with `cuda_graphs=True` each step's forward is recorded once
 per token count on the ring's buffers and replayed (`cuda_graph.CudaGraphed`): the same
-samples, 4-8x more steps/s at batch 32 on an H200. The ring is therefore kept in place: a new
-`start` at the same batch size resets it rather than allocating another.
+samples, 4-6x more steps/s at batch 32 on an H200. Rings are therefore kept in place: a new
+`start` resets the ring kept for its batch size (and precision) rather than allocating another.
 """
 
 from __future__ import annotations

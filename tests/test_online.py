@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +16,7 @@ from tokworld.cli import main
 from tokworld.config import ModelChoices, TokWorldConfig
 from tokworld.eval.real_env import evaluate_run
 from tokworld.model import TokWorldModel
+from tokworld.planner import PlannerConfig
 from tokworld.returns import human_normalized
 from tokworld.tokenizer.vocab import Kind, Vocabulary
 from tokworld.training import online
@@ -167,3 +169,22 @@ def test_eval_rejects_a_policy_for_another_action_space(run, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "acts in Discrete [7]" in err and "\n" not in err
+
+
+def test_planning_collects_and_is_evaluated_without_a_policy(tmp_path, monkeypatch):
+    collected = []  # single observations: what `collect` passes; evaluation passes batches
+
+    class Spy(online.Planner):
+        def __call__(self, observations):
+            collected.extend([1] if np.ndim(observations) == 3 else [])
+            return super().__call__(observations)
+
+    monkeypatch.setattr(online, "Planner", Spy)
+    cfg = replace(CONFIG, act="plan", plan=PlannerConfig(candidates=4, horizon=2, context=2))
+    out = tmp_path / "run"
+    metrics = train_online(cfg, out, progress=False)
+    assert len(collected) == 20  # epoch 1's steps; epoch 0's 40 are random
+    assert "policy" not in metrics["history"][1] and not (out / "policy").exists()
+    assert [e["env_steps"] for e in metrics["learning_curve"]] == [40, 60]
+    resumed = train_online(cfg, out, resume=True, progress=False)  # a snapshot without a policy
+    assert resumed["learning_curve"] == metrics["learning_curve"]

@@ -38,6 +38,7 @@ from tokworld.data.mixture import fingerprint
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, read_json, recover, write_json_atomic
 from tokworld.model import TokWorldModel
+from tokworld.planner import Planner, PlannerConfig
 from tokworld.policy import CRITICS, ActorCritic, Agent, build_policy, check_value_bins
 from tokworld.presets import NAMES, check_preset
 from tokworld.returns import play_episodes
@@ -56,6 +57,7 @@ from tokworld.training.tokenizer import (
 from tokworld.training.world_model import check_event_share, event_share_field, train_world_model
 
 MODELS = ("tokenizer", "world_model", "policy")
+ACTORS = ("policy", "plan")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,16 @@ class OnlineConfig:
     world_model_lr: float = 3e-4
     event_share: float = event_share_field()
     imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
+    act: str = field(
+        default="policy",
+        metadata={
+            "choices": ACTORS,
+            "help": "what collects after the random epoch 0 and is evaluated: the policy "
+            "learned in imagination, or planning in the world model (the --plan-* flags; no "
+            "policy is then trained)",
+        },
+    )
+    plan: PlannerConfig = field(default_factory=PlannerConfig)
     eval_every: int = field(default=1, metadata={"help": "epochs between real evaluations"})
     eval_episodes: int = 10
     frame_size: int = 64
@@ -136,6 +148,8 @@ class OnlineConfig:
             raise TokWorldError(f"epsilon must lie in [0, 1], got {self.epsilon}")
         check_value_bins(self.value_bins)
         check_event_share(self.event_share)
+        if self.act not in ACTORS:
+            raise TokWorldError(f"act must be one of {', '.join(ACTORS)}, got {self.act!r}")
 
     @property
     def epochs(self) -> int:
@@ -256,10 +270,10 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
     entry: dict = {"epoch": epoch}
 
     chunk = out / "data" / f"chunk_{epoch:03d}"
-    if models.policy is None:
+    if epoch == 0 or (cfg.act == "policy" and models.policy is None):
         actor = "random"
     else:
-        actor = Agent(models.policy, models.tokenizer, False, cfg.temperature, cfg.epsilon, seed)
+        actor = _actor(cfg, models, seed, collecting=True)
     steps = cfg.steps_in(epoch)
     observation = cfg.observation if models.tokenizer is None else models.tokenizer.observation
     collected = collect(cfg.env_id, steps, chunk, actor, seed, cfg.frame_size, progress=progress,
@@ -306,26 +320,46 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
                                progress=progress, event_share=cfg.event_share)  # fmt: skip
     entry["world_model"] = _short(result)
 
+    if cfg.act == "policy":
+        entry["policy"] = _train_policy(cfg, out, epoch, models, codes, seed, progress)
+
+    if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        agent = _actor(cfg, models, seed, collecting=False)
+        episodes = play_episodes(cfg.env_id, agent, cfg.eval_episodes, seed=10**6 + seed,
+                            frame_size=cfg.frame_size, observation=tokenizer.observation,
+                            progress=progress)  # fmt: skip
+        entry["eval"] = episodes.summary()
+    return entry
+
+
+def _actor(cfg: OnlineConfig, models: Models, seed: int, collecting: bool) -> Agent | Planner:
+    """What acts in the real env: the policy (sampling while collecting, with `epsilon` random
+    actions), or a planner in the world model."""
+    if cfg.act == "plan":
+        return Planner(models.world_model, models.tokenizer, cfg.plan, seed=seed)
+    if collecting:
+        return Agent(models.policy, models.tokenizer, False, cfg.temperature, cfg.epsilon, seed)
+    return Agent(models.policy, models.tokenizer, seed=seed)
+
+
+def _train_policy(cfg: OnlineConfig, out: Path, epoch: int, models: Models,
+                  codes: datasets.Dataset, seed: int, progress: bool) -> dict:  # fmt: skip
+    """The epoch's policy training in imagination (the policy built at the first); returns its
+    metrics."""
+    tokenizer = models.tokenizer
     if models.policy is None:
         action = models.world_model.vocab.action
         models.policy = build_policy(
             cfg.preset, action, tokenizer, cfg.policy_input, cfg.critic, cfg.value_bins
         )
+    work = out / "train_state" / "work"
     previous = out / "train_state" / "online" / "policy_state"
     if epoch > 0 and previous.exists():
         shutil.copytree(previous, work / "policy" / "train_state")
     icfg = replace(cfg.imagination, steps=(epoch + 1) * cfg.imagination.steps, seed=seed)
     result = train_policy(models.policy, models.world_model, tokenizer, codes, icfg,
                           work / "policy", resume=epoch > 0, progress=progress)  # fmt: skip
-    entry["policy"] = _short(result)
-
-    if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-        agent = Agent(models.policy, tokenizer, seed=seed)
-        episodes = play_episodes(cfg.env_id, agent, cfg.eval_episodes, seed=10**6 + seed,
-                            frame_size=cfg.frame_size, observation=tokenizer.observation,
-                            progress=progress)  # fmt: skip
-        entry["eval"] = episodes.summary()
-    return entry
+    return _short(result)
 
 
 def _short(result: dict) -> dict:
@@ -338,15 +372,17 @@ def _short(result: dict) -> dict:
 def _commit(out: Path, epoch: int, models: Models, history: list[dict]) -> None:
     """Checkpoint the finished epoch, then publish its models as RUN/tokenizer etc."""
     snapshot = out / "train_state" / "online"
+    names = [name for name in MODELS if getattr(models, name) is not None]  # no policy: --act plan
     with atomic_dir(snapshot, replace=True) as tmp:
-        for name in MODELS:
+        for name in names:
             getattr(models, name).save_pretrained(tmp / name)
         policy_state = out / "train_state" / "work" / "policy" / "train_state"
-        shutil.copytree(policy_state, tmp / "policy_state")
+        if models.policy is not None:
+            shutil.copytree(policy_state, tmp / "policy_state")
         chunks = _chunk_fingerprints(out)
         state = {"epoch": epoch, "history": history, "chunks": chunks}
         (tmp / "state.json").write_text(json.dumps(state))
-    for name in MODELS:
+    for name in names:
         with atomic_dir(out / name, replace=True) as tmp:
             shutil.copytree(snapshot / name, tmp, dirs_exist_ok=True)
 
@@ -371,7 +407,8 @@ def _check_chunks(out: Path, recorded: dict) -> None:
 
 def _load_models(snapshot: Path) -> Models:
     """The models of a checkpointed epoch."""
-    return Models(load_tokenizer(snapshot), load_world_model(snapshot), load_policy(snapshot))
+    policy = load_policy(snapshot) if (snapshot / "policy").exists() else None  # --act plan
+    return Models(load_tokenizer(snapshot), load_world_model(snapshot), policy)
 
 
 def _metrics(out: Path, cfg: OnlineConfig, history: list[dict]) -> dict:

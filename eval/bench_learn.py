@@ -34,7 +34,7 @@ from tokworld.eval.media import pyplot, save_figure
 from tokworld.folders import write_json_atomic
 from tokworld.returns import play_episodes
 from tokworld.training.finetune import finetune
-from tokworld.training.online import OnlineConfig
+from tokworld.training.online_config import OnlineConfig
 
 MODEL_FREE = ("ppo", "sac")
 ARMS = ("scratch", "pretrained", *MODEL_FREE)

@@ -37,7 +37,8 @@ from tokworld.run import load_policy, load_run
 from tokworld.tokenizer.frame import FrameTokenizerConfig
 from tokworld.training.finetune import finetune
 from tokworld.training.imagination import ImaginationConfig
-from tokworld.training.online import OnlineConfig, run_dataset
+from tokworld.training.online import run_dataset
+from tokworld.training.online_config import OnlineConfig
 from tokworld.training.pretrain import PretrainConfig, pretrain
 from tokworld.training.tokenizer import train_tokenizer
 

@@ -110,7 +110,8 @@ def tiny_vector_online_run(tmp_path_factory) -> Path:
     """An online run on Pendulum-v1 (vector codec, world model and policy; 400 real steps, tiny
     stages). Shared: never write into it."""
     from tokworld.training.imagination import ImaginationConfig
-    from tokworld.training.online import OnlineConfig, train_online
+    from tokworld.training.online import train_online
+    from tokworld.training.online_config import OnlineConfig
 
     out = tmp_path_factory.mktemp("tiny_vector_online_run") / "run"
     imagination = ImaginationConfig(steps=3, batch_size=4, horizon=5, context_steps=2)

@@ -8,7 +8,7 @@ import pytest
 
 from tokworld.cli import main
 from tokworld.eval.bench_learn import checkpoints
-from tokworld.training.online import OnlineConfig
+from tokworld.training.online_config import OnlineConfig
 
 MICRO = ["--env", "MiniGrid-Empty-5x5-v0", "--env-steps", "60", "--initial-steps", "40"]
 MICRO += ["--steps-per-epoch", "20", "--preset", "tiny", "--tokenizer-steps", "2"]

@@ -12,7 +12,7 @@ from tokworld.cli.flags import config_from_args, flag_name
 from tokworld.eval.fidelity import FidelityConfig
 from tokworld.eval.imagined import ImagineConfig
 from tokworld.training.imagination import ImaginationConfig
-from tokworld.training.online import OnlineConfig
+from tokworld.training.online_config import OnlineConfig
 from tokworld.training.pretrain import PretrainConfig
 
 REQUIRED = {

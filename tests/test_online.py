@@ -21,7 +21,8 @@ from tokworld.returns import human_normalized
 from tokworld.tokenizer.vocab import Kind, Vocabulary
 from tokworld.training import online
 from tokworld.training.imagination import ImaginationConfig
-from tokworld.training.online import OnlineConfig, run_dataset, train_online
+from tokworld.training.online import run_dataset, train_online
+from tokworld.training.online_config import OnlineConfig
 
 ENV = "MiniGrid-Empty-5x5-v0"
 CONFIG = OnlineConfig(

@@ -13,7 +13,7 @@ from tokworld.errors import TokWorldError
 from tokworld.training import world_model as wm
 from tokworld.training.imagination import ImaginationConfig
 from tokworld.training.loop import TrainConfig
-from tokworld.training.online import OnlineConfig
+from tokworld.training.online_config import OnlineConfig
 from tokworld.training.pretrain import PretrainConfig
 
 EPISODES = (12, 7, 9, 15, 10)

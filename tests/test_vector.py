@@ -23,7 +23,7 @@ from tokworld.tokenizer.vector import VectorCodec, VectorCodecConfig
 from tokworld.tokenizer.vocab import Kind, Vocabulary
 from tokworld.training.finetune import finetune
 from tokworld.training.imagination import ImaginationConfig
-from tokworld.training.online import OnlineConfig
+from tokworld.training.online_config import OnlineConfig
 from tokworld.training.pretrain import PretrainConfig, pretrain
 
 

@@ -8,7 +8,8 @@ from tokworld.adapt import adapt_world_model
 from tokworld.envs import action_space, make_env
 from tokworld.errors import TokWorldError
 from tokworld.run import load_run
-from tokworld.training.online import Models, OnlineConfig, train_online
+from tokworld.training.online import Models, train_online
+from tokworld.training.online_config import OnlineConfig
 
 
 def finetune(

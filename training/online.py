@@ -1,7 +1,8 @@
 """The online loop: collect real steps -> append -> tokenizer -> world model -> policy, per epoch.
 
 Epoch e collects real steps (uniformly random actions in epoch 0, the current policy with
-temperature and epsilon-greedy exploration after), appends them to the run's dataset, updates
+temperature and epsilon-greedy exploration after, or with `act="plan"` a planner in the world
+model, and then no policy is trained), appends them to the run's dataset, updates
 the frame tokenizer on all frames (a vector codec is fitted once, on epoch 0's data or by the
 pretrained run, and then kept: its tokens must keep their meaning), re-tokenizes them, updates
 the world model on the codes and trains the policy in imagination (`training.imagination`);
@@ -25,147 +26,37 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
 import numpy as np
 
-from tokworld.config import ModelChoices
-from tokworld.data.collect import OBSERVATION_CHOICES, collect
+from tokworld.data.collect import collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.mixture import fingerprint
 from tokworld.errors import TokWorldError
 from tokworld.folders import atomic_dir, read_json, recover, write_json_atomic
 from tokworld.model import TokWorldModel
-from tokworld.planner import Planner, PlannerConfig
-from tokworld.policy import CRITICS, ActorCritic, Agent, build_policy, check_value_bins
-from tokworld.presets import NAMES, check_preset
+from tokworld.planner import Planner
+from tokworld.policy import ActorCritic, Agent, build_policy
 from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
 from tokworld.run_lock import start_run
 from tokworld.tokenizer.observation import ObservationTokenizer
 from tokworld.training.accel import seed_everything
-from tokworld.training.imagination import ImaginationConfig, train_policy
+from tokworld.training.imagination import train_policy
 from tokworld.training.loop import TrainConfig, train
+from tokworld.training.online_config import OnlineConfig
 from tokworld.training.tokenizer import (
     FrameDataset,
     fit_vector_codec,
     tokenize_dataset,
     train_tokenizer,
 )
-from tokworld.training.world_model import check_event_share, event_share_field, train_world_model
+from tokworld.training.world_model import train_world_model
 
 MODELS = ("tokenizer", "world_model", "policy")
-ACTORS = ("policy", "plan")
-
-
-@dataclass(frozen=True)
-class OnlineConfig:
-    """Settings of an online run. Stage step counts are per epoch; `imagination.steps` too."""
-
-    env_id: str = field(
-        metadata={"flag": "--env", "help": "gymnasium env id, e.g. MiniGrid-Empty-5x5-v0"}
-    )
-    env_steps: int = field(
-        default=10000, metadata={"required": True, "help": "real env steps in all"}
-    )
-    initial_steps: int = field(default=2000, metadata={"help": "random steps of epoch 0"})
-    steps_per_epoch: int = 1000
-    epsilon: float = field(default=0.01, metadata={"help": "random actions when collecting"})
-    temperature: float = field(default=1.0, metadata={"help": "policy temperature, collecting"})
-    preset: str = field(
-        default="small", metadata={"choices": NAMES, "help": "sizes of models built from scratch"}
-    )
-    policy_input: str = field(
-        default="auto",
-        metadata={
-            "choices": ("auto", "frames", "tokens", "vector"),
-            "help": "what the policy reads (auto: decoded frames, or a vector codec's bins)",
-        },
-    )
-    critic: str = field(
-        default="shared",
-        metadata={
-            "choices": CRITICS,
-            "help": "the critic reads the actor's LSTM (IRIS), or has its own encoder and LSTM "
-            "(DreamerV3; for dense rewards, whose large returns would shape the actor's features)",
-        },
-    )
-    value_bins: int = field(
-        default=0,
-        metadata={
-            "help": "critic of a policy built here: 0 regresses the returns by squared error "
-            "(IRIS); N >= 2 predicts them as two-hot logits over N symlog bins (DreamerV3: 255), "
-            "which learns returns of any scale (e.g. Pendulum's hundreds) at one pace"
-        },
-    )
-    tokenizer_steps: int = field(default=100, metadata={"help": "per epoch (0: frozen)"})
-    tokenizer_batch_size: int = 32
-    model: ModelChoices = field(default_factory=ModelChoices)
-    world_model_steps: int = field(default=200, metadata={"help": "per epoch"})
-    world_model_batch_size: int = 32
-    world_model_lr: float = 3e-4
-    event_share: float = event_share_field()
-    imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
-    act: str = field(
-        default="policy",
-        metadata={
-            "choices": ACTORS,
-            "help": "what collects after the random epoch 0 and is evaluated: the policy "
-            "learned in imagination, or planning in the world model (the --plan-* flags; no "
-            "policy is then trained)",
-        },
-    )
-    plan: PlannerConfig = field(default_factory=PlannerConfig)
-    eval_every: int = field(default=1, metadata={"help": "epochs between real evaluations"})
-    eval_episodes: int = 10
-    frame_size: int = 64
-    observation: str = field(
-        default="auto",
-        metadata={
-            "choices": OBSERVATION_CHOICES,
-            "help": "what is collected: frames, the env's own flat Box vector, or (auto) a "
-            "vector where the env has one (a pretrained run's tokenizer decides when given)",
-        },
-    )
-    seed: int = 0
-
-    def __post_init__(self):
-        check_preset(self.preset)
-        for name in (
-            "env_steps",
-            "initial_steps",
-            "steps_per_epoch",
-            "eval_every",
-            "eval_episodes",
-        ):
-            if getattr(self, name) < 1:
-                raise TokWorldError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.world_model_steps < 1 or self.tokenizer_steps < 0:
-            raise TokWorldError("world_model_steps must be >= 1 and tokenizer_steps >= 0")
-        if not 0 <= self.epsilon <= 1:
-            raise TokWorldError(f"epsilon must lie in [0, 1], got {self.epsilon}")
-        check_value_bins(self.value_bins)
-        check_event_share(self.event_share)
-        if self.act not in ACTORS:
-            raise TokWorldError(f"act must be one of {', '.join(ACTORS)}, got {self.act!r}")
-
-    @property
-    def epochs(self) -> int:
-        """Epoch 0 collects `initial_steps`, each later one up to `steps_per_epoch` more."""
-        rest = max(0, self.env_steps - self.initial_steps)
-        return 1 + -(-rest // self.steps_per_epoch)
-
-    def steps_in(self, epoch: int) -> int:
-        """Real steps epoch `epoch` collects: `env_steps` in all."""
-        if epoch == 0:
-            return min(self.initial_steps, self.env_steps)
-        done = self.initial_steps + (epoch - 1) * self.steps_per_epoch
-        return min(self.steps_per_epoch, self.env_steps - done)
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass

@@ -19,7 +19,7 @@ from tokworld.eval.plots import plot_fidelity
 from tokworld.eval.report import write_report
 from tokworld.folders import claim
 from tokworld.run import load_run
-from tokworld.training.online import OnlineConfig
+from tokworld.training.online_config import OnlineConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

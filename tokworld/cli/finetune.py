@@ -14,7 +14,7 @@ from tokworld.folders import claim
 from tokworld.planner import PlannerConfig
 from tokworld.run import load_tokenizer
 from tokworld.training.finetune import finetune
-from tokworld.training.online import OnlineConfig
+from tokworld.training.online_config import OnlineConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

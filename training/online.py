@@ -161,10 +161,7 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
     entry: dict = {"epoch": epoch}
 
     chunk = out / "data" / f"chunk_{epoch:03d}"
-    if epoch == 0 or (cfg.act == "policy" and models.policy is None):
-        actor = "random"
-    else:
-        actor = _actor(cfg, models, seed, collecting=True)
+    actor = "random" if epoch == 0 else _actor(cfg, models, seed, collecting=True)
     steps = cfg.steps_in(epoch)
     observation = cfg.observation if models.tokenizer is None else models.tokenizer.observation
     collected = collect(cfg.env_id, steps, chunk, actor, seed, cfg.frame_size, progress=progress,

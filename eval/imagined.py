@@ -24,7 +24,7 @@ from tokworld.folders import check_output_dir, write_json_atomic
 from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
-from tokworld.run import check_observations, load_policy, load_run
+from tokworld.run import check_device, check_observations, load_policy, load_run
 from tokworld.tokenizer.codecs import space_to_dict
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,6 +65,7 @@ class ImagineConfig:
     def __post_init__(self):
         if self.steps < 1 or self.episodes < 1 or self.context < 1:
             raise TokWorldError("--steps, --episodes and --context must be positive")
+        check_device(self.device)
         if self.cuda_graphs:
             check_cuda_graphs(self.device, self.compile)
 

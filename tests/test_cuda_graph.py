@@ -126,9 +126,15 @@ def test_one_graph_per_token_count_kept_across_starts(mode):
          "choose torch.compile or CUDA graphs"),
         (["eval", "--run", "r", "--env", "Pendulum-v1", "--json", "o", "--plan",
           "--plan-cuda-graphs"], "CUDA graphs need a CUDA device; the model is on cpu"),
+        (["eval", "--run", "r", "--env", "Pendulum-v1", "--json", "o", "--plan", "--device",
+          "cuda"], "device 'cuda': torch sees no CUDA device here"),
+        (["imagine", "--run", "r", "--dataset", "d", "--out", "o", "--device", "cuda"],
+         "device 'cuda': torch sees no CUDA device here"),
+        (["imagine", "--run", "r", "--dataset", "d", "--out", "o", "--device", "gpu0"],
+         "unknown device 'gpu0'"),
     ],
 )  # fmt: skip
-def test_cuda_graphs_without_a_gpu_is_one_line_before_any_work(args, message, tmp_path, capsys):
+def test_gpu_settings_without_a_gpu_are_one_line_before_any_work(args, message, tmp_path, capsys):
     from tokworld.cli import main as cli_main  # not at the top: the GPU image lacks its imports
 
     args = [str(tmp_path / a) if a in ("r", "d", "o") else a for a in args]

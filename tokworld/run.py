@@ -12,6 +12,17 @@ from tokworld.policy import ActorCritic
 from tokworld.tokenizer.observation import load_observation_tokenizer
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or a TokWorldError saying why it cannot be used here."""
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TokWorldError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise TokWorldError(f"device {device!r}: torch sees no CUDA device here")
+    return found
+
+
 def _model_dir(run: str | Path, name: str) -> Path:
     path = Path(run) / name
     if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
@@ -26,13 +37,13 @@ def load_world_model(run: str | Path, device: str | torch.device = "cpu") -> Tok
         model = TokWorldModel.from_pretrained(str(path))
     except (OSError, ValueError, RuntimeError) as e:
         raise TokWorldError(f"cannot load the world model of {run}: {e}") from None
-    return model.to(device).eval()
+    return model.to(check_device(device)).eval()
 
 
 def load_tokenizer(run: str | Path, device: str | torch.device = "cpu"):
     """The run's observation tokenizer (frame tokenizer or vector codec), in eval mode."""
     tokenizer = load_observation_tokenizer(_model_dir(run, "tokenizer"))
-    return tokenizer.to(device).eval()
+    return tokenizer.to(check_device(device)).eval()
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu"):
@@ -70,7 +81,9 @@ def check_observations(run: str | Path, tokenizer, meta, what: str = "the datase
 def load_policy(run: str | Path, space=None, device: str | torch.device = "cpu"):
     """The run's actor-critic (`RUN/policy`), in eval mode; with `space` (a gymnasium action
     space), checked to act in it."""
-    policy = ActorCritic.from_pretrained(_model_dir(run, "policy"), device=str(device))
+    policy = ActorCritic.from_pretrained(
+        _model_dir(run, "policy"), device=str(check_device(device))
+    )
     codec = policy.codec
     if space is not None and not codec.matches(space):
         raise TokWorldError(

@@ -12,7 +12,7 @@ from tokworld.errors import TokWorldError
 from tokworld.eval.real_env import episode_media, evaluate_run
 from tokworld.folders import claim
 from tokworld.planner import PlannerConfig
-from tokworld.run import load_tokenizer
+from tokworld.run import check_device, load_tokenizer
 from tokworld.training.finetune import finetune
 from tokworld.training.online_config import OnlineConfig
 
@@ -73,6 +73,7 @@ def _eval(args: argparse.Namespace) -> dict:
     plan = config_from_args(PlannerConfig, args)
     if not args.plan and plan != PlannerConfig():
         raise TokWorldError("the --plan-* flags set the planner: add --plan")
+    check_device(args.device)
     if plan.cuda_graphs:
         check_cuda_graphs(args.device)
     if args.plan and (args.greedy or args.temperature != 1.0):

@@ -15,6 +15,7 @@ from tokworld.cli import main
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginedStep
 from tokworld.planner import Planner, PlannerConfig
+from tokworld.returns import play_episodes
 from tokworld.run import load_run
 
 LOW, MIDDLE, HIGH = -1.9375, 0.0625, 1.9375  # Pendulum's 3 planned levels (bin centres)
@@ -172,3 +173,30 @@ def test_eval_plan_in_another_action_space_is_one_line(tiny_vector_run, tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith("tokworld eval: error: action space of CartPole-v1 (Discrete(2))")
     assert "\n" not in err and not (tmp_path / "plan.json").exists()
+
+
+def test_retired_rows_are_not_planned_for_until_reset(planner):
+    planner(np.zeros((3, 3), np.float32))
+    planner.retire([0, 2])
+    planner(np.zeros((3, 3), np.float32))
+    assert planner.engine.contexts[-1]["codes"].shape[0] == 64  # row 1's candidates alone
+    planner.reset([2])
+    planner(np.zeros((3, 3), np.float32))
+    # rows 1 and 2, planned apart (contexts of 3 and 1 steps); row 0 still retired
+    assert [c["codes"].shape[:2] for c in planner.engine.contexts[-2:]] == [(64, 1), (64, 3)]
+
+
+def test_play_episodes_retires_the_slots_left_without_an_episode():
+    class RandomAgent:
+        def __init__(self):
+            self.retired = []
+
+        def __call__(self, observations):
+            return np.zeros(len(observations), dtype=np.int64)
+
+        def retire(self, rows):
+            self.retired.extend(rows)
+
+    agent = RandomAgent()
+    result = play_episodes("CartPole-v1", agent, 3, observation="vector", progress=False)
+    assert len(result.returns) == 3 and sorted(agent.retired) == [0, 1, 2]

@@ -121,6 +121,7 @@ class Planner:
         self.choices = [self._choices(size) for size in self.codec.sizes]
         self.history: list[dict[str, list]] = []
         self.plans: list[torch.Tensor | None] = []
+        self.retired: set[int] = set()  # rows whose episodes are over: not planned for
 
     @property
     def task_name(self) -> str | None:
@@ -136,13 +137,20 @@ class Planner:
         return torch.linspace(0, size - 1, min(self.config.levels, size)).round().long()
 
     def reset(self, rows=None) -> None:
-        """Forget the history and plan of `rows` (indices), or of every row."""
+        """Forget the history and plan of `rows` (indices), or of every row; they are planned
+        for again if they were retired."""
         if rows is None:
-            self.history, self.plans = [], []
+            self.history, self.plans, self.retired = [], [], set()
             return
+        self.retired.difference_update(rows)
         for r in rows:
             if r < len(self.history):
                 self.history[r], self.plans[r] = _empty(), None
+
+    def retire(self, rows) -> None:
+        """Stop planning for `rows` (indices; e.g. batch slots with no episode left to play):
+        they get the first action of the codec's range until `reset` brings them back."""
+        self.retired.update(rows)
 
     @torch.no_grad()
     def __call__(self, observations):
@@ -166,8 +174,9 @@ class Planner:
         reward = torch.zeros(b)
         # Rows whose context is as long go together (after a reset a row's context is shorter).
         try:
-            for length in sorted({len(h["codes"]) for h in self.history}):
-                rows = [i for i, h in enumerate(self.history) if len(h["codes"]) == length]
+            active = [i for i in range(b) if i not in self.retired]
+            for length in sorted({len(self.history[i]["codes"]) for i in active}):
+                rows = [i for i in active if len(self.history[i]["codes"]) == length]
                 local[rows], reward[rows] = self._plan(rows)
         except BaseException:  # an interrupted step leaves no row half-updated
             self.reset()

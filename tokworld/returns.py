@@ -84,9 +84,10 @@ def play_episodes(
     """Run `episodes` real episodes with `agent` and collect their returns.
 
     `agent(frames)` maps a batch of observations (uint8 frames, or float vectors with
-    `observation="vector"`) to a batch of actions; if it has `reset(rows)`,
-    that is called with the rows whose episode just started. Frames of at most `max_gif_frames`
-    steps per episode are kept for the best and worst episode.
+    `observation="vector"`) to a batch of actions; if it has `reset(rows)`, that is called with
+    the rows whose episode just started, and `retire(rows)` with those left idle, with no
+    episode to play (a planner stops planning for them). Frames of at most `max_gif_frames` steps
+    per episode are kept for the best and worst episode.
     """
     if episodes < 1:
         raise TokWorldError(f"--episodes must be >= 1, got {episodes}")
@@ -98,6 +99,7 @@ def play_episodes(
     slot_episode, frames, obs = [-1] * n, [[] for _ in range(n)], [None] * n
     next_episode, done = 0, 0
     reset = getattr(agent, "reset", None)
+    retire = getattr(agent, "retire", None)
     bar = tqdm(total=episodes, desc="eval", unit="episode", disable=not progress)
 
     def start(slot: int) -> None:
@@ -116,7 +118,7 @@ def play_episodes(
             # Every slot is in the batch (finished ones idle), so agent state rows stay put.
             actions = agent(np.stack(obs))
             actions = actions.numpy() if torch.is_tensor(actions) else np.asarray(actions)
-            restarted = []
+            restarted, finished = [], []
             for s in range(n):
                 e = slot_episode[s]
                 if e < 0:
@@ -135,8 +137,11 @@ def play_episodes(
                         restarted.append(s)
                     else:
                         slot_episode[s] = -1
+                        finished.append(s)
             if restarted and reset is not None:
                 reset(restarted)
+            if finished and retire is not None:
+                retire(finished)
     finally:
         bar.close()
         for env in envs:

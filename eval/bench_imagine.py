@@ -40,6 +40,7 @@ from tokworld.eval.iris_reference import (
 from tokworld.folders import claim, report_json
 from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
 from tokworld.model import TokWorldModel
+from tokworld.run import check_device
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 
@@ -323,6 +324,7 @@ def run(args: argparse.Namespace) -> dict:
     """`bench_imagine` with the flags of `add_arguments`."""
     if min(args.batch, args.steps) < 1 or args.long_steps < args.steps:
         raise TokWorldError("--batch and --steps must be positive and --long-steps >= --steps")
+    check_device(args.device)
     if args.cuda_graphs:
         check_cuda_graphs(args.device, args.compile)
     return bench_imagine(args.preset, args.batch, args.steps, args.long_steps, device=args.device,

@@ -132,6 +132,10 @@ def test_one_graph_per_token_count_kept_across_starts(mode):
          "device 'cuda': torch sees no CUDA device here"),
         (["imagine", "--run", "r", "--dataset", "d", "--out", "o", "--device", "gpu0"],
          "unknown device 'gpu0'"),
+        (["finetune", "--env", "CartPole-v1", "--env-steps", "10", "--out", "o", "--act", "plan",
+          "--plan-cuda-graphs"], "CUDA graphs need a CUDA device; the model is on cpu"),
+        (["bench", "imagine", "--device", "cuda", "--json", "o"],
+         "device 'cuda': torch sees no CUDA device here"),
     ],
 )  # fmt: skip
 def test_gpu_settings_without_a_gpu_are_one_line_before_any_work(args, message, tmp_path, capsys):

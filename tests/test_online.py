@@ -155,6 +155,8 @@ def test_finetune_onto_six_actions_keeps_every_row_but_the_actions():
         (["finetune", "--env", ENV, "--env-steps", "9", "--value-bins", "1", "--out", "X"],
          "value_bins must be 0 or >= 2, got 1"),
         (["eval", "--run", "/nonexistent", "--env", ENV, "--json", "x.json"], "has no tokenizer/"),
+        (["finetune", "--env", ENV, "--env-steps", "9", "--plan-horizon", "5", "--out", "X"],
+         "the --plan-* flags set the planner: add --act plan"),
     ],
 )  # fmt: skip
 def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys, monkeypatch):

@@ -70,7 +70,7 @@ class PlannerConfig:
         default=False,
         metadata={
             "flag": "--plan-cuda-graphs",
-            "help": "replay imagination's step forwards from CUDA graphs (with --device cuda)",
+            "help": "replay imagination's step forwards from CUDA graphs (GPU)",
         },
     )
 

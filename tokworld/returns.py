@@ -1,8 +1,9 @@
 """Real-environment returns: a policy plays whole episodes; returns, best and worst frames.
 
 Episodes run in a batch of envs at once (one policy forward per step for the whole batch);
-episode i always starts from `env.reset(seed=seed + i)`, so a result does not depend on how
-many envs ran side by side. ALE games also get a human-normalised score,
+episode i always starts from `env.reset(seed=seed + i)`, so with a policy a result does not
+depend on how many envs ran side by side (a planner's candidate draws do: they are made for the
+rows it plans together). ALE games also get a human-normalised score,
 (return - random) / (human - random), from the random and human scores of the DQN papers.
 """
 

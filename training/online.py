@@ -2,11 +2,12 @@
 
 Epoch e collects real steps (uniformly random actions in epoch 0, the current policy with
 temperature and epsilon-greedy exploration after, or with `act="plan"` a planner in the world
-model, and then no policy is trained), appends them to the run's dataset, updates
-the frame tokenizer on all frames (a vector codec is fitted once, on epoch 0's data or by the
-pretrained run, and then kept: its tokens must keep their meaning), re-tokenizes them, updates
-the world model on the codes and trains the policy in imagination (`training.imagination`);
-every `eval_every` epochs it plays real episodes. A run directory::
+model: then no policy is trained or written, and the planner is what is evaluated), appends
+them to the run's dataset, updates the frame tokenizer on all frames (a vector codec is fitted
+once, on epoch 0's data or by the pretrained run, and then kept: its tokens must keep their
+meaning), re-tokenizes them, updates the world model on the codes and trains the policy in
+imagination (`training.imagination`); every `eval_every` epochs it plays real episodes. A run
+directory::
 
     RUN/online.json            the run's settings (a resume must use the same ones)
     RUN/data/chunk_XXX/        the real steps of epoch XXX; all chunks are the run's dataset
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 
 from tokworld.data.collect import collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
@@ -136,7 +138,7 @@ def _run(cfg: OnlineConfig, out: Path, models: Models, resume: bool, progress: b
         state = read_json(snapshot / "state.json", "online checkpoint", keys=keys)
         first, history = state["epoch"] + 1, state["history"]
         _check_chunks(out, state["chunks"])
-        models = _load_models(snapshot)
+        models = _load_models(snapshot, cfg.act)
     for epoch, chunk in run_chunks(out).items():  # the unfinished epoch's data, if any
         if epoch >= first:
             shutil.rmtree(chunk)
@@ -223,7 +225,9 @@ def _epoch(cfg: OnlineConfig, out: Path, epoch: int, models: Models, progress: b
 def _actor(cfg: OnlineConfig, models: Models, seed: int, collecting: bool) -> Agent | Planner:
     """What acts in the real env: the policy (sampling while collecting, with `epsilon` random
     actions), or a planner in the world model."""
-    if cfg.act == "plan":
+    if cfg.act == "plan":  # on the device the loop trains on (a resumed model loads on CPU)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        models.world_model.to(device), models.tokenizer.to(device)
         return Planner(models.world_model, models.tokenizer, cfg.plan, seed=seed)
     if collecting:
         return Agent(models.policy, models.tokenizer, False, cfg.temperature, cfg.epsilon, seed)
@@ -293,9 +297,9 @@ def _check_chunks(out: Path, recorded: dict) -> None:
             )
 
 
-def _load_models(snapshot: Path) -> Models:
-    """The models of a checkpointed epoch."""
-    policy = load_policy(snapshot) if (snapshot / "policy").exists() else None  # --act plan
+def _load_models(snapshot: Path, act: str) -> Models:
+    """The models of a checkpointed epoch (no policy when a planner acts)."""
+    policy = load_policy(snapshot) if act == "policy" else None
     return Models(load_tokenizer(snapshot), load_world_model(snapshot), policy)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from tokworld.config import ModelChoices
+from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.collect import OBSERVATION_CHOICES
 from tokworld.errors import TokWorldError
 from tokworld.planner import PlannerConfig
@@ -29,7 +32,9 @@ class OnlineConfig:
     )
     initial_steps: int = field(default=2000, metadata={"help": "random steps of epoch 0"})
     steps_per_epoch: int = 1000
-    epsilon: float = field(default=0.01, metadata={"help": "random actions when collecting"})
+    epsilon: float = field(
+        default=0.01, metadata={"help": "random actions when the policy collects"}
+    )
     temperature: float = field(default=1.0, metadata={"help": "policy temperature, collecting"})
     preset: str = field(
         default="small", metadata={"choices": NAMES, "help": "sizes of models built from scratch"}
@@ -107,6 +112,10 @@ class OnlineConfig:
         check_event_share(self.event_share)
         if self.act not in ACTORS:
             raise TokWorldError(f"act must be one of {', '.join(ACTORS)}, got {self.act!r}")
+        if self.act == "policy" and self.plan != PlannerConfig():
+            raise TokWorldError("the --plan-* flags set the planner: add --act plan")
+        if self.act == "plan" and self.plan.cuda_graphs:  # the loop runs on the GPU if any
+            check_cuda_graphs("cuda" if torch.cuda.is_available() else "cpu")
 
     @property
     def epochs(self) -> int:

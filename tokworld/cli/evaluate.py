@@ -18,7 +18,7 @@ from tokworld.eval.fidelity import FidelityConfig, evaluate_fidelity, held_out_d
 from tokworld.eval.plots import plot_fidelity
 from tokworld.eval.report import write_report
 from tokworld.folders import claim
-from tokworld.run import load_run
+from tokworld.run import check_device, load_run
 from tokworld.training.online_config import OnlineConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -100,6 +100,7 @@ def _eval_model(args: argparse.Namespace) -> dict:
 
 
 def _bench(args: argparse.Namespace) -> dict:
+    check_device(args.device)
     claim([args.json], args.overwrite)
     return write_json(run_suite(args.preset, args.quick, args.device), args.json)
 

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in imagination",
         description="Starts from a pretrained run (tokenizer + world model, action slice adapted "
         "to ENV_ID) or, without --run, from scratch at --preset; writes RUN2/tokenizer, "
-        "RUN2/world_model, RUN2/policy, RUN2/data and RUN2/metrics.json after every epoch.",
+        "RUN2/world_model, RUN2/policy (not with --act plan), RUN2/data and RUN2/metrics.json "
+        "after every epoch.",
     )
     p.add_argument("--run", help="pretrained run directory (omit to learn from scratch)")
     p.add_argument("--out", required=True, help="new run directory")

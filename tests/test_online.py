@@ -191,3 +191,10 @@ def test_planning_collects_and_is_evaluated_without_a_policy(tmp_path, monkeypat
     assert [e["env_steps"] for e in metrics["learning_curve"]] == [40, 60]
     resumed = train_online(cfg, out, resume=True, progress=False)  # a snapshot without a policy
     assert resumed["learning_curve"] == metrics["learning_curve"]
+
+
+def test_a_policy_run_records_no_planner_settings():
+    # Runs recorded before `act` and `plan` existed must still resume: a policy run's record
+    # is what it was then.
+    assert not {"act", "plan"} & set(CONFIG.to_dict())
+    assert replace(CONFIG, act="plan").to_dict()["act"] == "plan"

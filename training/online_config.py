@@ -131,4 +131,9 @@ class OnlineConfig:
         return min(self.steps_per_epoch, self.env_steps - done)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        """The settings as JSON; `act` and `plan` only when a planner acts, so that a run
+        recorded before they existed resumes."""
+        settings = json.loads(json.dumps(asdict(self)))
+        if self.act == "policy":
+            del settings["act"], settings["plan"]
+        return settings

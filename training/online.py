@@ -32,7 +32,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 
 from tokworld.data.collect import collect
 from tokworld.data.format import TrajectoryMeta, load_trajectories
@@ -46,7 +45,7 @@ from tokworld.returns import play_episodes
 from tokworld.run import load_policy, load_tokenizer, load_world_model
 from tokworld.run_lock import start_run
 from tokworld.tokenizer.observation import ObservationTokenizer
-from tokworld.training.accel import seed_everything
+from tokworld.training.accel import loop_device, seed_everything
 from tokworld.training.imagination import train_policy
 from tokworld.training.loop import TrainConfig, train
 from tokworld.training.online_config import OnlineConfig
@@ -226,8 +225,8 @@ def _actor(cfg: OnlineConfig, models: Models, seed: int, collecting: bool) -> Ag
     """What acts in the real env: the policy (sampling while collecting, with `epsilon` random
     actions), or a planner in the world model."""
     if cfg.act == "plan":  # on the device the loop trains on (a resumed model loads on CPU)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        models.world_model.to(device), models.tokenizer.to(device)
+        models.world_model.to(loop_device())
+        models.tokenizer.to(loop_device())
         return Planner(models.world_model, models.tokenizer, cfg.plan, seed=seed)
     if collecting:
         return Agent(models.policy, models.tokenizer, False, cfg.temperature, cfg.epsilon, seed)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 from tokworld.config import ModelChoices
 from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.collect import OBSERVATION_CHOICES
@@ -14,6 +12,7 @@ from tokworld.errors import TokWorldError
 from tokworld.planner import PlannerConfig
 from tokworld.policy import CRITICS, check_value_bins
 from tokworld.presets import NAMES, check_preset
+from tokworld.training.accel import loop_device
 from tokworld.training.imagination import ImaginationConfig
 from tokworld.training.world_model import check_event_share, event_share_field
 
@@ -115,7 +114,7 @@ class OnlineConfig:
         if self.act == "policy" and self.plan != PlannerConfig():
             raise TokWorldError("the --plan-* flags set the planner: add --act plan")
         if self.act == "plan" and self.plan.cuda_graphs:  # the loop runs on the GPU if any
-            check_cuda_graphs("cuda" if torch.cuda.is_available() else "cpu")
+            check_cuda_graphs(loop_device())
 
     @property
     def epochs(self) -> int:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.format import TrajectoryMeta, load_trajectories, write_trajectories
 from tokworld.data.windows import RealContext
@@ -24,10 +22,8 @@ from tokworld.folders import check_output_dir, write_json_atomic
 from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
-from tokworld.run import check_device, check_observations, load_policy, load_run
+from tokworld.run import DEFAULT_DEVICE, check_device, check_observations, load_policy, load_run
 from tokworld.tokenizer.codecs import space_to_dict
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class ImagineConfig:
         default=False,
         metadata={"help": "replay each step's forward and the decoder from CUDA graphs (GPU)"},
     )
-    device: str = DEVICE
+    device: str = DEFAULT_DEVICE
 
     def __post_init__(self):
         if self.steps < 1 or self.episodes < 1 or self.context < 1:

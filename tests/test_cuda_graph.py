@@ -17,6 +17,7 @@ from tokworld.errors import TokWorldError
 from tokworld.eval.bench_imagine import _graphs_agree, build, main, random_context
 from tokworld.imagine import ImaginationEngine
 from tokworld.model import TokWorldModel
+from tokworld.run import check_device
 from tokworld.tokenizer.codecs import ActionCodec, RewardCodec
 from tokworld.tokenizer.vocab import Vocabulary
 
@@ -146,6 +147,15 @@ def test_gpu_settings_without_a_gpu_are_one_line_before_any_work(args, message, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_gpu_index_beyond_the_count_is_one_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda", 1)
+    assert check_device("cuda") == torch.device("cuda")
+    with pytest.raises(TokWorldError, match="device 'cuda:2': torch sees 2 CUDA device.s. here"):
+        check_device("cuda:2")
 
 
 @needs_cuda

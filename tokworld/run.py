@@ -11,6 +11,8 @@ from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
 from tokworld.tokenizer.observation import load_observation_tokenizer
 
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def check_device(device: str | torch.device) -> torch.device:
     """`device` as a torch.device, or a TokWorldError saying why it cannot be used here."""
@@ -20,6 +22,9 @@ def check_device(device: str | torch.device) -> torch.device:
         raise TokWorldError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if found.type == "cuda" and not torch.cuda.is_available():
         raise TokWorldError(f"device {device!r}: torch sees no CUDA device here")
+    if found.type == "cuda" and (found.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise TokWorldError(f"device {device!r}: torch sees {count} CUDA device(s) here")
     return found
 
 

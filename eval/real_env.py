@@ -69,12 +69,17 @@ def evaluate_run(
         **result.summary(),
         "run": str(run),
         "greedy": greedy if plan is None else None,
-        "planner": None if plan is None else {**asdict(plan), "task": agent.task_name},
+        "planner": None if plan is None else planner_summary(agent),
         "returns": result.returns.tolist(),
         **{key: str(path) for key, path in media.items()},
     }
     write_json_atomic(Path(out_json), summary)
     return summary
+
+
+def planner_summary(planner: Planner) -> dict:
+    """A planner's settings, its model's task and the sequences it imagines per row and step."""
+    return {**asdict(planner.config), "task": planner.task_name, "rollouts": planner.rollouts}
 
 
 def planning_agent(

@@ -6,6 +6,7 @@ candidate, and plans vector and frame runs through the command line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -101,6 +102,28 @@ def test_imagination_starts_from_the_real_steps_and_the_played_actions(planner):
         assert torch.equal(torch.stack(engine.actions[t])[:, 0], expected)
 
 
+def test_every_held_sequence_is_imagined_once_when_they_fit_in_the_budget(tiny_vector_run):
+    world_model, tokenizer = load_run(tiny_vector_run)
+    config = PlannerConfig(candidates=64, horizon=4, hold=2, discount=1.0)
+    planner = Planner(world_model, tokenizer, config, seed=0)
+    planner.engine = ScriptedEngine()
+    assert planner.rollouts == 10  # 3 levels, 2 segments: 9 sequences and the previous plan
+    played = planner(np.zeros((2, 3), np.float32))[:, 0].tolist()
+    steps = torch.stack(planner.engine.actions[0], 1).view(2, 10, 4)
+    assert torch.equal(steps[0], steps[1])
+    held = {tuple(round(float(a), 4) for a in s[::2]) for s in steps[0, 1:]}
+    assert len(held) == 9 and {a for s in held for a in s} == {LOW, MIDDLE, HIGH}
+    assert torch.equal(steps[0, :, ::2], steps[0, :, 1::2])  # each action held 2 steps
+    assert played == best_first_actions(planner.engine.actions[0], 2, stop_at_end=True)
+    plan = planner.plans[0]
+    planner(np.zeros((2, 3), np.float32))  # candidate 0 is now the shifted plan
+    codec = planner.codec
+    shifted = codec.decode(torch.cat([plan[1:], plan[-1:]]) + codec.offsets[0])[:, 0]
+    assert torch.equal(torch.stack(planner.engine.actions[1], 1).view(2, 10, 4)[0, 0], shifted)
+    # one sequence more than the budget: random shooting with every candidate
+    assert Planner(world_model, tokenizer, replace(config, candidates=9)).rollouts == 9
+
+
 def test_a_reset_row_plans_from_its_own_shorter_context(planner):
     planner(np.zeros((2, 3), np.float32))
     planner(np.zeros((2, 3), np.float32))
@@ -139,7 +162,7 @@ def test_eval_plan_plays_a_vector_run_without_a_policy(tiny_vector_run, tmp_path
     assert main(argv) == 0
     summary = json.loads(out.read_text())
     assert summary["planner"] == {**vars(PlannerConfig()), "candidates": 4, "horizon": 2,
-                                  "task": "Pendulum-v1"}  # fmt: skip
+                                  "task": "Pendulum-v1", "rollouts": 4}  # fmt: skip
     assert summary["mean_length"] == 200.0 and len(summary["returns"]) == 1
     assert (tmp_path / "plan_episodes.png").exists()
     capsys.readouterr()
@@ -161,7 +184,7 @@ def test_eval_plan_plays_a_frame_run_with_discrete_actions(tiny_run, tmp_path):
     assert main(plan_argv(tiny_run, "MiniGrid-Empty-5x5-v0", out, candidates=2, horizon=1)) == 0
     summary = json.loads(out.read_text())
     assert summary["episodes"] == 1 and summary["greedy"] is None
-    assert summary["planner"]["candidates"] == 2
+    assert summary["planner"]["candidates"] == summary["planner"]["rollouts"] == 2
     assert summary["planner"]["task"] == "MiniGrid-Empty-5x5-v0"
     assert (tmp_path / "plan_best.gif").exists()
 

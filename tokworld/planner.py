@@ -6,18 +6,23 @@ sequences of `horizon` steps from the last `context` real steps (each sampled ac
 each by its discounted imagined return (rewards after an imagined end do not count) and plays
 the first action of the best. Box actions choose among `levels` evenly spaced bins of the
 action codec per dimension (e.g. 3 of 32 bins over [-2, 2]: the centres of bins 0, 16 and 31,
--1.94, 0.06 and 1.94), discrete actions among all.
+-1.94, 0.06 and 1.94), discrete actions among all. When every held sequence fits in the
+budget with the previous plan (CartPole's 2 actions held 10 of 30 steps: 2^3 = 8 sequences,
+plus the plan, <= 128), each is imagined once instead of `candidates` random draws: an
+exhaustive search, cheaper and never missing a sequence.
 
 A `Planner` acts like `policy.Agent`: real observations in, env actions out, `reset(rows)` at
 episode starts, a single observation gives a single action. It only sees observations, so
 the reward of a real step in its context is the one it imagined for the action it played.
 Planning trades compute for learning: every real step costs `horizon` imagined steps (one
-forward pass each with parallel frame decoding, K + 2 with token decoding) over `candidates`
-rollouts per row of the batch.
+forward pass each with parallel frame decoding, K + 2 with token decoding) over `rollouts`
+(`candidates`, or fewer for an exhaustive search) per row of the batch.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,6 +124,7 @@ class Planner:
         self.device = world_model.device
         self.generator = torch.Generator().manual_seed(seed)
         self.choices = [self._choices(size) for size in self.codec.sizes]
+        self.grid = self._grid()
         self.history: list[dict[str, list]] = []
         self.plans: list[torch.Tensor | None] = []
         self.retired: set[int] = set()  # rows whose episodes are over: not planned for
@@ -135,6 +141,23 @@ class Planner:
         if self.codec.kind != "Box" or self.config.levels in (0, size):
             return torch.arange(size)
         return torch.linspace(0, size - 1, min(self.config.levels, size)).round().long()
+
+    @property
+    def rollouts(self) -> int:
+        """Action sequences imagined per row and real step: `candidates`, or every held
+        sequence and the previous plan when they are fewer."""
+        return self.config.candidates if self.grid is None else len(self.grid) + 1
+
+    def _grid(self) -> torch.Tensor | None:
+        """(G, S, D) every sequence of held actions over the horizon's S segments, when they
+        and the previous plan fit in `candidates`; else None (random shooting)."""
+        segments = -(-self.config.horizon // self.config.hold)
+        joint = math.prod(len(c) for c in self.choices)
+        if joint**segments + 1 > self.config.candidates:
+            return None
+        actions = torch.tensor(list(itertools.product(*(c.tolist() for c in self.choices))))
+        picks = torch.tensor(list(itertools.product(range(joint), repeat=segments)))
+        return actions[picks]
 
     def reset(self, rows=None) -> None:
         """Forget the history and plan of `rows` (indices), or of every row; they are planned
@@ -190,8 +213,9 @@ class Planner:
     def _plan(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Plan for `rows` (same context length): their first actions (local codes) and the
         rewards imagined for them."""
-        cfg, n = self.config, self.config.candidates
+        cfg = self.config
         sequences = self._candidates(rows)  # (R, N, H, D) local codes
+        n = sequences.shape[1]
         context = {k: repeat(v, "r ... -> (r n) ...", n=n) for k, v in self._context(rows).items()}
         self.engine.start(context)
         flat = rearrange(sequences, "r n h d -> h (r n) d").to(self.device)
@@ -212,17 +236,20 @@ class Planner:
         return chosen[:, 0], first
 
     def _candidates(self, rows: list[int]) -> torch.Tensor:
-        """(R, N, H, D) local action codes: random held actions; candidate 0 the last plan."""
+        """(R, N, H, D) local action codes: held actions, random or (with a grid) every
+        sequence after candidate 0; candidate 0 the last plan (without one, a held sequence)."""
         cfg = self.config
         segments = -(-cfg.horizon // cfg.hold)
         r = len(rows)
-        parts = []
-        for choices in self.choices:
-            pick = torch.randint(
-                len(choices), (r, cfg.candidates, segments), generator=self.generator
-            )
-            parts.append(choices[pick])
-        held = repeat(torch.stack(parts, -1), "r n s d -> r n (s k) d", k=cfg.hold)
+        if self.grid is None:
+            shape = (r, cfg.candidates, segments)
+            parts = [
+                c[torch.randint(len(c), shape, generator=self.generator)] for c in self.choices
+            ]
+            segmented = torch.stack(parts, -1)
+        else:
+            segmented = repeat(torch.cat([self.grid[:1], self.grid]), "n s d -> r n s d", r=r)
+        held = repeat(segmented, "r n s d -> r n (s k) d", k=cfg.hold)
         sequences = held[:, :, : cfg.horizon].clone()
         for i, row in enumerate(rows):
             plan = self.plans[row]

@@ -40,7 +40,10 @@ class PlannerConfig:
 
     candidates: int = field(
         default=128,
-        metadata={"flag": "--plan-candidates", "help": "action sequences imagined per step"},
+        metadata={
+            "flag": "--plan-candidates",
+            "help": "action sequences imagined per step (or every held sequence once, if fewer)",
+        },
     )
     horizon: int = field(
         default=30, metadata={"flag": "--plan-horizon", "help": "imagined steps per sequence"}

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="act by planning in the run's world model (random-shooting MPC, the --plan-* "
         "flags) instead of with its policy; each real step costs --plan-horizon imagined steps "
-        "of --plan-candidates rollouts per episode played at once (up to 16)",
+        "of up to --plan-candidates rollouts per episode played at once (up to 16)",
     )
     add_config_flags(p, PlannerConfig)
     p.set_defaults(func=_eval)

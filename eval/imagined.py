@@ -22,7 +22,7 @@ from tokworld.folders import check_output_dir, write_json_atomic
 from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
-from tokworld.run import DEFAULT_DEVICE, check_device, check_observations, load_policy, load_run
+from tokworld.run import check_device, check_observations, default_device, load_policy, load_run
 from tokworld.tokenizer.codecs import space_to_dict
 
 
@@ -56,7 +56,7 @@ class ImagineConfig:
         default=False,
         metadata={"help": "replay each step's forward and the decoder from CUDA graphs (GPU)"},
     )
-    device: str = DEFAULT_DEVICE
+    device: str = field(default_factory=default_device)
 
     def __post_init__(self):
         if self.steps < 1 or self.episodes < 1 or self.context < 1:

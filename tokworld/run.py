@@ -11,7 +11,11 @@ from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
 from tokworld.tokenizer.observation import load_observation_tokenizer
 
-DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+def default_device() -> str:
+    """The GPU if torch sees one, else the CPU: where the training loops run (accelerate picks
+    the same) and the default device of the evaluation commands."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -10,12 +10,6 @@ import torch
 from accelerate import Accelerator
 
 
-def loop_device() -> str:
-    """The device the training loops run on, as `make_accelerator` picks it: the GPU if torch
-    sees one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def make_accelerator(
     mixed_precision: str = "auto",
     gradient_accumulation_steps: int = 1,

@@ -36,7 +36,8 @@ from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
-from tokworld.training.accel import describe, loop_device, make_accelerator
+from tokworld.run import default_device
+from tokworld.training.accel import describe, make_accelerator
 from tokworld.training.checkpoint import load_train_state, rng_state, save_train_state
 from tokworld.training.loop import check_resume_config, require_finite, resume_config
 
@@ -102,7 +103,7 @@ class ImaginationConfig:
         if not 0 <= self.event_starts <= 1:
             raise TokWorldError(f"event_starts must lie in [0, 1], got {self.event_starts}")
         if self.cuda_graphs:  # the online loop trains on the GPU if there is one
-            check_cuda_graphs(loop_device(), self.compile)
+            check_cuda_graphs(default_device(), self.compile)
 
 
 def lambda_returns(

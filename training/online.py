@@ -42,10 +42,10 @@ from tokworld.model import TokWorldModel
 from tokworld.planner import Planner
 from tokworld.policy import ActorCritic, Agent, build_policy
 from tokworld.returns import play_episodes
-from tokworld.run import load_policy, load_tokenizer, load_world_model
+from tokworld.run import default_device, load_policy, load_tokenizer, load_world_model
 from tokworld.run_lock import start_run
 from tokworld.tokenizer.observation import ObservationTokenizer
-from tokworld.training.accel import loop_device, seed_everything
+from tokworld.training.accel import seed_everything
 from tokworld.training.imagination import train_policy
 from tokworld.training.loop import TrainConfig, train
 from tokworld.training.online_config import OnlineConfig
@@ -225,8 +225,8 @@ def _actor(cfg: OnlineConfig, models: Models, seed: int, collecting: bool) -> Ag
     """What acts in the real env: the policy (sampling while collecting, with `epsilon` random
     actions), or a planner in the world model."""
     if cfg.act == "plan":  # on the device the loop trains on (a resumed model loads on CPU)
-        models.world_model.to(loop_device())
-        models.tokenizer.to(loop_device())
+        models.world_model.to(default_device())
+        models.tokenizer.to(default_device())
         return Planner(models.world_model, models.tokenizer, cfg.plan, seed=seed)
     if collecting:
         return Agent(models.policy, models.tokenizer, False, cfg.temperature, cfg.epsilon, seed)

@@ -12,7 +12,7 @@ from tokworld.errors import TokWorldError
 from tokworld.planner import PlannerConfig
 from tokworld.policy import CRITICS, check_value_bins
 from tokworld.presets import NAMES, check_preset
-from tokworld.training.accel import loop_device
+from tokworld.run import default_device
 from tokworld.training.imagination import ImaginationConfig
 from tokworld.training.world_model import check_event_share, event_share_field
 
@@ -114,7 +114,7 @@ class OnlineConfig:
         if self.act == "policy" and self.plan != PlannerConfig():
             raise TokWorldError("the --plan-* flags set the planner: add --act plan")
         if self.act == "plan" and self.plan.cuda_graphs:  # the loop runs on the GPU if any
-            check_cuda_graphs(loop_device())
+            check_cuda_graphs(default_device())
 
     @property
     def epochs(self) -> int:

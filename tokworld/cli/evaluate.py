@@ -16,7 +16,7 @@ from tokworld.eval.fidelity import FidelityConfig, evaluate_fidelity, held_out_d
 from tokworld.eval.plots import plot_fidelity
 from tokworld.eval.report import write_report
 from tokworld.folders import claim
-from tokworld.run import DEFAULT_DEVICE, check_device, load_run
+from tokworld.run import check_device, default_device, load_run
 from tokworld.training.online_config import OnlineConfig
 
 
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run directory (tokenizer/ + world_model/)")
     p.add_argument("--dataset", help="held-out trajectories (default: the run's held-out episodes)")
     add_config_flags(p, FidelityConfig)
-    p.add_argument("--device", default=DEFAULT_DEVICE)
+    p.add_argument("--device", default=default_device())
     p.add_argument("--json", help="write the figures here (and a PNG plot beside it)")
     p.add_argument(
         "--plot",
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="few, small repetitions (a smoke test)")
     p.add_argument("--json", help="also write the JSON here")
     add_overwrite_flag(p)
-    p.add_argument("--device", default=DEFAULT_DEVICE)
+    p.add_argument("--device", default=default_device())
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.set_defaults(func=_bench)
     what = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="real trajectories (default: the run's held-out episodes)")
     p.add_argument("--fidelity", help="reuse this `eval-model --json` output")
     add_config_flags(p, FidelityConfig, defaults={"windows": 32})
-    p.add_argument("--device", default=DEFAULT_DEVICE)
+    p.add_argument("--device", default=default_device())
     p.add_argument("--videos", type=int, default=4, help="imagined-vs-real episodes shown")
     add_overwrite_flag(p)
     p.set_defaults(func=_report)

@@ -127,6 +127,7 @@ class Planner:
         self.device = world_model.device
         self.generator = torch.Generator().manual_seed(seed)
         self.choices = [self._choices(size) for size in self.codec.sizes]
+        self.segments = -(-config.horizon // config.hold)  # held actions per sequence
         self.grid = self._grid()
         self.history: list[dict[str, list]] = []
         self.plans: list[torch.Tensor | None] = []
@@ -154,12 +155,11 @@ class Planner:
     def _grid(self) -> torch.Tensor | None:
         """(G, S, D) every sequence of held actions over the horizon's S segments, when they
         and the previous plan fit in `candidates`; else None (random shooting)."""
-        segments = -(-self.config.horizon // self.config.hold)
         joint = math.prod(len(c) for c in self.choices)
-        if joint**segments + 1 > self.config.candidates:
+        if joint**self.segments + 1 > self.config.candidates:
             return None
         actions = torch.tensor(list(itertools.product(*(c.tolist() for c in self.choices))))
-        picks = torch.tensor(list(itertools.product(range(joint), repeat=segments)))
+        picks = torch.tensor(list(itertools.product(range(joint), repeat=self.segments)))
         return actions[picks]
 
     def reset(self, rows=None) -> None:
@@ -242,10 +242,9 @@ class Planner:
         """(R, N, H, D) local action codes: held actions, random or (with a grid) every
         sequence after candidate 0; candidate 0 the last plan (without one, a held sequence)."""
         cfg = self.config
-        segments = -(-cfg.horizon // cfg.hold)
         r = len(rows)
         if self.grid is None:
-            shape = (r, cfg.candidates, segments)
+            shape = (r, cfg.candidates, self.segments)
             parts = [
                 c[torch.randint(len(c), shape, generator=self.generator)] for c in self.choices
             ]

@@ -15,8 +15,8 @@ windows of the preset's context. Three timings, each the median of `--repeats` s
 
 Tokens/s count our 19 tokens per step, and `iris_comparable_tokens_per_s` the 17 an IRIS step
 has for the same environment steps. With `--frame-decoding token parallel` both modes' bare steps
-are timed interleaved (`bare_by_mode`; a parallel step's forward also carries one query per
-predicted token, but it is counted by the same 19 tokens of the same environment steps). Other
+are timed interleaved (`bare_by_mode`; a parallel step's forward is as long as a token one, under
+a group mask instead of the causal one). Other
 processes on the machine slow every timing; compare the ratios of one run.
 """
 

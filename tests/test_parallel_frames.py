@@ -1,7 +1,8 @@
-"""Parallel frame prediction: a step's reward, end and K frame codes come out of one forward
-pass, from queries that read the past up to the action; the cached imagination equals one
-forward over the window; masks, losses, restarts, snapshots and saving follow; both modes run
-through the command line."""
+"""Parallel frame prediction (block teacher forcing): a step's reward, end and K frame codes
+come out of one forward pass, each from its slot a block before, which sees its group (the
+previous reward and end, the frame, the action) and the groups before; the cached imagination
+equals one forward over the window; masks, losses, restarts, snapshots and saving follow; both
+modes run through the command line."""
 
 from __future__ import annotations
 
@@ -87,70 +88,81 @@ def _recording(engine: ImaginationEngine) -> list[torch.Tensor]:
     return seen
 
 
-def test_predicted_tokens_follow_the_block_layout():
-    vocab = _vocab(SWAPPED)
-    assert vocab.predicted_kinds == (Kind.END, Kind.REWARD) + (Kind.FRAME,) * K
-    block = vocab.block_size  # K + 1 + 2
-    positions = vocab.predicted_positions(3)
-    assert positions.tolist() == [5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 19, 20]
-    assert vocab.query_index(positions).tolist() == [0, 1, 2, 3, 4, 5] * 2 + [0, 1]
-    context = [4] * 6 + [4 + block] * 6 + [4 + 2 * block] * 2
-    assert vocab.query_context(positions).tolist() == context
-    kinds = vocab.kinds(3 * block)[positions]
-    assert kinds.tolist() == [int(vocab.predicted_kinds[i]) for i in vocab.query_index(positions)]
+def _stream_logits(model: TokWorldModel, stream: torch.Tensor, window: int | None = None):
+    """One forward over a parallel stream (B, L) from its origin, under the group mask (and
+    a sliding `window`): logits (B, L, V)."""
+    positions = torch.arange(stream.shape[1]) + model.origin
+    mask = model.group_mask(positions)
+    if window is not None:
+        mask &= positions[None, :] > positions[:, None] - window
+    with torch.no_grad():
+        return model(stream, position_ids=positions[None], attention_mask=mask[None, None]).logits
 
 
-def test_queries_read_the_past_up_to_their_action_and_real_tokens_never_read_queries():
-    vocab = _vocab()
-    model = _model(vocab)
-    length = 3 * vocab.block_size
-    queries = vocab.predicted_positions(3)
-    mask = model.parallel_mask(torch.arange(length), queries)
-    real, query = mask[:length], mask[length:]
-    assert torch.equal(real[:, :length], torch.ones(length, length).tril().bool())
-    assert not real[:, length:].any()
-    context = vocab.query_context(queries)
-    for i, (p, c) in enumerate(zip(queries.tolist(), context.tolist(), strict=True)):
-        assert query[i, :length].nonzero()[:, 0].tolist() == list(range(c + 1))
-        same_step = [length + j for j, q in enumerate(queries.tolist()) if c < q <= p]
-        assert query[i].nonzero()[:, 0].tolist() == list(range(c + 1)) + same_step
+def _lead(vocab: Vocabulary, tokens: torch.Tensor) -> torch.Tensor:
+    """`tokens` (B, L) with a parallel stream's lead in front."""
+    return torch.cat([vocab.lead_ids().expand(len(tokens), -1), tokens], 1)
 
 
 @pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
-def test_logits_stay_in_each_kind_slice(order):
+def test_groups_end_at_each_action_and_the_lead_is_no_reward_and_no_end(order):
+    vocab = _vocab(order)
+    block = vocab.block_size  # K + 1 + 2
+    assert vocab.predicted_kinds == tuple(k for k in order[2:]) + (Kind.FRAME,) * K
+    assert vocab.parallel_origin == K + 1  # the lead fills block 0's slots after the action
+    no_event = vocab.encode(torch.zeros(K), 0, 0.0, False)  # a step with no reward, no end
+    assert torch.equal(vocab.lead_ids(), no_event[K + 1 :])
+    positions = torch.arange(3 * block) + vocab.parallel_origin
+    last = vocab.group_last(positions)
+    # [r d](block 0) [o o o o a](block 1) | [r d](block 1) [o o o o a](block 2) | ...
+    assert last.tolist() == [block + K] * block + [2 * block + K] * block + [3 * block + K] * block
+    assert (vocab.kinds(len(last), 0)[last % block] == Kind.ACTION).all()
+
+
+def test_tokens_see_their_group_and_the_groups_before():
+    vocab = _vocab()
+    model = _model(vocab)
+    block = vocab.block_size
+    mask = model.group_mask(torch.arange(3 * block) + model.origin)
+    group = torch.arange(3 * block) // block  # a parallel stream from its origin
+    assert torch.equal(mask, group[None, :] <= group[:, None])
+
+
+@pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
+def test_logits_stay_in_the_kind_of_the_slot_a_block_later(order):
     vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
     model = _model(vocab)
     tokens = rearrange(vocab.encode(*list(_steps(vocab, 2, 3).values())[:4]), "b t n -> b (t n)")
-    queries = vocab.predicted_positions(3)
-    with torch.no_grad():
-        logits = model(tokens, query_positions=queries).logits
-    length = tokens.shape[1]
-    targets = torch.cat([torch.arange(1, length + 1), queries])  # real: the next; query: its own
-    for row, position in zip(logits[0], targets.tolist(), strict=True):
-        lo, hi = vocab.block_ranges[position % vocab.block_size]
+    stream = _lead(vocab, tokens)
+    logits = _stream_logits(model, stream)
+    for i, row in enumerate(logits[0]):
+        lo, hi = vocab.block_ranges[(i + model.origin) % vocab.block_size]
         assert torch.isfinite(row[lo:hi]).all()
         assert torch.isinf(row[:lo]).all() and torch.isinf(row[hi:]).all()
 
 
-def test_the_loss_reads_each_kind_at_its_queries_and_skips_padding():
+def test_the_loss_reads_each_kind_a_block_before_and_skips_padding():
     vocab = _vocab()
     model = _model(vocab)
     batch = _steps(vocab, 2, 3)
     batch["mask"][1, 2] = False  # the second row's last step is padding
     tokens = model.tokens_of(batch)
-    queries = vocab.predicted_positions(3)
+    stream = _lead(vocab, tokens)
+    logits = _stream_logits(model, stream[:, : tokens.shape[1]])
     with torch.no_grad():
-        logits = model(tokens, query_positions=queries).logits[:, tokens.shape[1] :]
         _, metrics = model.compute_loss(batch)
-    block = vocab.block_size
+    block, length = vocab.block_size, tokens.shape[1]
+    kinds = vocab.kinds(stream.shape[1], model.origin)
     for kind in (Kind.REWARD, Kind.END, Kind.FRAME):
-        at = [i for i, p in enumerate(queries.tolist()) if vocab.kinds(block)[p % block] == kind]
-        rows = [(b, i) for b in range(2) for i in at if batch["mask"][b, queries[i] // block]]
-        picked = torch.stack([logits[b, i] for b, i in rows])
-        target = torch.stack([tokens[b, queries[i]] for b, i in rows])
+        # every token of the kind in the window but the first frame, from the slot before it
+        at = [i for i in range(block, stream.shape[1]) if kinds[i] == kind]
+        rows = [(b, i) for b in range(2) for i in at if batch["mask"][b, (i - 2) // block]]
+        picked = torch.stack([logits[b, i - block] for b, i in rows])
+        target = torch.stack([stream[b, i] for b, i in rows])
         expected = F.cross_entropy(picked, target)
         torch.testing.assert_close(metrics[f"{kind.name.lower()}_loss"], expected)
-    assert "action_loss" in metrics  # from the token before each action, as in token decoding
+    assert stream.shape[1] - length == 2  # the window's last reward and end: read, never fed
+    assert metrics["action_loss"] == 0  # actions are given, not predicted
 
 
 def test_parallel_training_lowers_the_loss():
@@ -166,7 +178,6 @@ def test_parallel_training_lowers_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    assert model.queries.weight.grad is not None
 
 
 @pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
@@ -180,22 +191,15 @@ def test_cached_imagination_equals_one_forward_over_the_window(order, steps):
     engine.start(context)
     actions = _actions(vocab, (steps, 2), torch.Generator().manual_seed(2))
     outs = [engine.step(a) for a in actions]
-    tokens = _stream(vocab, context, actions, outs)
-    length = tokens.shape[1]
-    queries = vocab.predicted_positions(length // vocab.block_size)
-    positions = torch.cat([torch.arange(length), queries])
+    stream = _lead(vocab, _stream(vocab, context, actions, outs))
     window = model.config.window_tokens  # beyond it, a sliding window over stream positions
-    mask = model.parallel_mask(torch.arange(length), queries)
-    mask &= positions[None, :] > positions[:, None] - window
-    with torch.no_grad():
-        logits = model(tokens, query_positions=queries, attention_mask=mask[None, None]).logits
-    # The engine's queries: those of the steps it imagined (after the context's last frame).
-    context = vocab.query_context(queries)
-    first = vocab.block_size + vocab.segment(Kind.ACTION).stop - 1
-    imagined = (context >= first) & (context < length - vocab.block_size)
-    expected = logits[:, length:][:, imagined]
-    torch.testing.assert_close(torch.cat(seen, 1), expected, atol=1e-5, rtol=1e-5)
-    assert torch.equal(expected.argmax(-1), tokens[:, queries[imagined]])  # greedy: its tokens
+    logits = _stream_logits(model, stream, window)
+    # Step s reads the outputs of the group it writes: the last context frame's, then each
+    # imagined frame's, with the reward and end before it.
+    block, waiting = vocab.block_size, len(vocab.predicted_kinds)
+    at = torch.cat([torch.arange(waiting) + (1 + s) * block for s in range(steps)])
+    torch.testing.assert_close(torch.cat(seen, 1), logits[:, at], atol=1e-5, rtol=1e-5)
+    assert torch.equal(logits[:, at].argmax(-1), stream[:, at + block])  # greedy: its tokens
 
 
 @pytest.mark.parametrize("decoding, forwards", [("parallel", 1), ("token", K + 2)])
@@ -265,18 +269,18 @@ def test_a_snapshot_restores_a_parallel_dream():
     assert torch.equal(runs[0], runs[1])
 
 
-def test_save_and_load_keep_the_mode_and_the_queries(tmp_path):
+def test_save_and_load_keep_the_mode(tmp_path):
     model = _model(_vocab())
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["frame_decoding"] == "parallel"
     loaded = TokWorldModel.from_pretrained(tmp_path)
     assert loaded.config.frame_decoding == "parallel" and loaded.parallel
-    assert torch.equal(loaded.queries.weight, model.queries.weight)
+    tokens = _lead(_vocab(), model.tokens_of(_steps(_vocab(), 1, 2)))
+    assert torch.equal(_stream_logits(loaded, tokens), _stream_logits(model, tokens))
     with pytest.raises(TokWorldError, match="frame_decoding must be one of token, parallel"):
         TokWorldConfig.preset("tiny", _vocab(), frame_decoding="maskgit")
-    token = _model(_vocab(), "token")
-    with pytest.raises(TokWorldError, match="frame_decoding='parallel'"):
-        token(torch.zeros(1, 3, dtype=torch.long), query_positions=torch.tensor([5]))
+    with pytest.raises(TokWorldError, match="action_loss_weight needs frame_decoding='token'"):
+        TokWorldConfig.preset("tiny", _vocab(), frame_decoding="parallel", action_loss_weight=1.0)
 
 
 @pytest.mark.slow  # pretrain, imagine, eval-model, finetune and the dream env: 5-8 s per mode

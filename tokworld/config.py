@@ -27,8 +27,9 @@ class TokWorldConfig(PreTrainedConfig):
 
     `frame_decoding` is how a step's tokens are predicted. `"token"`: one at a time, each from
     the token before it (an imagined step is K + 2 forward passes). `"parallel"`: reward, end and
-    all K frame codes at once, each from a learned query placed at its stream position that reads
-    the real tokens up to the step's action (an imagined step is one forward pass).
+    all K frame codes at once, each from the output at its slot a block before, which sees the
+    previous step's reward and end, the frame and the action (block teacher forcing; an imagined
+    step is one forward pass; actions get no loss: `action_loss_weight` must be 0).
     """
 
     model_type = "tokworld"
@@ -71,6 +72,11 @@ class TokWorldConfig(PreTrainedConfig):
             raise TokWorldError(
                 f"frame_decoding must be one of {', '.join(FRAME_DECODINGS)}, "
                 f"got {self.frame_decoding!r}"
+            )
+        if self.frame_decoding == "parallel" and self.action_loss_weight:
+            raise TokWorldError(
+                "action_loss_weight needs frame_decoding='token': parallel decoding predicts no "
+                "actions"
             )
 
     @property

@@ -13,10 +13,10 @@ tokens waiting to be fed, every other token is sampled from one forward of the t
 For the default order that is `K + 2` forwards of a few tokens each: [last frame code, action
 tokens] -> reward, reward -> end, end -> first frame code, then one per frame code.
 
-With parallel decoding (`frame_decoding="parallel"`) a step is one forward: [the previous step's
-sampled tokens, action tokens, queries] -> every token the step predicts (reward, end, the K
-frame codes), each sampled from its query's logits. The sampled tokens wait to be written into
-the cache by the next step's forward, so queries are never left visible in it.
+With parallel decoding (`frame_decoding="parallel"`) a step is one forward of one group
+(`TokWorldModel`): [the previous step's sampled reward, end and frame, the action tokens] ->
+every token the step predicts (reward, end, the K frame codes), each read off the output at its
+slot a block before. The sampled tokens wait, and are written by the next step's forward.
 
 On a GPU a step is launch-bound; with `cuda_graphs=True` each step's forward is recorded once
 per token count on the ring's buffers and replayed (`cuda_graph.CudaGraphed`): the same
@@ -88,7 +88,7 @@ class ImaginationEngine:
         self.model = world_model.eval()
         self.model.backbone.set_attn_implementation(ATTENTION)
         # torch.compile of the per-step forwards (two graphs: token decoding's 2 and 1 new
-        # tokens, parallel decoding's first step and the others, at the batch size of `start`):
+        # tokens, parallel decoding's one group, at the batch size of `start`):
         # on CPU the transformer's share of a step runs ~1.7x faster after a one-time warm-up
         # of about a minute.
         # Starts and row restarts, whose shapes vary, stay eager.
@@ -104,16 +104,17 @@ class ImaginationEngine:
         self.sampling = sampling
         self.window = world_model.config.window_tokens
         self.parallel = world_model.parallel
-        predicted = len(self.vocab.predicted_kinds)
-        # Parallel decoding's queries, as offsets from the step's last action token, and which
-        # of them predict each kind.
-        self.query_offsets = torch.arange(1, 1 + predicted, device=world_model.device)
-        kinds = torch.tensor(self.vocab.predicted_kinds)
-        self.queries_of = {k: (kinds == k).nonzero()[:, 0].to(world_model.device)
-                           for k in dict.fromkeys(self.vocab.predicted_kinds)}  # fmt: skip
-        # The most tokens one step's forward writes: what is pending, the action, the queries.
-        pending, queries = (predicted, predicted) if self.parallel else (1, 0)
-        self.most_written = pending + self.vocab.count(Kind.ACTION) + queries
+        self.origin = world_model.origin  # the stream's first position
+        # What waits to be fed when the policy acts: the current frame's last code, or with
+        # parallel decoding the current group up to the action; the outputs a step samples
+        # from: the last one, or those of the waiting tokens (as `predicted_kinds`).
+        kinds = self.vocab.predicted_kinds
+        self.waiting = len(kinds) if self.parallel else 1
+        self.outputs = slice(0, self.waiting) if self.parallel else -1
+        kinds = torch.tensor(kinds)
+        self.kind_at = {k: (kinds == k).nonzero()[:, 0].to(world_model.device)
+                        for k in dict.fromkeys(self.vocab.predicted_kinds)}  # fmt: skip
+        self.most_written = self.waiting + self.vocab.count(Kind.ACTION)  # one step's forward
         self.device = world_model.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.cache: RingCache | None = None
@@ -131,10 +132,12 @@ class ImaginationEngine:
         b = tokens.shape[0]
         self.task = self._task(context)
         self._keep(self._ring(b))
-        self.pos = tokens.shape[1] - 1  # stream position of the pending token
-        if self.pos:
-            self._forward(self.cache, tokens[:, :-1], torch.arange(self.pos, device=self.device))
-        self.pending = tokens[:, -1:]
+        fed = tokens.shape[1] - self.waiting
+        self.pos = self.origin + fed  # stream position of the first pending token
+        if fed:
+            positions = torch.arange(self.origin, self.pos, device=self.device)
+            self._forward(self.cache, tokens[:, :fed], positions)
+        self.pending = tokens[:, fed:]
         codes = context["codes"][:, -1].to(self.device).long()
         zeros = torch.zeros(b, device=self.device)
         return ImaginedStep(codes, zeros, zeros.bool(), self._decode(codes))
@@ -163,13 +166,9 @@ class ImaginationEngine:
         Returns the start step of just those rows.
         """
         tokens = self._context_tokens(context)
-        # The rows' last tokens join the others' pending ones, at the same stream positions; a
-        # context shorter than those is padded in front with tokens the rows never see.
-        width = self.pending.shape[1]
-        pad = max(0, width - tokens.shape[1])
-        tokens = torch.cat([tokens[:, :1].expand(-1, pad), tokens], 1)
-        n = tokens.shape[1] - width
-        keep = min(n, self.pos)
+        # The rows' last tokens join the others' pending ones, at the same stream positions.
+        n = tokens.shape[1] - self.waiting
+        keep = min(n, self.pos - self.origin)
         fresh = self._new_cache(tokens.shape[0])
         task = self._task(context)
         if self.task is not None:
@@ -177,7 +176,7 @@ class ImaginationEngine:
         if keep:
             positions = torch.arange(self.pos - keep, self.pos, device=self.device)
             self._forward(fresh, tokens[:, n - keep : n], positions, task=task)
-        fresh.first[:] = self.pos - keep + pad
+        fresh.first[:] = self.pos - keep
         self.cache.copy_rows(torch.as_tensor(rows, device=self.device), fresh)
         self.pending[rows] = tokens[:, n:]
         codes = context["codes"][:, -1].to(self.device).long()
@@ -200,6 +199,9 @@ class ImaginationEngine:
         )
         # The last step ends at its frame: the policy has not acted there yet.
         tokens = rearrange(blocks, "b c n -> b (c n)")
+        if self.parallel:
+            lead = self.vocab.lead_ids().to(self.device)
+            tokens = torch.cat([lead.expand(len(tokens), -1), tokens], 1)
         after_frame = self.vocab.block_size - self.vocab.segment(Kind.FRAME).stop
         return tokens[:, : tokens.shape[1] - after_frame]
 
@@ -242,26 +244,20 @@ class ImaginationEngine:
         tokens: torch.Tensor,
         positions: torch.Tensor,
         model=None,
-        queries: torch.Tensor | None = None,
         task: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run `tokens` (B, q) at stream `positions` (q,) on `cache`; return the last logits
-        (B, V), or with parallel decoding's `queries` (Q,) positions, theirs (B, Q, V)."""
-        written = positions if queries is None else torch.cat([positions, queries])
-        mask = cache.prepare(written)
+        """Run `tokens` (B, q) at stream `positions` (q,) on `cache`; return the logits a step
+        samples from: the last (B, V), or with parallel decoding the first `waiting` (B, Q, V)."""
+        sees = self.vocab.group_last(positions) if self.parallel else positions
         out = (self.model if model is None else model)(
             tokens,
             position_ids=positions.unsqueeze(0),
             cache=cache,
             use_cache=True,
-            attention_mask=mask,
-            query_positions=queries,
+            attention_mask=cache.prepare(positions, sees),
             task=self.task if task is None else task,
         )
-        if queries is None:
-            return out.logits[:, -1]
-        cache.release(queries)
-        return out.logits[:, -len(queries) :]
+        return out.logits[:, self.outputs]
 
     def _token_step(self, action_ids: torch.Tensor) -> dict[Kind, torch.Tensor]:
         """Token decoding: the step's tokens one forward each; returns the ids of each kind."""
@@ -279,14 +275,14 @@ class ImaginationEngine:
         return sampled
 
     def _parallel_step(self, action_ids: torch.Tensor) -> dict[Kind, torch.Tensor]:
-        """Parallel decoding: the pending tokens and the action in, one query per predicted
-        token; every token sampled from one forward. Returns the ids of each kind."""
-        tokens = torch.cat([self.pending, action_ids], 1)  # (B, n)
+        """Parallel decoding: the waiting tokens and the action in (one group), every token the
+        step predicts sampled from one forward. Returns the ids of each kind."""
+        tokens = torch.cat([self.pending, action_ids], 1)  # (B, block)
         positions = torch.arange(self.pos, self.pos + tokens.shape[1], device=self.device)
         logits = self._step_logits(tokens, positions)
         self.pending = self._sample(logits)[..., 0]  # (B, Q)
         self.pos += tokens.shape[1]
-        return {kind: self.pending[:, at] for kind, at in self.queries_of.items()}
+        return {kind: self.pending[:, at] for kind, at in self.kind_at.items()}
 
     def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append `tokens` (B, q) to every row's stream; return the logits after them."""
@@ -296,7 +292,7 @@ class ImaginationEngine:
 
     def _step_logits(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """A step's forward of `tokens` (B, q) at `positions` (q,) on the ring: the last logits
-        (B, V), or with parallel decoding its queries' (B, Q, V); replayed from a CUDA graph
+        (B, V), or with parallel decoding the waiting tokens' (B, Q, V); replayed from a CUDA graph
         with `cuda_graphs`."""
         task = () if self.task is None else (self.task,)
         if not self.cuda_graphs:
@@ -310,8 +306,7 @@ class ImaginationEngine:
 
     def _ring_forward(self, tokens: torch.Tensor, positions: torch.Tensor, *task: torch.Tensor):
         """`_step_logits` without the graph: it reads only its arguments and the ring."""
-        queries = positions[-1] + self.query_offsets if self.parallel else None
-        return self._forward(self.cache, tokens, positions, self.step_model, queries, *task)
+        return self._forward(self.cache, tokens, positions, self.step_model, *task)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., V) masked logits -> (..., 1) token ids."""

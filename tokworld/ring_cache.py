@@ -8,9 +8,8 @@ which slots it may see (written, not in its future, inside its window, of its ro
 
 The ring holds `window + spare` slots: a forward of up to `spare + 1` tokens then never
 overwrites a slot that its earliest token still sees, so every token sees exactly its window.
-Parallel decoding's queries are written like any token, at the positions of the tokens they
-predict (later in the stream than every real token of their forward, so no real token sees
-them), and `release`d after the forward.
+A token sees the ring up to its own position, or up to the position `prepare` says it may see
+(parallel decoding: the end of its group, written in the same forward).
 """
 
 from __future__ import annotations
@@ -96,24 +95,21 @@ class RingCache(Cache):
         self.slot_position.fill_(-1)
         self.first.zero_()
 
-    def prepare(self, positions: torch.Tensor) -> torch.Tensor:
+    def prepare(self, positions: torch.Tensor, sees: torch.Tensor | None = None) -> torch.Tensor:
         """Claim the slots of stream `positions` (q,) for the next forward; return its mask.
 
-        The mask (B, 1, q, slots) is additive: 0 where token i may attend to a slot, -inf where
-        not. Built once per forward, it serves every layer.
+        `sees` (q,): the last position each token may see (default its own). The mask
+        (B, 1, q, slots) is additive: 0 where token i may attend to a slot, -inf where not.
+        Built once per forward, it serves every layer.
         """
+        sees = positions if sees is None else sees
         self.shared.write = positions % self.slots
         self.slot_position[self.shared.write] = positions
         held = self.slot_position.unsqueeze(0)  # (1, slots)
         query = positions.unsqueeze(1)  # (q, 1)
-        visible = (held >= 0) & (held <= query) & (held > query - self.window)  # (q, slots)
+        visible = (held >= 0) & (held <= sees[:, None]) & (held > query - self.window)
         mine = (held >= self.first) | (held == query)  # (B, q, slots)
         return additive((visible & mine).unsqueeze(1))
-
-    def release(self, positions: torch.Tensor) -> None:
-        """Forget the tokens at stream `positions` (parallel decoding's queries): no later token
-        sees their slots until a real token is written there."""
-        self.slot_position.index_fill_(0, positions % self.slots, -1)  # no host scalar copy
 
     def copy_rows(self, rows: torch.Tensor, other: RingCache) -> None:
         """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same slots)."""

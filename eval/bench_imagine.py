@@ -174,12 +174,12 @@ def _measure(
 ) -> dict:
     """The figures of `bench_imagine`.
 
-    `lines` holds, per line (`"token"`, `"parallel"`, each with `", graphs"` if `cuda_graphs`,
+    `lines` holds, per line (each mode, with `", graphs"` if `cuda_graphs`,
     and each of those with `", tokens"`: no decoder), its imagined steps/s, decoder share,
     warm-up and speedup over IRIS; the flat-cost figures are measured on the lines without the
     decoder (the transformer and its cache alone). The top-level figures repeat the first
-    mode's, `parallel_over_token` compares the eager modes and `graphs_over_eager` each mode's
-    replay with its eager run.
+    mode's, `<mode>_over_token` compares each eager mode with token's and `graphs_over_eager`
+    each mode's replay with its eager run.
     """
     actions = torch.randint(0, 4, (long_steps, batch), device=device)
     runs, engines, decoders, warmup, agreement = {}, {}, {}, {}, {}
@@ -254,11 +254,12 @@ def _measure(
             for mode in modes if not mode.endswith(GRAPHS)
         }  # fmt: skip
         result["graphs_agree_with_eager"] = agreement
-    if set(FRAME_DECODINGS) <= set(modes):
-        result["parallel_over_token"] = {
-            what: _speedup(blocks["token" + suffix], blocks["parallel" + suffix])
-            for what, suffix in (("frames", ""), ("tokens", TOKENS))
-        }
+    for mode in FRAME_DECODINGS[1:]:
+        if {"token", mode} <= set(modes):
+            result[f"{mode}_over_token"] = {
+                what: _speedup(blocks["token" + suffix], blocks[mode + suffix])
+                for what, suffix in (("frames", ""), ("tokens", TOKENS))
+            }
     result["lines"] = lines
     return result
 

@@ -22,7 +22,7 @@ from tokworld.tokenizer.codecs import ActionCodec, RewardCodec
 from tokworld.tokenizer.vocab import Vocabulary
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-MODES = ("token", "parallel")
+MODES = ("token", "parallel", "block")
 
 
 def test_graphs_on_a_cpu_model_are_one_error():

@@ -83,8 +83,10 @@ def test_bench_imagine_command_times_both_modes_under_bf16_autocast(tmp_path, mo
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert result["bf16"] and under_bf16 and all(under_bf16)
-    assert set(result["lines"]) == {"token", "token, tokens", "parallel", "parallel, tokens"}
+    modes = ("token", "parallel", "block")
+    assert set(result["lines"]) == {m + t for m in modes for t in ("", ", tokens")}
     assert result["parallel_over_token"]["frames"]["speedup"] > 0
+    assert result["block_over_token"]["tokens"]["speedup"] > 0
 
 
 def test_bench_imagine_runs_as_a_module_without_the_command_line(tmp_path, capsys):

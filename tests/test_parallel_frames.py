@@ -1,8 +1,9 @@
-"""Parallel frame prediction (block teacher forcing): a step's reward, end and K frame codes
-come out of one forward pass, each from its slot a block before, which sees its group (the
-previous reward and end, the frame, the action) and the groups before; the cached imagination
-equals one forward over the window; masks, losses, restarts, snapshots and saving follow; both
-modes run through the command line."""
+"""One forward per imagined step: a step's reward, end and K frame codes come out of one forward
+pass, with parallel decoding from queries that read the past up to the action, with block
+decoding each from its slot a block before, which sees its group (the previous reward and end,
+the frame, the action) and the groups before. In both the cached imagination equals one forward
+over the window; masks, losses, restarts, snapshots and saving follow; every mode runs through
+the command line."""
 
 from __future__ import annotations
 
@@ -88,8 +89,121 @@ def _recording(engine: ImaginationEngine) -> list[torch.Tensor]:
     return seen
 
 
+def test_predicted_tokens_follow_the_block_layout():
+    vocab = _vocab(SWAPPED)
+    assert vocab.predicted_kinds == (Kind.END, Kind.REWARD) + (Kind.FRAME,) * K
+    block = vocab.block_size  # K + 1 + 2
+    positions = vocab.predicted_positions(3)
+    assert positions.tolist() == [5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 19, 20]
+    assert vocab.query_index(positions).tolist() == [0, 1, 2, 3, 4, 5] * 2 + [0, 1]
+    context = [4] * 6 + [4 + block] * 6 + [4 + 2 * block] * 2
+    assert vocab.query_context(positions).tolist() == context
+    kinds = vocab.kinds(3 * block)[positions]
+    assert kinds.tolist() == [int(vocab.predicted_kinds[i]) for i in vocab.query_index(positions)]
+
+
+def test_queries_read_the_past_up_to_their_action_and_real_tokens_never_read_queries():
+    vocab = _vocab()
+    model = _model(vocab)
+    length = 3 * vocab.block_size
+    queries = vocab.predicted_positions(3)
+    mask = model.parallel_mask(torch.arange(length), queries)
+    real, query = mask[:length], mask[length:]
+    assert torch.equal(real[:, :length], torch.ones(length, length).tril().bool())
+    assert not real[:, length:].any()
+    context = vocab.query_context(queries)
+    for i, (p, c) in enumerate(zip(queries.tolist(), context.tolist(), strict=True)):
+        assert query[i, :length].nonzero()[:, 0].tolist() == list(range(c + 1))
+        same_step = [length + j for j, q in enumerate(queries.tolist()) if c < q <= p]
+        assert query[i].nonzero()[:, 0].tolist() == list(range(c + 1)) + same_step
+
+
+@pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
+def test_logits_stay_in_each_kind_slice(order):
+    vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
+    model = _model(vocab)
+    tokens = rearrange(vocab.encode(*list(_steps(vocab, 2, 3).values())[:4]), "b t n -> b (t n)")
+    queries = vocab.predicted_positions(3)
+    with torch.no_grad():
+        logits = model(tokens, query_positions=queries).logits
+    length = tokens.shape[1]
+    targets = torch.cat([torch.arange(1, length + 1), queries])  # real: the next; query: its own
+    for row, position in zip(logits[0], targets.tolist(), strict=True):
+        lo, hi = vocab.block_ranges[position % vocab.block_size]
+        assert torch.isfinite(row[lo:hi]).all()
+        assert torch.isinf(row[:lo]).all() and torch.isinf(row[hi:]).all()
+
+
+def test_the_loss_reads_each_kind_at_its_queries_and_skips_padding():
+    vocab = _vocab()
+    model = _model(vocab)
+    batch = _steps(vocab, 2, 3)
+    batch["mask"][1, 2] = False  # the second row's last step is padding
+    tokens = model.tokens_of(batch)
+    queries = vocab.predicted_positions(3)
+    with torch.no_grad():
+        logits = model(tokens, query_positions=queries).logits[:, tokens.shape[1] :]
+        _, metrics = model.compute_loss(batch)
+    block = vocab.block_size
+    for kind in (Kind.REWARD, Kind.END, Kind.FRAME):
+        at = [i for i, p in enumerate(queries.tolist()) if vocab.kinds(block)[p % block] == kind]
+        rows = [(b, i) for b in range(2) for i in at if batch["mask"][b, queries[i] // block]]
+        picked = torch.stack([logits[b, i] for b, i in rows])
+        target = torch.stack([tokens[b, queries[i]] for b, i in rows])
+        expected = F.cross_entropy(picked, target)
+        torch.testing.assert_close(metrics[f"{kind.name.lower()}_loss"], expected)
+    assert "action_loss" in metrics  # from the token before each action, as in token decoding
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "block"])
+def test_one_forward_training_lowers_the_loss(decoding):
+    vocab = _vocab()
+    model = _model(vocab, decoding).train()
+    batch = _steps(vocab, 4, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = model.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert decoding == "block" or model.queries.weight.grad is not None
+
+
+@pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
+@pytest.mark.parametrize("steps", [3, 9])  # within the 4-step window, and well beyond it
+def test_cached_imagination_equals_one_forward_over_the_window(order, steps):
+    vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
+    model = _model(vocab)
+    engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+    seen = _recording(engine)
+    context = _steps(vocab, 2, 2, seed=1)
+    engine.start(context)
+    actions = _actions(vocab, (steps, 2), torch.Generator().manual_seed(2))
+    outs = [engine.step(a) for a in actions]
+    tokens = _stream(vocab, context, actions, outs)
+    length = tokens.shape[1]
+    queries = vocab.predicted_positions(length // vocab.block_size)
+    positions = torch.cat([torch.arange(length), queries])
+    window = model.config.window_tokens  # beyond it, a sliding window over stream positions
+    mask = model.parallel_mask(torch.arange(length), queries)
+    mask &= positions[None, :] > positions[:, None] - window
+    with torch.no_grad():
+        logits = model(tokens, query_positions=queries, attention_mask=mask[None, None]).logits
+    # The engine's queries: those of the steps it imagined (after the context's last frame).
+    context = vocab.query_context(queries)
+    first = vocab.block_size + vocab.segment(Kind.ACTION).stop - 1
+    imagined = (context >= first) & (context < length - vocab.block_size)
+    expected = logits[:, length:][:, imagined]
+    torch.testing.assert_close(torch.cat(seen, 1), expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(expected.argmax(-1), tokens[:, queries[imagined]])  # greedy: its tokens
+
+
+# ---- block decoding ------------------------------------------------------------------------
 def _stream_logits(model: TokWorldModel, stream: torch.Tensor, window: int | None = None):
-    """One forward over a parallel stream (B, L) from its origin, under the group mask (and
+    """One forward over a block stream (B, L) from its origin, under the group mask (and
     a sliding `window`): logits (B, L, V)."""
     positions = torch.arange(stream.shape[1]) + model.origin
     mask = model.group_mask(positions)
@@ -100,38 +214,38 @@ def _stream_logits(model: TokWorldModel, stream: torch.Tensor, window: int | Non
 
 
 def _lead(vocab: Vocabulary, tokens: torch.Tensor) -> torch.Tensor:
-    """`tokens` (B, L) with a parallel stream's lead in front."""
+    """`tokens` (B, L) with a block stream's lead in front."""
     return torch.cat([vocab.lead_ids().expand(len(tokens), -1), tokens], 1)
 
 
 @pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
-def test_groups_end_at_each_action_and_the_lead_is_no_reward_and_no_end(order):
+def test_block_groups_end_at_each_action_and_the_lead_is_no_reward_and_no_end(order):
     vocab = _vocab(order)
     block = vocab.block_size  # K + 1 + 2
     assert vocab.predicted_kinds == tuple(k for k in order[2:]) + (Kind.FRAME,) * K
-    assert vocab.parallel_origin == K + 1  # the lead fills block 0's slots after the action
+    assert vocab.block_origin == K + 1  # the lead fills block 0's slots after the action
     no_event = vocab.encode(torch.zeros(K), 0, 0.0, False)  # a step with no reward, no end
     assert torch.equal(vocab.lead_ids(), no_event[K + 1 :])
-    positions = torch.arange(3 * block) + vocab.parallel_origin
+    positions = torch.arange(3 * block) + vocab.block_origin
     last = vocab.group_last(positions)
     # [r d](block 0) [o o o o a](block 1) | [r d](block 1) [o o o o a](block 2) | ...
     assert last.tolist() == [block + K] * block + [2 * block + K] * block + [3 * block + K] * block
     assert (vocab.kinds(len(last), 0)[last % block] == Kind.ACTION).all()
 
 
-def test_tokens_see_their_group_and_the_groups_before():
+def test_block_tokens_see_their_group_and_the_groups_before():
     vocab = _vocab()
-    model = _model(vocab)
+    model = _model(vocab, "block")
     block = vocab.block_size
     mask = model.group_mask(torch.arange(3 * block) + model.origin)
-    group = torch.arange(3 * block) // block  # a parallel stream from its origin
+    group = torch.arange(3 * block) // block  # a block stream from its origin
     assert torch.equal(mask, group[None, :] <= group[:, None])
 
 
 @pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
-def test_logits_stay_in_the_kind_of_the_slot_a_block_later(order):
+def test_block_logits_stay_in_the_kind_of_the_slot_a_block_later(order):
     vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
-    model = _model(vocab)
+    model = _model(vocab, "block")
     tokens = rearrange(vocab.encode(*list(_steps(vocab, 2, 3).values())[:4]), "b t n -> b (t n)")
     stream = _lead(vocab, tokens)
     logits = _stream_logits(model, stream)
@@ -141,9 +255,9 @@ def test_logits_stay_in_the_kind_of_the_slot_a_block_later(order):
         assert torch.isinf(row[:lo]).all() and torch.isinf(row[hi:]).all()
 
 
-def test_the_loss_reads_each_kind_a_block_before_and_skips_padding():
+def test_the_block_loss_reads_each_kind_a_block_before_and_skips_padding():
     vocab = _vocab()
-    model = _model(vocab)
+    model = _model(vocab, "block")
     batch = _steps(vocab, 2, 3)
     batch["mask"][1, 2] = False  # the second row's last step is padding
     tokens = model.tokens_of(batch)
@@ -165,26 +279,11 @@ def test_the_loss_reads_each_kind_a_block_before_and_skips_padding():
     assert metrics["action_loss"] == 0  # actions are given, not predicted
 
 
-def test_parallel_training_lowers_the_loss():
-    vocab = _vocab()
-    model = _model(vocab).train()
-    batch = _steps(vocab, 4, 4)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss, _ = model.compute_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-
-
 @pytest.mark.parametrize("order", [DEFAULT, SWAPPED])
 @pytest.mark.parametrize("steps", [3, 9])  # within the 4-step window, and well beyond it
-def test_cached_imagination_equals_one_forward_over_the_window(order, steps):
+def test_cached_block_imagination_equals_one_forward_over_the_window(order, steps):
     vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
-    model = _model(vocab)
+    model = _model(vocab, "block")
     engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
     seen = _recording(engine)
     context = _steps(vocab, 2, 2, seed=1)
@@ -202,7 +301,7 @@ def test_cached_imagination_equals_one_forward_over_the_window(order, steps):
     assert torch.equal(logits[:, at].argmax(-1), stream[:, at + block])  # greedy: its tokens
 
 
-@pytest.mark.parametrize("decoding, forwards", [("parallel", 1), ("token", K + 2)])
+@pytest.mark.parametrize("decoding, forwards", [("parallel", 1), ("block", 1), ("token", K + 2)])
 def test_a_step_is_one_forward_pass(decoding, forwards):
     vocab = _vocab()
     model = _model(vocab, decoding)
@@ -217,10 +316,11 @@ def test_a_step_is_one_forward_pass(decoding, forwards):
     assert len(calls) == 5 * forwards
 
 
+@pytest.mark.parametrize("decoding", ["parallel", "block"])
 @pytest.mark.parametrize("fresh_steps", [1, 3])  # a 1-step context is shorter than what waits
-def test_restarting_a_row_leaves_the_others_untouched(fresh_steps):
+def test_restarting_a_row_leaves_the_others_untouched(fresh_steps, decoding):
     vocab = _vocab()
-    model = _model(vocab)
+    model = _model(vocab, decoding)
     context, fresh = _steps(vocab, 3, 3), _steps(vocab, 1, fresh_steps, seed=5)
     a = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
     b = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
@@ -238,9 +338,10 @@ def test_restarting_a_row_leaves_the_others_untouched(fresh_steps):
 
 
 @pytest.mark.slow  # torch.compile
-def test_compiled_parallel_steps_give_the_eager_tokens():
+@pytest.mark.parametrize("decoding", ["parallel", "block"])
+def test_compiled_one_forward_steps_give_the_eager_tokens(decoding):
     vocab = _vocab()
-    model = _model(vocab)
+    model = _model(vocab, decoding)
     context, fresh = _steps(vocab, 3, 2), _steps(vocab, 1, 1, seed=1)
     rollouts = []
     for compile in (False, True):
@@ -253,11 +354,12 @@ def test_compiled_parallel_steps_give_the_eager_tokens():
     assert torch.equal(rollouts[0], rollouts[1])
 
 
-def test_a_snapshot_restores_a_parallel_dream():
-    if not hasattr(ImaginationEngine, "snapshot"):
-        pytest.skip("ImaginationEngine.snapshot is not there yet")
+@pytest.mark.parametrize("decoding", ["parallel", "block"])
+def test_a_snapshot_restores_a_one_forward_dream(decoding):
     vocab = _vocab()
-    engine = ImaginationEngine(_model(vocab), sampling=SamplingConfig(temperature=1.0), seed=1)
+    engine = ImaginationEngine(
+        _model(vocab, decoding), sampling=SamplingConfig(temperature=1.0), seed=1
+    )
     engine.start(_steps(vocab, 2, 3))
     engine.step(torch.tensor([0, 1]))
     engine.restart_rows(torch.tensor([0]), _steps(vocab, 1, 1, seed=4))
@@ -269,23 +371,35 @@ def test_a_snapshot_restores_a_parallel_dream():
     assert torch.equal(runs[0], runs[1])
 
 
-def test_save_and_load_keep_the_mode(tmp_path):
+def test_save_and_load_keep_the_mode_and_the_queries(tmp_path):
     model = _model(_vocab())
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["frame_decoding"] == "parallel"
     loaded = TokWorldModel.from_pretrained(tmp_path)
     assert loaded.config.frame_decoding == "parallel" and loaded.parallel
-    tokens = _lead(_vocab(), model.tokens_of(_steps(_vocab(), 1, 2)))
-    assert torch.equal(_stream_logits(loaded, tokens), _stream_logits(model, tokens))
-    with pytest.raises(TokWorldError, match="frame_decoding must be one of token, parallel"):
+    assert torch.equal(loaded.queries.weight, model.queries.weight)
+    with pytest.raises(TokWorldError, match="frame_decoding must be one of token, parallel, block"):
         TokWorldConfig.preset("tiny", _vocab(), frame_decoding="maskgit")
-    with pytest.raises(TokWorldError, match="action_loss_weight needs frame_decoding='token'"):
-        TokWorldConfig.preset("tiny", _vocab(), frame_decoding="parallel", action_loss_weight=1.0)
+    token = _model(_vocab(), "token")
+    with pytest.raises(TokWorldError, match="frame_decoding='parallel'"):
+        token(torch.zeros(1, 3, dtype=torch.long), query_positions=torch.tensor([5]))
+
+
+def test_block_decoding_saves_and_refuses_an_action_loss(tmp_path):
+    vocab = _vocab()
+    model = _model(vocab, "block")
+    model.save_pretrained(tmp_path)
+    loaded = TokWorldModel.from_pretrained(tmp_path)
+    assert loaded.decoding == "block" and not hasattr(loaded, "queries")
+    tokens = _lead(vocab, model.tokens_of(_steps(vocab, 1, 2)))
+    assert torch.equal(_stream_logits(loaded, tokens), _stream_logits(model, tokens))
+    with pytest.raises(TokWorldError, match="action_loss_weight needs frame_decoding"):
+        TokWorldConfig.preset("tiny", vocab, frame_decoding="block", action_loss_weight=1.0)
 
 
 @pytest.mark.slow  # pretrain, imagine, eval-model, finetune and the dream env: 5-8 s per mode
-@pytest.mark.parametrize("decoding", ["token", "parallel"])
-def test_both_modes_run_through_the_command_line(decoding, minigrid_dataset, pretrain_argv,
+@pytest.mark.parametrize("decoding", ["token", "parallel", "block"])
+def test_every_mode_runs_through_the_command_line(decoding, minigrid_dataset, pretrain_argv,
                                                  tmp_path):  # fmt: skip
     run = tmp_path / "run"
     assert main(pretrain_argv(minigrid_dataset, run, frame_decoding=decoding)) == 0
@@ -316,13 +430,14 @@ def test_both_modes_run_through_the_command_line(decoding, minigrid_dataset, pre
     assert config["frame_decoding"] == decoding
 
 
-def test_training_throughput_benchmark_times_both_modes_interleaved(capsys):
+def test_training_throughput_benchmark_times_every_mode_interleaved(capsys):
     report = bench_world_model(["--preset", "tiny", "--batch", "2", "--warmup", "1",
                                 "--repeats", "2", "--no-iris", "--no-loop",
-                                "--frame-decoding", "token", "parallel"])  # fmt: skip
+                                "--frame-decoding", "token", "parallel", "block"])  # fmt: skip
     assert report["frame_decoding"] == "token"
     by_mode = report["bare_by_mode"]
-    assert set(by_mode) == {"token", "parallel"} and report["bare"] == by_mode["token"]
+    assert set(by_mode) == {"token", "parallel", "block"} and report["bare"] == by_mode["token"]
     assert all(len(by_mode[m]["seconds"]) == 2 for m in by_mode)
-    ratio = by_mode["parallel"]["seconds_median"] / by_mode["token"]["seconds_median"]
-    assert report["parallel_step_time_over_token"] == pytest.approx(ratio, rel=0.05)
+    for mode in ("parallel", "block"):
+        ratio = by_mode[mode]["seconds_median"] / by_mode["token"]["seconds_median"]
+        assert report[f"{mode}_step_time_over_token"] == pytest.approx(ratio, rel=0.05)

@@ -263,14 +263,7 @@ class Vocabulary:
         lo, hi = ranges[pos, 0:1], ranges[pos, 1:2]
         return (ids >= lo) & (ids < hi)
 
-    # ---- parallel frame prediction --------------------------------------------------------
-    # Block teacher forcing: a step's predicted tokens (reward, end, the next frame) are read
-    # off the outputs of the step before at the same block slots. Steps are grouped as
-    #     [r_{t-1} d_{t-1}] [o_t^1 ... o_t^K] [a_t]
-    # (a group ends at its step's action), tokens see their whole group and the groups before
-    # it, and the output at each non-action slot predicts the token one block later. The first
-    # step's group starts with `lead_ids` (the reward and end of a step before the stream), so
-    # a parallel stream places step t in block t + 1 and starts at `parallel_origin`.
+    # ---- one forward per step: parallel and block frame decoding ----------------------------
     @property
     def predicted_kinds(self) -> tuple[Kind, ...]:
         """Kind of each token one step predicts after its action, in stream order: the rest of
@@ -278,23 +271,48 @@ class Vocabulary:
         kinds = [k for k in self.step_segments if k != Kind.ACTION]
         return tuple(k for k in kinds for _ in range(self.count(k)))
 
+    # Parallel decoding: one query per predicted token, at that token's stream position.
+    def query_index(self, positions: torch.Tensor) -> torch.Tensor:
+        """Stream positions of predicted tokens -> their index in `predicted_kinds`."""
+        return (positions - self.segment(Kind.ACTION).stop) % self.block_size
+
+    def query_context(self, positions: torch.Tensor) -> torch.Tensor:
+        """Stream positions of predicted tokens -> the last position they are predicted from:
+        their step's last action token."""
+        return positions - self.query_index(positions) - 1
+
+    def predicted_positions(self, steps: int) -> torch.Tensor:
+        """(n,) stream positions, in `steps` whole blocks from position 0, of every token that
+        follows an action in the stream: each block's reward and end, each frame but the first."""
+        positions = torch.arange(steps * self.block_size)
+        kinds = self.kinds(len(positions))
+        after = (kinds != Kind.ACTION) & (positions >= self.segment(Kind.ACTION).start)
+        return positions[after]
+
+    # Block decoding (block teacher forcing): a step's predicted tokens are read off the outputs
+    # of the step before at the same block slots. Steps are grouped as
+    #     [r_{t-1} d_{t-1}] [o_t^1 ... o_t^K] [a_t]
+    # (a group ends at its step's action), tokens see their whole group and the groups before
+    # it, and the output at each non-action slot predicts the token one block later. The first
+    # step's group starts with `lead_ids` (the reward and end of a step before the stream), so
+    # a block stream places step t in block t + 1 and starts at `block_origin`.
     @property
-    def parallel_origin(self) -> int:
-        """Stream position of a parallel stream's first token: its lead, in block 0's slots
-        after the action (RoPE is relative, so this shift changes nothing else)."""
+    def block_origin(self) -> int:
+        """Stream position of a block stream's first token: its lead, in block 0's slots after
+        the action (RoPE is relative, so this shift changes nothing else)."""
         return self.segment(Kind.ACTION).stop
 
     def lead_ids(self) -> torch.Tensor:
-        """(block - origin,) ids of a parallel stream's lead: the segments after the action of
-        a step before the stream, no reward and no end."""
+        """(block - origin,) ids of a block stream's lead: the segments after the action of a
+        step before the stream, no reward and no end."""
         after = self.order[self.order.index(Kind.ACTION) + 1 :]
         value = {Kind.REWARD: 0.0, Kind.END: False}
         return torch.cat([self.ids(k, value[k]) for k in after])
 
     def group_last(self, positions: torch.Tensor) -> torch.Tensor:
-        """Stream positions -> the last position of their parallel group (their step's last
-        action token; for a reward or end, the next step's): what a token may see up to."""
-        return positions + (self.parallel_origin - 1 - positions) % self.block_size
+        """Stream positions -> the last position of their group in block decoding (their step's
+        last action token; for a reward or end, the next step's): what a token may see up to."""
+        return positions + (self.block_origin - 1 - positions) % self.block_size
 
     # ---- encode / decode ------------------------------------------------------------------
     def ids(self, kind: Kind, values) -> torch.Tensor:

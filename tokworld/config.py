@@ -12,7 +12,7 @@ from tokworld.tokenizer.frame import FrameTokenizerConfig
 from tokworld.tokenizer.vector import BINNINGS
 from tokworld.tokenizer.vocab import Vocabulary
 
-FRAME_DECODINGS = ("token", "parallel")
+FRAME_DECODINGS = ("token", "parallel", "block")
 
 
 class TokWorldConfig(PreTrainedConfig):
@@ -27,9 +27,12 @@ class TokWorldConfig(PreTrainedConfig):
 
     `frame_decoding` is how a step's tokens are predicted. `"token"`: one at a time, each from
     the token before it (an imagined step is K + 2 forward passes). `"parallel"`: reward, end and
-    all K frame codes at once, each from the output at its slot a block before, which sees the
-    previous step's reward and end, the frame and the action (block teacher forcing; an imagined
-    step is one forward pass; actions get no loss: `action_loss_weight` must be 0).
+    all K frame codes at once, each from a learned query placed at its stream position that reads
+    the real tokens up to the step's action (an imagined step is one forward pass). `"block"`:
+    the same at once, each from the output at its slot a block before, which sees the previous
+    step's reward and end, the frame and the action (block teacher forcing: no query tokens, so
+    training costs what token decoding does; an imagined step is one forward pass; actions get
+    no loss, so `action_loss_weight` must be 0).
     """
 
     model_type = "tokworld"
@@ -73,10 +76,10 @@ class TokWorldConfig(PreTrainedConfig):
                 f"frame_decoding must be one of {', '.join(FRAME_DECODINGS)}, "
                 f"got {self.frame_decoding!r}"
             )
-        if self.frame_decoding == "parallel" and self.action_loss_weight:
+        if self.frame_decoding == "block" and self.action_loss_weight:
             raise TokWorldError(
-                "action_loss_weight needs frame_decoding='token': parallel decoding predicts no "
-                "actions"
+                "action_loss_weight needs frame_decoding 'token' or 'parallel': block decoding "
+                "predicts no actions"
             )
 
     @property

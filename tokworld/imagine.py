@@ -13,10 +13,13 @@ tokens waiting to be fed, every other token is sampled from one forward of the t
 For the default order that is `K + 2` forwards of a few tokens each: [last frame code, action
 tokens] -> reward, reward -> end, end -> first frame code, then one per frame code.
 
-With parallel decoding (`frame_decoding="parallel"`) a step is one forward of one group
-(`TokWorldModel`): [the previous step's sampled reward, end and frame, the action tokens] ->
-every token the step predicts (reward, end, the K frame codes), each read off the output at its
-slot a block before. The sampled tokens wait, and are written by the next step's forward.
+With parallel decoding (`frame_decoding="parallel"`) a step is one forward: [the previous step's
+sampled tokens, action tokens, queries] -> every token the step predicts (reward, end, the K
+frame codes), each sampled from its query's logits. The sampled tokens wait to be written into
+the cache by the next step's forward, so queries are never left visible in it. With block
+decoding (`"block"`) a step is one forward of one group (`TokWorldModel`): [the previous step's
+sampled reward, end and frame, the action tokens] -> every token the step predicts, each read
+off the output at its slot a block before; the sampled tokens wait likewise.
 
 On a GPU a step is launch-bound; with `cuda_graphs=True` each step's forward is recorded once
 per token count on the ring's buffers and replayed (`cuda_graph.CudaGraphed`): the same
@@ -88,7 +91,8 @@ class ImaginationEngine:
         self.model = world_model.eval()
         self.model.backbone.set_attn_implementation(ATTENTION)
         # torch.compile of the per-step forwards (two graphs: token decoding's 2 and 1 new
-        # tokens, parallel decoding's one group, at the batch size of `start`):
+        # tokens; parallel decoding's first step and the others; block decoding's one group;
+        # at the batch size of `start`):
         # on CPU the transformer's share of a step runs ~1.7x faster after a one-time warm-up
         # of about a minute.
         # Starts and row restarts, whose shapes vary, stay eager.
@@ -103,18 +107,25 @@ class ImaginationEngine:
         self.decoder = decoder
         self.sampling = sampling
         self.window = world_model.config.window_tokens
-        self.parallel = world_model.parallel
+        self.decoding = world_model.decoding
+        self.parallel = world_model.parallel  # one forward per step
         self.origin = world_model.origin  # the stream's first position
-        # What waits to be fed when the policy acts: the current frame's last code, or with
-        # parallel decoding the current group up to the action; the outputs a step samples
-        # from: the last one, or those of the waiting tokens (as `predicted_kinds`).
-        kinds = self.vocab.predicted_kinds
-        self.waiting = len(kinds) if self.parallel else 1
-        self.outputs = slice(0, self.waiting) if self.parallel else -1
-        kinds = torch.tensor(kinds)
+        predicted = len(self.vocab.predicted_kinds)
+        # Parallel decoding's queries, as offsets from the step's last action token, and where
+        # each kind is among a one-forward step's samples.
+        self.query_offsets = torch.arange(1, 1 + predicted, device=world_model.device)
+        kinds = torch.tensor(self.vocab.predicted_kinds)
         self.kind_at = {k: (kinds == k).nonzero()[:, 0].to(world_model.device)
                         for k in dict.fromkeys(self.vocab.predicted_kinds)}  # fmt: skip
-        self.most_written = self.waiting + self.vocab.count(Kind.ACTION)  # one step's forward
+        # What waits to be fed after a start: the current frame's last code, or with block
+        # decoding the current group up to its action; and the logits a step samples from
+        # (without queries): the last, or block decoding's of the waiting tokens.
+        block = self.decoding == "block"
+        self.start_waiting = predicted if block else 1
+        self.outputs = slice(0, predicted) if block else -1
+        # The most tokens one step's forward writes: what is pending, the action, the queries.
+        pending, queries = (predicted, predicted * (not block)) if self.parallel else (1, 0)
+        self.most_written = pending + self.vocab.count(Kind.ACTION) + queries
         self.device = world_model.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.cache: RingCache | None = None
@@ -132,7 +143,7 @@ class ImaginationEngine:
         b = tokens.shape[0]
         self.task = self._task(context)
         self._keep(self._ring(b))
-        fed = tokens.shape[1] - self.waiting
+        fed = tokens.shape[1] - self.start_waiting
         self.pos = self.origin + fed  # stream position of the first pending token
         if fed:
             positions = torch.arange(self.origin, self.pos, device=self.device)
@@ -166,8 +177,12 @@ class ImaginationEngine:
         Returns the start step of just those rows.
         """
         tokens = self._context_tokens(context)
-        # The rows' last tokens join the others' pending ones, at the same stream positions.
-        n = tokens.shape[1] - self.waiting
+        # The rows' last tokens join the others' pending ones, at the same stream positions; a
+        # context shorter than those is padded in front with tokens the rows never see.
+        width = self.pending.shape[1]
+        pad = max(0, width - tokens.shape[1])
+        tokens = torch.cat([tokens[:, :1].expand(-1, pad), tokens], 1)
+        n = tokens.shape[1] - width
         keep = min(n, self.pos - self.origin)
         fresh = self._new_cache(tokens.shape[0])
         task = self._task(context)
@@ -176,7 +191,7 @@ class ImaginationEngine:
         if keep:
             positions = torch.arange(self.pos - keep, self.pos, device=self.device)
             self._forward(fresh, tokens[:, n - keep : n], positions, task=task)
-        fresh.first[:] = self.pos - keep
+        fresh.first[:] = self.pos - keep + pad
         self.cache.copy_rows(torch.as_tensor(rows, device=self.device), fresh)
         self.pending[rows] = tokens[:, n:]
         codes = context["codes"][:, -1].to(self.device).long()
@@ -199,7 +214,7 @@ class ImaginationEngine:
         )
         # The last step ends at its frame: the policy has not acted there yet.
         tokens = rearrange(blocks, "b c n -> b (c n)")
-        if self.parallel:
+        if self.decoding == "block":
             lead = self.vocab.lead_ids().to(self.device)
             tokens = torch.cat([lead.expand(len(tokens), -1), tokens], 1)
         after_frame = self.vocab.block_size - self.vocab.segment(Kind.FRAME).stop
@@ -244,20 +259,27 @@ class ImaginationEngine:
         tokens: torch.Tensor,
         positions: torch.Tensor,
         model=None,
+        queries: torch.Tensor | None = None,
         task: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run `tokens` (B, q) at stream `positions` (q,) on `cache`; return the logits a step
-        samples from: the last (B, V), or with parallel decoding the first `waiting` (B, Q, V)."""
-        sees = self.vocab.group_last(positions) if self.parallel else positions
+        samples from: the last (B, V), with parallel decoding's `queries` (Q,) positions theirs
+        (B, Q, V), with block decoding the first Q (B, Q, V)."""
+        written = positions if queries is None else torch.cat([positions, queries])
+        sees = self.vocab.group_last(positions) if self.decoding == "block" else None
         out = (self.model if model is None else model)(
             tokens,
             position_ids=positions.unsqueeze(0),
             cache=cache,
             use_cache=True,
-            attention_mask=cache.prepare(positions, sees),
+            attention_mask=cache.prepare(written, sees),
+            query_positions=queries,
             task=self.task if task is None else task,
         )
-        return out.logits[:, self.outputs]
+        if queries is None:
+            return out.logits[:, self.outputs]
+        cache.release(queries)
+        return out.logits[:, -len(queries) :]
 
     def _token_step(self, action_ids: torch.Tensor) -> dict[Kind, torch.Tensor]:
         """Token decoding: the step's tokens one forward each; returns the ids of each kind."""
@@ -275,7 +297,7 @@ class ImaginationEngine:
         return sampled
 
     def _parallel_step(self, action_ids: torch.Tensor) -> dict[Kind, torch.Tensor]:
-        """Parallel decoding: the waiting tokens and the action in (one group), every token the
+        """Parallel and block decoding: the pending tokens and the action in, every token the
         step predicts sampled from one forward. Returns the ids of each kind."""
         tokens = torch.cat([self.pending, action_ids], 1)  # (B, block)
         positions = torch.arange(self.pos, self.pos + tokens.shape[1], device=self.device)
@@ -292,8 +314,8 @@ class ImaginationEngine:
 
     def _step_logits(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """A step's forward of `tokens` (B, q) at `positions` (q,) on the ring: the last logits
-        (B, V), or with parallel decoding the waiting tokens' (B, Q, V); replayed from a CUDA graph
-        with `cuda_graphs`."""
+        (B, V), or with one forward per step the predicted tokens' (B, Q, V); replayed from a
+        CUDA graph with `cuda_graphs`."""
         task = () if self.task is None else (self.task,)
         if not self.cuda_graphs:
             return self._ring_forward(tokens, positions, *task)
@@ -306,7 +328,8 @@ class ImaginationEngine:
 
     def _ring_forward(self, tokens: torch.Tensor, positions: torch.Tensor, *task: torch.Tensor):
         """`_step_logits` without the graph: it reads only its arguments and the ring."""
-        return self._forward(self.cache, tokens, positions, self.step_model, *task)
+        queries = positions[-1] + self.query_offsets if self.decoding == "parallel" else None
+        return self._forward(self.cache, tokens, positions, self.step_model, queries, *task)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., V) masked logits -> (..., 1) token ids."""

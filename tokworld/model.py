@@ -3,14 +3,21 @@
 One embedding table and one output head over the whole vocabulary. At every position the logits
 of every kind that cannot come next are masked to -inf, in training and in sampling alike.
 
-With `frame_decoding="parallel"` (block teacher forcing, Dedieu et al. 2025) the stream is
-grouped by step, each group its step's frame and action after the previous step's reward and
-end (`Vocabulary.group_last`): a token sees its whole group and the groups before it, and the
-output at each reward, end and frame slot predicts the token of that slot one block later. One
-forward over a window predicts every step of it at once, over no more tokens than the window
-holds; an imagined step is one forward of one group. Actions are given, never predicted (no
-behaviour prior in this mode). A parallel stream starts with a lead (`Vocabulary.lead_ids`: no
-reward, no end) so that the first step's reward and end have slots to be read from.
+With `frame_decoding="parallel"` the model also has one learned query embedding per token a step
+predicts after its action (`Vocabulary.predicted_kinds`: reward, end, the next frame's K codes).
+Queries are appended after the real tokens, each at the stream position of the token it
+predicts (RoPE sees where it is), under a block-causal mask: a query reads the real tokens up to
+its step's last action token and the queries of its step up to itself; real tokens never read a
+query. One forward over a window predicts every step of it at once.
+
+With `frame_decoding="block"` (block teacher forcing, Dedieu et al. 2025) there are no queries:
+the stream is grouped by step, each group its step's frame and action after the previous step's
+reward and end (`Vocabulary.group_last`); a token sees its whole group and the groups before,
+and the output at each reward, end and frame slot predicts the token of that slot one block
+later. A training forward is then no longer than the window, and an imagined step is one
+forward of one group. Actions are given, never predicted (no behaviour prior in this mode). A
+block stream starts with a lead (`Vocabulary.lead_ids`: no reward, no end) so that the first
+step's reward and end have slots to be read from.
 """
 
 from __future__ import annotations
@@ -57,10 +64,15 @@ class TokWorldModel(PreTrainedModel):
         self.vocab = config.vocabulary
         self.backbone = MistralModel(config.backbone_config())
         self.head = torch.nn.Linear(config.hidden_size, self.vocab.size, bias=False)
-        self.parallel = config.frame_decoding == "parallel"
+        self.decoding = config.frame_decoding
+        self.parallel = self.decoding != "token"  # one forward per imagined step
+        block = self.decoding == "block"
         # Where the token an output predicts stands: the next position, or a block later.
-        self.ahead = self.vocab.block_size if self.parallel else 1
-        self.origin = self.vocab.parallel_origin if self.parallel else 0  # first stream position
+        self.ahead = self.vocab.block_size if block else 1
+        self.origin = self.vocab.block_origin if block else 0  # first stream position
+        if self.decoding == "parallel":
+            count = len(self.vocab.predicted_kinds)
+            self.queries = torch.nn.Embedding(count, config.hidden_size)
         self.task_embedding = None
         if config.tasks:
             self.task_embedding = torch.nn.Embedding(len(config.tasks), config.hidden_size)
@@ -78,8 +90,19 @@ class TokWorldModel(PreTrainedModel):
             self._allowed = self.vocab.allowed_mask(self.vocab.block_size).to(device)
         return self._allowed
 
+    def parallel_mask(self, positions: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(L + Q, L + Q) bool, True where a token may attend: real tokens at `positions` (L,)
+        read the real tokens up to themselves, queries at `queries` (Q,) the real tokens up to
+        their step's last action and their step's queries up to themselves."""
+        position = torch.cat([positions, queries])
+        reads = torch.cat([positions, self.vocab.query_context(queries)])  # last real one read
+        query = torch.cat([torch.zeros_like(positions), torch.ones_like(queries)]).bool()
+        real_key = ~query[None, :] & (position[None, :] <= reads[:, None])
+        same_step = query[:, None] & query[None, :] & (reads[:, None] == reads[None, :])
+        return real_key | (same_step & (position[None, :] <= position[:, None]))
+
     def group_mask(self, positions: torch.Tensor) -> torch.Tensor:
-        """(L, L) bool, parallel decoding's attention without a cache: True where the token at
+        """(L, L) bool, block decoding's attention without a cache: True where the token at
         `positions[i]` may see the one at `positions[j]` (its group and the groups before)."""
         return positions[None, :] <= self.vocab.group_last(positions)[:, None]
 
@@ -101,13 +124,18 @@ class TokWorldModel(PreTrainedModel):
         cache: Cache | None = None,
         use_cache: bool = False,
         attention_mask: torch.Tensor | None = None,
+        query_positions: torch.Tensor | None = None,
         task: torch.Tensor | None = None,
     ) -> TokWorldOutput:
         """input_ids (B, L) at stream positions `position_ids` (1, L) (default: after the cache,
         or from the stream's origin).
 
-        `attention_mask` (B, 1, L, cached + L), True or 0 where a token may attend, is needed
-        with a cache (imagination) and replaces the causal (parallel: group) mask.
+        `query_positions` (Q,), parallel decoding only: Q queries appended after the L tokens,
+        at the positions of the tokens they predict; the last Q logits are theirs. Without a
+        cache their mask (`parallel_mask`) is built here.
+
+        `attention_mask` (B, 1, L [+ Q], cached + L [+ Q]), True or 0 where a token may attend,
+        is needed with a cache (imagination) and replaces the causal (block decoding: group) mask.
 
         `task` (B,): the rows' task identities (`config.tasks`); default the last task.
         """
@@ -115,11 +143,22 @@ class TokWorldModel(PreTrainedModel):
             past = cache.get_seq_length() if cache is not None else self.origin
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device) + past
             position_ids = position_ids.unsqueeze(0)
+        block = self.vocab.block_size
         embeds = self.backbone.embed_tokens(input_ids)  # (B, L, E)
-        # the kind of the token each output predicts
-        allowed = self.allowed(embeds.device)[(position_ids + self.ahead) % self.vocab.block_size]
-        if self.parallel and attention_mask is None and cache is None:
+        allowed = self.allowed(embeds.device)[(position_ids + self.ahead) % block]  # predicted
+        if self.decoding == "block" and attention_mask is None and cache is None:
             attention_mask = self.group_mask(position_ids[0]).expand(len(embeds), 1, -1, -1)
+        if query_positions is not None:
+            if self.decoding != "parallel":
+                raise TokWorldError("queries need a world model with frame_decoding='parallel'")
+            queries = self.queries(self.vocab.query_index(query_positions))  # (Q, E)
+            embeds = torch.cat([embeds, queries.expand(len(embeds), -1, -1)], 1)
+            if attention_mask is None and cache is None:
+                mask = self.parallel_mask(position_ids[0], query_positions)
+                attention_mask = mask.expand(len(embeds), 1, -1, -1)
+            position_ids = torch.cat([position_ids, query_positions.unsqueeze(0)], 1)
+            at = self.allowed(embeds.device)[query_positions % block]  # the token's own
+            allowed = torch.cat([allowed, at.unsqueeze(0)], 1)
         if self.task_embedding is not None:
             if task is None:
                 task = torch.full((len(embeds),), len(self.config.tasks) - 1, device=embeds.device)
@@ -148,20 +187,28 @@ class TokWorldModel(PreTrainedModel):
         """Logits (B, n, V) of a window's tokens (B, L) and the indices (n,) they predict.
 
         Token decoding: every token but the first, each from the one before. Parallel decoding:
-        after the lead, every reward, end and frame but the first frame, each from its slot a
-        block before; the window's last reward and end are read, not fed.
+        each action token from the one before (the behaviour prior), then every token that
+        follows an action from its query. Block decoding: after the lead, every reward, end and
+        frame but the first frame, each from its slot a block before (the window's last reward
+        and end are read, not fed).
         """
         length = tokens.shape[1]
         positions = torch.arange(length, device=tokens.device)
-        if not self.parallel:
+        if self.decoding == "token":
             return self(tokens[:, :-1], task=task).logits, positions[1:]
-        lead = self.vocab.lead_ids().to(tokens.device).expand(len(tokens), -1)
-        stream = torch.cat([lead, tokens], 1)[:, :length]
-        logits = self(stream, task=task).logits  # (B, L, V)
-        kinds = self.vocab.kinds(length, self.origin).to(tokens.device)
-        target = positions + self.ahead - lead.shape[1]  # its index in `tokens`
-        read = (kinds != Kind.ACTION) & (target < length)
-        return logits[:, read], target[read]
+        if self.decoding == "block":
+            lead = self.vocab.lead_ids().to(tokens.device).expand(len(tokens), -1)
+            logits = self(torch.cat([lead, tokens], 1)[:, :length], task=task).logits
+            kinds = self.vocab.kinds(length, self.origin).to(tokens.device)
+            target = positions + self.ahead - lead.shape[1]  # its index in `tokens`
+            read = (kinds != Kind.ACTION) & (target < length)
+            return logits[:, read], target[read]
+        queries = self.vocab.predicted_positions(length // self.vocab.block_size)
+        queries = queries.to(tokens.device)
+        logits = self(tokens, query_positions=queries, task=task).logits  # (B, L + Q, V)
+        actions = positions[self.vocab.kinds(length).to(tokens.device) == Kind.ACTION]
+        logits = torch.cat([logits[:, actions - 1], logits[:, length:]], 1)
+        return logits, torch.cat([actions, queries])
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """Weighted cross-entropy per token kind; padded steps (`mask` False) give no loss.

@@ -8,8 +8,10 @@ which slots it may see (written, not in its future, inside its window, of its ro
 
 The ring holds `window + spare` slots: a forward of up to `spare + 1` tokens then never
 overwrites a slot that its earliest token still sees, so every token sees exactly its window.
-A token sees the ring up to its own position, or up to the position `prepare` says it may see
-(parallel decoding: the end of its group, written in the same forward).
+Parallel decoding's queries are written like any token, at the positions of the tokens they
+predict (later in the stream than every real token of their forward, so no real token sees
+them), and `release`d after the forward. Block decoding's tokens see their whole group, written
+in the same forward (`prepare(positions, sees)`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,11 @@ class RingCache(Cache):
         visible = (held >= 0) & (held <= sees[:, None]) & (held > query - self.window)
         mine = (held >= self.first) | (held == query)  # (B, q, slots)
         return additive((visible & mine).unsqueeze(1))
+
+    def release(self, positions: torch.Tensor) -> None:
+        """Forget the tokens at stream `positions` (parallel decoding's queries): no later token
+        sees their slots until a real token is written there."""
+        self.slot_position.index_fill_(0, positions % self.slots, -1)  # no host scalar copy
 
     def copy_rows(self, rows: torch.Tensor, other: RingCache) -> None:
         """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same slots)."""

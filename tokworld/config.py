@@ -159,8 +159,9 @@ class ModelChoices:
         default=None,
         metadata={
             "choices": FRAME_DECODINGS,
-            "help": "world model built here: predict a step's tokens one at a time or all in "
-            "one pass (default: the preset's)",
+            "help": "world model built here: predict a step's tokens one at a time (token) or "
+            "all in one pass, from learned queries (parallel) or from the step before's slots "
+            "(block: block teacher forcing, no extra tokens) (default: the preset's)",
         },
     )
 

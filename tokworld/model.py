@@ -240,6 +240,8 @@ class TokWorldModel(PreTrainedModel):
         events = self.vocab.is_event(targets)
         total = logits.new_zeros(())
         metrics = {}
+        if self.decoding == "block":
+            del weights[Kind.ACTION]  # given, never predicted: no loss, no accuracy
         for kind, weight in weights.items():
             sel = valid & (kinds == int(kind))
             count = sel.sum().clamp(min=1)

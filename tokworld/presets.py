@@ -61,11 +61,12 @@ PRESETS: dict[str, dict[str, dict]] = {
         # Keys and values have fewer heads than queries (grouped-query attention, as in Llama
         # 2/3): imagination reads the whole KV cache for every token it samples, so a smaller
         # cache is what makes it fast on memory-bound hardware; training cost barely changes.
-        # frame_decoding stays "token" (the config's default) in every preset: "parallel" (one
-        # forward per imagined step) was 1.4x faster at batch 32 on a 2-core CPU, where a step's
-        # cost is its matmuls, and 14.6x on an H200, where it is kernel launches, but 8.2-9.2x
-        # IRIS's imagination with decoded frames there when both run eager, short of the 10x it
-        # must reach to be the default (38x replayed from CUDA graphs); see the README.
+        # frame_decoding stays "token" (the config's default) in every preset. "block" (one
+        # forward per imagined step, no query tokens) trains at token mode's cost, imagines
+        # 2.2x faster with decoded frames on a 2-core CPU, is more faithful on Breakout and runs
+        # the demo faster, but with decoded frames it is 5.9x IRIS's imagination on that CPU,
+        # short of the 10x it must reach to be the default ("parallel", with queries: 8.2-9.2x
+        # on an H200, eager); see the README.
         "world_model": {
             "num_hidden_layers": 10,
             "hidden_size": 256,

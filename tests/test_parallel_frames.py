@@ -397,7 +397,7 @@ def test_block_decoding_saves_and_refuses_an_action_loss(tmp_path):
         TokWorldConfig.preset("tiny", vocab, frame_decoding="block", action_loss_weight=1.0)
 
 
-@pytest.mark.slow  # pretrain, imagine, eval-model, finetune and the dream env: 5-8 s per mode
+@pytest.mark.slow  # pretrain, imagine, eval-model, the dream env, planning, finetune: ~10 s a mode
 @pytest.mark.parametrize("decoding", ["token", "parallel", "block"])
 def test_every_mode_runs_through_the_command_line(decoding, minigrid_dataset, pretrain_argv,
                                                  tmp_path):  # fmt: skip
@@ -419,6 +419,11 @@ def test_every_mode_runs_through_the_command_line(decoding, minigrid_dataset, pr
     for _ in range(4):  # restarts from 1-step contexts every other step
         obs, *_ = env.step(np.array([0, 1]))
         assert obs.shape == (2, 64, 64, 3)
+    plan = tmp_path / "plan.json"  # planning in the real env, imagining with the world model
+    assert main(["eval", "--run", str(run), "--env", "MiniGrid-Empty-5x5-v0", "--episodes", "1",
+                 "--json", str(plan), "--plan", "--plan-candidates", "2",
+                 "--plan-horizon", "2"]) == 0  # fmt: skip
+    assert json.loads(plan.read_text())["planner"]["rollouts"] == 2
     finetuned = tmp_path / "finetuned"
     assert main(["finetune", "--run", str(run), "--env", "MiniGrid-Empty-5x5-v0",
                  "--env-steps", "30", "--initial-steps", "30", "--tokenizer-steps", "1",

@@ -15,8 +15,8 @@ A `Planner` acts like `policy.Agent`: real observations in, env actions out, `re
 episode starts, a single observation gives a single action. It only sees observations, so
 the reward of a real step in its context is the one it imagined for the action it played.
 Planning trades compute for learning: every real step costs `horizon` imagined steps (one
-forward pass each with parallel frame decoding, K + 2 with token decoding) over `rollouts`
-(`candidates`, or fewer for an exhaustive search) per row of the batch.
+forward pass each with parallel or block frame decoding, K + 2 with token decoding) over
+`rollouts` (`candidates`, or fewer for an exhaustive search) per row of the batch.
 """
 
 from __future__ import annotations

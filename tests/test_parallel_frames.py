@@ -89,6 +89,19 @@ def _recording(engine: ImaginationEngine) -> list[torch.Tensor]:
     return seen
 
 
+def _greedy_rollout(model: TokWorldModel, steps: int) -> tuple[list, tuple]:
+    """`steps` greedy imagined steps of 2 rows from a 2-step context: the logits sampled from
+    (one tensor a step) and (context, actions, outcomes) for `_stream`."""
+    vocab = model.vocab
+    engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+    seen = _recording(engine)
+    context = _steps(vocab, 2, 2, seed=1)
+    engine.start(context)
+    actions = _actions(vocab, (steps, 2), torch.Generator().manual_seed(2))
+    outs = [engine.step(a) for a in actions]
+    return seen, (context, actions, outs)
+
+
 def test_predicted_tokens_follow_the_block_layout():
     vocab = _vocab(SWAPPED)
     assert vocab.predicted_kinds == (Kind.END, Kind.REWARD) + (Kind.FRAME,) * K
@@ -177,13 +190,8 @@ def test_one_forward_training_lowers_the_loss(decoding):
 def test_cached_imagination_equals_one_forward_over_the_window(order, steps):
     vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
     model = _model(vocab)
-    engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
-    seen = _recording(engine)
-    context = _steps(vocab, 2, 2, seed=1)
-    engine.start(context)
-    actions = _actions(vocab, (steps, 2), torch.Generator().manual_seed(2))
-    outs = [engine.step(a) for a in actions]
-    tokens = _stream(vocab, context, actions, outs)
+    seen, context_and_steps = _greedy_rollout(model, steps)
+    tokens = _stream(vocab, *context_and_steps)
     length = tokens.shape[1]
     queries = vocab.predicted_positions(length // vocab.block_size)
     positions = torch.cat([torch.arange(length), queries])
@@ -284,13 +292,8 @@ def test_the_block_loss_reads_each_kind_a_block_before_and_skips_padding():
 def test_cached_block_imagination_equals_one_forward_over_the_window(order, steps):
     vocab = _vocab(order, gym.spaces.MultiDiscrete([3, 2]))
     model = _model(vocab, "block")
-    engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
-    seen = _recording(engine)
-    context = _steps(vocab, 2, 2, seed=1)
-    engine.start(context)
-    actions = _actions(vocab, (steps, 2), torch.Generator().manual_seed(2))
-    outs = [engine.step(a) for a in actions]
-    stream = _lead(vocab, _stream(vocab, context, actions, outs))
+    seen, context_and_steps = _greedy_rollout(model, steps)
+    stream = _lead(vocab, _stream(vocab, *context_and_steps))
     window = model.config.window_tokens  # beyond it, a sliding window over stream positions
     logits = _stream_logits(model, stream, window)
     # Step s reads the outputs of the group it writes: the last context frame's, then each

@@ -108,13 +108,13 @@ def test_imagination_walks_the_blocks_in_order(vocab, model):
 
     def record(tokens):
         for i in range(tokens.shape[1]):
-            fed[engine.pos + i] = tokens[:, i]
+            fed[engine.pos - engine.origin + i] = tokens[:, i]  # at its index in the stream
         forwards.append(tokens.shape[1])
         return feed(tokens)
 
     engine._feed = record
     engine.start(context)
-    first = engine.pos
+    first = engine.pos - engine.origin
     assert first == 2 * vocab.block_size + K - 1  # the pending token: the last frame's last code
     actions = torch.tensor([[[0, 1], [2, 0]], [[1, 1], [2, 1]], [[0, 0], [1, 0]]])
     out = []
@@ -122,8 +122,9 @@ def test_imagination_walks_the_blocks_in_order(vocab, model):
         before = len(forwards)
         out.append(engine.step(action))
         assert len(forwards) - before == K + 2
-    fed[engine.pos] = engine.pending[:, 0]
-    assert sorted(fed) == list(range(first, engine.pos + 1))
+    last = engine.pos - engine.origin
+    fed[last] = engine.pending[:, 0]
+    assert sorted(fed) == list(range(first, last + 1))
     stream = torch.stack([fed[p] for p in sorted(fed)], 1)
     for p, ids in zip(sorted(fed), stream.T, strict=True):
         lo, hi = vocab.block_ranges[p % vocab.block_size]
@@ -140,7 +141,7 @@ def test_imagination_walks_the_blocks_in_order(vocab, model):
                                 + [torch.zeros(2, 1, dtype=torch.bool)], 1),
     }  # fmt: skip
     expected = _encode(vocab, imagined)
-    assert torch.equal(expected[:, first : engine.pos + 1], stream)
+    assert torch.equal(expected[:, first : last + 1], stream)
     assert torch.equal(expected[:, : first + 1], engine._context_tokens(context))
 
 

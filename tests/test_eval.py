@@ -39,7 +39,7 @@ class CopyModel(TokWorldModel):
             self.stream[p] = input_ids[:, i]
             kind = vocab.block_kinds[(p + 1) % vocab.block_size]
             earlier = p + 1 - vocab.block_size
-            if kind == Kind.FRAME and earlier >= 0:
+            if kind == Kind.FRAME and earlier in self.stream:  # a frame before it was fed
                 target = self.stream[earlier]
             else:
                 ids = {

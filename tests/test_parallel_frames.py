@@ -212,11 +212,11 @@ def test_cached_imagination_equals_one_forward_over_the_window(order, steps):
 # ---- block decoding ------------------------------------------------------------------------
 def _stream_logits(model: TokWorldModel, stream: torch.Tensor, window: int | None = None):
     """One forward over a block stream (B, L) from its origin, under the group mask (and
-    a sliding `window`): logits (B, L, V)."""
+    a sliding `window` that ends at each token's group end): logits (B, L, V)."""
     positions = torch.arange(stream.shape[1]) + model.origin
     mask = model.group_mask(positions)
     if window is not None:
-        mask &= positions[None, :] > positions[:, None] - window
+        mask &= positions[None, :] > model.vocab.group_last(positions)[:, None] - window
     with torch.no_grad():
         return model(stream, position_ids=positions[None], attention_mask=mask[None, None]).logits
 
@@ -340,6 +340,28 @@ def test_restarting_a_row_leaves_the_others_untouched(fresh_steps, decoding):
         assert torch.equal(alone.step(torch.tensor(action[1:2])).codes[0], out_b.codes[1])
 
 
+@pytest.mark.parametrize("decoding", ["token", "parallel", "block"])
+def test_a_row_restarted_early_in_a_rollout_keeps_its_whole_context(decoding):
+    # One step after a 1-step start, a row restarts from 3 real steps: it must see all three,
+    # as an engine started from them alone does (its logits, not only its greedy tokens).
+    vocab = _vocab()
+    model = _model(vocab, decoding)
+    engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+    alone = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+    seen, seen_alone = _recording(engine), _recording(alone)
+    fresh = _steps(vocab, 1, 3, seed=5)
+    engine.start(_steps(vocab, 3, 1))
+    engine.step(torch.tensor([0, 1, 2]))
+    engine.restart_rows(torch.tensor([1]), fresh)
+    alone.start(fresh)
+    del seen[:]
+    for action in ([2, 2, 2], [1, 0, 1]):
+        engine.step(torch.tensor(action))
+        alone.step(torch.tensor(action[1:2]))
+    for ours, theirs in zip(seen, seen_alone, strict=True):
+        torch.testing.assert_close(ours[1:2], theirs, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow  # torch.compile
 @pytest.mark.parametrize("decoding", ["parallel", "block"])
 def test_compiled_one_forward_steps_give_the_eager_tokens(decoding):
@@ -379,7 +401,7 @@ def test_save_and_load_keep_the_mode_and_the_queries(tmp_path):
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["frame_decoding"] == "parallel"
     loaded = TokWorldModel.from_pretrained(tmp_path)
-    assert loaded.config.frame_decoding == "parallel" and loaded.parallel
+    assert loaded.config.frame_decoding == "parallel" and loaded.one_forward
     assert torch.equal(loaded.queries.weight, model.queries.weight)
     with pytest.raises(TokWorldError, match="frame_decoding must be one of token, parallel, block"):
         TokWorldConfig.preset("tiny", _vocab(), frame_decoding="maskgit")

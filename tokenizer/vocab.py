@@ -255,7 +255,8 @@ class Vocabulary:
     def allowed_mask(self, length: int, start: int = 0) -> torch.Tensor:
         """(length, size) bool: True where a token id may stand at stream position start + i.
 
-        The model's logits at position p predict position p + 1, so it uses `start=1`.
+        The model's logits at position p predict position p + 1 (block decoding: p + block),
+        so it reads row (p + 1) % block (or p % block) of `allowed_mask(block_size)`.
         """
         ranges = torch.tensor(self.block_ranges)  # (block, 2)
         pos = (torch.arange(length) + start) % self.block_size

@@ -20,10 +20,10 @@ class TokWorldConfig(PreTrainedConfig):
 
     The backbone is a Llama-style decoder (RoPE, RMSNorm, SwiGLU, SDPA). Attention sees at most
     the last `context_steps` time steps: training sequences are never longer (so plain causal
-    attention, SDPA's fast path), and imagination keeps a KV cache of that many tokens, dropping
-    the oldest (RoPE is relative, so nothing is re-encoded): a rollout of any length costs the
-    same per step. `vocab` is the saved layout of the shared vocabulary. Use
-    `TokWorldConfig.preset(name, vocab)`.
+    attention, SDPA's fast path; block decoding's group mask instead), and imagination keeps a
+    KV cache of that many tokens, dropping the oldest (RoPE is relative, so nothing is
+    re-encoded): a rollout of any length costs the same per step. `vocab` is the saved layout
+    of the shared vocabulary. Use `TokWorldConfig.preset(name, vocab)`.
 
     `frame_decoding` is how a step's tokens are predicted. `"token"`: one at a time, each from
     the token before it (an imagined step is K + 2 forward passes). `"parallel"`: reward, end and

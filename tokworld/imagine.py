@@ -108,8 +108,10 @@ class ImaginationEngine:
         self.sampling = sampling
         self.window = world_model.config.window_tokens
         self.decoding = world_model.decoding
-        self.parallel = world_model.parallel  # one forward per step
-        self.origin = world_model.origin  # the stream's first position
+        self.one_forward = world_model.one_forward  # per step
+        # Streams start a window after the model's first position (RoPE is relative: only
+        # distances count), so that a row restarted at any step keeps its whole context.
+        self.origin = world_model.origin + self.window
         predicted = len(self.vocab.predicted_kinds)
         # Parallel decoding's queries, as offsets from the step's last action token, and where
         # each kind is among a one-forward step's samples.
@@ -124,7 +126,8 @@ class ImaginationEngine:
         self.start_waiting = predicted if block else 1
         self.outputs = slice(0, predicted) if block else -1
         # The most tokens one step's forward writes: what is pending, the action, the queries.
-        pending, queries = (predicted, predicted * (not block)) if self.parallel else (1, 0)
+        pending, queries = {"token": (1, 0), "parallel": (predicted, predicted),
+                            "block": (predicted, 0)}[self.decoding]  # fmt: skip
         self.most_written = pending + self.vocab.count(Kind.ACTION) + queries
         self.device = world_model.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -143,6 +146,7 @@ class ImaginationEngine:
         b = tokens.shape[0]
         self.task = self._task(context)
         self._keep(self._ring(b))
+        self.cache.first.fill_(self.origin)  # what lies before is a restarted row's
         fed = tokens.shape[1] - self.start_waiting
         self.pos = self.origin + fed  # stream position of the first pending token
         if fed:
@@ -164,7 +168,8 @@ class ImaginationEngine:
             raise TokWorldError(f"expected actions for {b} rows, got shape {tuple(action.shape)}")
         vocab = self.vocab
         action_ids = vocab.ids(Kind.ACTION, action)
-        sampled = self._parallel_step(action_ids) if self.parallel else self._token_step(action_ids)
+        one = self.one_forward
+        sampled = self._one_forward_step(action_ids) if one else self._token_step(action_ids)
         codes = vocab.values(Kind.FRAME, sampled[Kind.FRAME])
         reward = vocab.values(Kind.REWARD, sampled[Kind.REWARD])
         terminated = vocab.values(Kind.END, sampled[Kind.END])
@@ -182,16 +187,16 @@ class ImaginationEngine:
         width = self.pending.shape[1]
         pad = max(0, width - tokens.shape[1])
         tokens = torch.cat([tokens[:, :1].expand(-1, pad), tokens], 1)
+        # The rest goes before them; the stream started a window in, so it always fits.
         n = tokens.shape[1] - width
-        keep = min(n, self.pos - self.origin)
         fresh = self._new_cache(tokens.shape[0])
         task = self._task(context)
         if self.task is not None:
             self.task[rows] = task
-        if keep:
-            positions = torch.arange(self.pos - keep, self.pos, device=self.device)
-            self._forward(fresh, tokens[:, n - keep : n], positions, task=task)
-        fresh.first[:] = self.pos - keep + pad
+        if n:
+            positions = torch.arange(self.pos - n, self.pos, device=self.device)
+            self._forward(fresh, tokens[:, :n], positions, task=task)
+        fresh.first[:] = self.pos - n + pad
         self.cache.copy_rows(torch.as_tensor(rows, device=self.device), fresh)
         self.pending[rows] = tokens[:, n:]
         codes = context["codes"][:, -1].to(self.device).long()
@@ -296,7 +301,7 @@ class ImaginationEngine:
         self.pending = pending
         return sampled
 
-    def _parallel_step(self, action_ids: torch.Tensor) -> dict[Kind, torch.Tensor]:
+    def _one_forward_step(self, action_ids: torch.Tensor) -> dict[Kind, torch.Tensor]:
         """Parallel and block decoding: the pending tokens and the action in, every token the
         step predicts sampled from one forward. Returns the ids of each kind."""
         tokens = torch.cat([self.pending, action_ids], 1)  # (B, block)

@@ -45,14 +45,16 @@ CACHE_ARGUMENT = (
 
 @dataclass
 class TokWorldOutput(ModelOutput):
-    """logits: (B, L, V), masked to the kind allowed at each next position; cache: KV cache."""
+    """logits: (B, L, V), masked to the kind allowed where each predicts; cache: KV cache."""
 
     logits: torch.Tensor | None = None
     cache: Cache | None = None
 
 
 class TokWorldModel(PreTrainedModel):
-    """Next-token prediction over the vocabulary's blocks, its segments in `vocab.order`."""
+    """Prediction of the vocabulary's blocks, their segments in `vocab.order`: each token from
+    the one before it (token decoding), from queries (parallel) or from its slot a block before
+    (block)."""
 
     config_class = TokWorldConfig
     config: TokWorldConfig
@@ -65,7 +67,7 @@ class TokWorldModel(PreTrainedModel):
         self.backbone = MistralModel(config.backbone_config())
         self.head = torch.nn.Linear(config.hidden_size, self.vocab.size, bias=False)
         self.decoding = config.frame_decoding
-        self.parallel = self.decoding != "token"  # one forward per imagined step
+        self.one_forward = self.decoding != "token"  # per imagined step
         block = self.decoding == "block"
         # Where the token an output predicts stands: the next position, or a block later.
         self.ahead = self.vocab.block_size if block else 1

@@ -7,7 +7,8 @@ order-free over keys, so slot order does not matter: `prepare(positions)` tells 
 which slots it may see (written, not in its future, inside its window, of its row's context).
 
 The ring holds `window + spare` slots: a forward of up to `spare + 1` tokens then never
-overwrites a slot that its earliest token still sees, so every token sees exactly its window.
+overwrites a slot that its earliest token still sees, so every token sees exactly the `window`
+positions up to the last it may see.
 Parallel decoding's queries are written like any token, at the positions of the tokens they
 predict (later in the stream than every real token of their forward, so no real token sees
 them), and `release`d after the forward. Block decoding's tokens see their whole group, written
@@ -67,9 +68,10 @@ class RingLayer(DynamicLayer):
 class RingCache(Cache):
     """KV cache of `window + spare` slots; stream position p lives in slot p % slots.
 
-    A token sees the `window` positions up to its own. Row r's context starts at stream position
-    `first[r]` (a row restarted from fresh context starts later than the others): what the row
-    holds before it is hidden from the row, though each token always sees itself.
+    A token sees the `window` positions up to the last it may see. Row r's context starts at
+    stream position `first[r]` (a row restarted from fresh context starts where its context
+    does): what the row holds before it is hidden from the row, though each token always sees
+    itself.
     """
 
     def __init__(
@@ -100,16 +102,17 @@ class RingCache(Cache):
     def prepare(self, positions: torch.Tensor, sees: torch.Tensor | None = None) -> torch.Tensor:
         """Claim the slots of stream `positions` (q,) for the next forward; return its mask.
 
-        `sees` (q,): the last position each token may see (default its own). The mask
-        (B, 1, q, slots) is additive: 0 where token i may attend to a slot, -inf where not.
-        Built once per forward, it serves every layer.
+        `sees` (q,): the last position each token may see (default its own), where the
+        `window` it sees ends. The mask (B, 1, q, slots) is additive: 0 where token i may
+        attend to a slot, -inf where not. Built once per forward, it serves every layer.
         """
         sees = positions if sees is None else sees
         self.shared.write = positions % self.slots
         self.slot_position[self.shared.write] = positions
         held = self.slot_position.unsqueeze(0)  # (1, slots)
         query = positions.unsqueeze(1)  # (q, 1)
-        visible = (held >= 0) & (held <= sees[:, None]) & (held > query - self.window)
+        last = sees.unsqueeze(1)  # (q, 1)
+        visible = (held >= 0) & (held <= last) & (held > last - self.window)  # (q, slots)
         mine = (held >= self.first) | (held == query)  # (B, q, slots)
         return additive((visible & mine).unsqueeze(1))
 
@@ -119,12 +122,15 @@ class RingCache(Cache):
         self.slot_position.index_fill_(0, positions % self.slots, -1)  # no host scalar copy
 
     def copy_rows(self, rows: torch.Tensor, other: RingCache) -> None:
-        """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same slots)."""
+        """Take rows `rows` wholesale from `other` (a cache of len(rows) rows, same slots),
+        with the positions `other` wrote: their context may reach back before the first
+        position the other rows hold, which those rows never see (it is before their `first`)."""
         for mine, theirs in zip(self.layers, other.layers, strict=True):
             if theirs.is_initialized:
                 mine.keys[rows] = theirs.keys
                 mine.values[rows] = theirs.values
         self.first[rows] = other.first
+        torch.maximum(self.slot_position, other.slot_position, out=self.slot_position)
 
 
 def additive(allowed: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 pass, with parallel decoding from queries that read the past up to the action, with block
 decoding each from its slot a block before, which sees its group (the previous reward and end,
 the frame, the action) and the groups before. In both the cached imagination equals one forward
-over the window; masks, losses, restarts, snapshots and saving follow; every mode runs through
-the command line."""
+over the whole stream under the same masks and sliding window; masks, losses, restarts,
+snapshots and saving follow; every mode runs through the command line."""
 
 from __future__ import annotations
 

@@ -218,10 +218,7 @@ class ImaginationEngine:
             steps["codes"], steps["action"], steps["reward"], steps["terminated"]
         )
         # The last step ends at its frame: the policy has not acted there yet.
-        tokens = rearrange(blocks, "b c n -> b (c n)")
-        if self.decoding == "block":
-            lead = self.vocab.lead_ids().to(self.device)
-            tokens = torch.cat([lead.expand(len(tokens), -1), tokens], 1)
+        tokens = self.model.with_lead(rearrange(blocks, "b c n -> b (c n)"))
         after_frame = self.vocab.block_size - self.vocab.segment(Kind.FRAME).stop
         return tokens[:, : tokens.shape[1] - after_frame]
 
@@ -271,13 +268,12 @@ class ImaginationEngine:
         samples from: the last (B, V), with parallel decoding's `queries` (Q,) positions theirs
         (B, Q, V), with block decoding the first Q (B, Q, V)."""
         written = positions if queries is None else torch.cat([positions, queries])
-        sees = self.vocab.group_last(positions) if self.decoding == "block" else None
         out = (self.model if model is None else model)(
             tokens,
             position_ids=positions.unsqueeze(0),
             cache=cache,
             use_cache=True,
-            attention_mask=cache.prepare(written, sees),
+            attention_mask=cache.prepare(written, self.model.sees(written)),
             query_positions=queries,
             task=self.task if task is None else task,
         )

@@ -103,10 +103,23 @@ class TokWorldModel(PreTrainedModel):
         same_step = query[:, None] & query[None, :] & (reads[:, None] == reads[None, :])
         return real_key | (same_step & (position[None, :] <= position[:, None]))
 
+    def sees(self, positions: torch.Tensor) -> torch.Tensor:
+        """Stream positions -> the last position each token there may see: itself, or with
+        block decoding its group's last (`Vocabulary.group_last`)."""
+        return self.vocab.group_last(positions) if self.decoding == "block" else positions
+
     def group_mask(self, positions: torch.Tensor) -> torch.Tensor:
         """(L, L) bool, block decoding's attention without a cache: True where the token at
         `positions[i]` may see the one at `positions[j]` (its group and the groups before)."""
-        return positions[None, :] <= self.vocab.group_last(positions)[:, None]
+        return positions[None, :] <= self.sees(positions)[:, None]
+
+    def with_lead(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L) of whole steps from a stream's start -> the model's stream: with block
+        decoding the lead (`Vocabulary.lead_ids`) in front, otherwise as they are."""
+        if self.decoding != "block":
+            return tokens
+        lead = self.vocab.lead_ids().to(tokens.device)
+        return torch.cat([lead.expand(len(tokens), -1), tokens], 1)
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         std = self.config.initializer_range
@@ -199,10 +212,10 @@ class TokWorldModel(PreTrainedModel):
         if self.decoding == "token":
             return self(tokens[:, :-1], task=task).logits, positions[1:]
         if self.decoding == "block":
-            lead = self.vocab.lead_ids().to(tokens.device).expand(len(tokens), -1)
-            logits = self(torch.cat([lead, tokens], 1)[:, :length], task=task).logits
+            stream = self.with_lead(tokens)
+            logits = self(stream[:, :length], task=task).logits
             kinds = self.vocab.kinds(length, self.origin).to(tokens.device)
-            target = positions + self.ahead - lead.shape[1]  # its index in `tokens`
+            target = positions + self.ahead - (stream.shape[1] - length)  # its index in `tokens`
             read = (kinds != Kind.ACTION) & (target < length)
             return logits[:, read], target[read]
         queries = self.vocab.predicted_positions(length // self.vocab.block_size)

@@ -300,7 +300,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the step forwards")
     parser.add_argument(
-        "--bf16", action="store_true", help="every line under torch.autocast to bfloat16 (GPU)"
+        "--bf16",
+        action="store_true",
+        help="every line under torch.autocast to bfloat16 (GPU, or a CPU with AVX512-BF16)",
     )
     parser.add_argument(
         "--cuda-graphs",

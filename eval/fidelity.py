@@ -36,7 +36,7 @@ from tokworld.data.mixture import recorded_held_out
 from tokworld.errors import TokWorldError
 from tokworld.eval.tokenizer_metrics import ssim
 from tokworld.eval.vector_fidelity import compare_vectors, observation_variance
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine, SamplingConfig, bf16_field
 from tokworld.rollout import observations
 from tokworld.run import check_observations
 
@@ -272,6 +272,7 @@ class FidelityConfig:
     temperature: float = field(default=0.0, metadata={"help": "0: greedy (the default)"})
     top_k: int | None = None
     seed: int = 0
+    bf16: bool = bf16_field()
 
     def __post_init__(self):
         if min(self.context, self.horizon, self.windows, self.batch_size) < 1:
@@ -290,6 +291,7 @@ class FidelityConfig:
             "batch_size": self.batch_size,
             "sampling": sampling,
             "seed": self.seed,
+            "bf16": self.bf16,
         }
 
 
@@ -303,10 +305,12 @@ def evaluate_fidelity(
     batch_size: int = 32,
     sampling: SamplingConfig | None = None,
     seed: int = 0,
+    bf16: bool = False,
 ) -> tuple[dict, OpenLoop]:
     """Open-loop fidelity of a world model on `ds`: (scores as in `score`, the rollouts).
 
     Sampling is greedy unless `sampling` says otherwise: the model's most likely future.
+    `bf16`: imagine under bfloat16 autocast (`ImaginationEngine`).
     """
     sampling = sampling or SamplingConfig(greedy=True)
     if context < 1 or horizon < 1 or windows < 1 or batch_size < 1:
@@ -314,7 +318,7 @@ def evaluate_fidelity(
     world_model.vocab.check_action_space(TrajectoryMeta.from_dataset(ds).space, "the dataset")
     starts, valid = choose_windows(ds, context, horizon, windows)
     data = load_windows(ds, starts, valid, context + horizon, tokenizer)
-    engine = ImaginationEngine(world_model, tokenizer.decode, sampling, seed)
+    engine = ImaginationEngine(world_model, tokenizer.decode, sampling, seed, bf16=bf16)
     rollouts = open_loop(engine, tokenizer, data, valid, context, horizon, batch_size)
     vector = tokenizer.observation == "vector"  # scored per dimension, against its variance
     result = {
@@ -329,6 +333,7 @@ def evaluate_fidelity(
             "top_k": sampling.top_k,
             "seed": seed,
         },
+        "bf16": bf16,
         **score(rollouts, observation_variance(ds, tokenizer) if vector else None),
     }
     return result, rollouts

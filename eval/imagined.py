@@ -19,7 +19,12 @@ from tokworld.eval.media import contact_sheet, side_by_side, write_gif
 from tokworld.eval.plots import plot_dimensions
 from tokworld.eval.vector_fidelity import observation_variance
 from tokworld.folders import check_output_dir, write_json_atomic
-from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
+from tokworld.imagine import (
+    ImaginationEngine,
+    SamplingConfig,
+    bf16_field,
+    imagination_decoder,
+)
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
 from tokworld.run import check_device, check_observations, default_device, load_policy, load_run
@@ -56,6 +61,7 @@ class ImagineConfig:
         default=False,
         metadata={"help": "replay each step's forward and the decoder from CUDA graphs (GPU)"},
     )
+    bf16: bool = bf16_field()
     device: str = field(default_factory=default_device)
 
     def __post_init__(self):
@@ -83,7 +89,7 @@ def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) 
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.greedy)
     decoder = imagination_decoder(tokenizer, cfg.cuda_graphs)
     engine = ImaginationEngine(world_model, decoder, sampling, cfg.seed, cfg.compile,
-                               cfg.cuda_graphs)  # fmt: skip
+                               cfg.cuda_graphs, cfg.bf16)  # fmt: skip
     length = cfg.context + (cfg.steps if cfg.open_loop else 0)
     windows = RealContext(ds, length, tokenizer, cfg.seed).sample(cfg.episodes)
     context = {k: v[:, : cfg.context] for k, v in windows.items()}

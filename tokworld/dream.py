@@ -30,6 +30,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
     starts from a real context window of `context_steps` steps and ends when the model predicts
     a terminal step or after `max_episode_steps` (truncated); ended envs restart at once from
     fresh real context (same-step autoreset: `info["final_obs"]` holds the last frame).
+    `compile`, `cuda_graphs` and `bf16` are `ImaginationEngine`'s.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"]}
@@ -48,6 +49,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         render_mode: str | None = None,
         compile: bool = False,
         cuda_graphs: bool = False,
+        bf16: bool = False,
     ):
         if cuda_graphs:
             check_cuda_graphs(device, compile)
@@ -59,7 +61,9 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self.context = RealContext(ds, context_steps, self.tokenizer, seed)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k)
         decoder = imagination_decoder(self.tokenizer, cuda_graphs)
-        self.engine = ImaginationEngine(world_model, decoder, sampling, seed, compile, cuda_graphs)
+        self.engine = ImaginationEngine(
+            world_model, decoder, sampling, seed, compile, cuda_graphs, bf16
+        )
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
         self.render_mode = render_mode
         if meta.observation == "vector":

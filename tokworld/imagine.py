@@ -25,14 +25,17 @@ On a GPU a step is launch-bound; with `cuda_graphs=True` each step's forward is 
 per token count on the ring's buffers and replayed (`cuda_graph.CudaGraphed`): the same
 samples, 4-6x more steps/s at batch 32 on an H200. Rings are therefore kept in place: a new
 `start` resets the ring kept for its batch size (and precision) rather than allocating another.
+With `bf16=True` the forwards and the decoder run under bfloat16 autocast: 2.2-2.9x more steps/s
+on a CPU with bf16 instructions (base preset, batch 32), samples close to, not equal to, float32's.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
@@ -49,6 +52,38 @@ def imagination_decoder(tokenizer, cuda_graphs: bool = False) -> Callable:
     its `decode_unchecked` replayed from CUDA graphs (codes a world model samples lie in its
     frame slice, so the range check, a host sync that no graph can hold, is not needed)."""
     return CudaGraphed(tokenizer.decode_unchecked) if cuda_graphs else tokenizer.decode
+
+
+def check_bf16(device: torch.device | str) -> None:
+    """A TokWorldError unless bfloat16 autocast can run on `device`: any CPU (fast where it
+    has bf16 instructions: AVX512-BF16, AMX), a GPU that supports bf16."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TokWorldError(f"bf16 needs a GPU with bfloat16 support; {device} has none")
+
+
+def bf16_field():
+    """The `bf16` field of a config that runs imagination (one flag, one help everywhere)."""
+    return field(
+        default=False,
+        metadata={
+            "help": "imagine under bfloat16 autocast (the world model and the decoder): "
+            "2.2-2.9x more imagined steps/s on a CPU with AVX512-BF16 (base preset, batch 32)"
+        },
+    )
+
+
+def _in_precision(method: Callable) -> Callable:
+    """Run an engine method under bfloat16 autocast if the engine was made with `bf16`."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if not self.bf16:
+            return method(self, *args, **kwargs)
+        with torch.autocast(self.device.type, torch.bfloat16):
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -85,9 +120,15 @@ class ImaginationEngine:
         seed: int = 0,
         compile: bool = False,
         cuda_graphs: bool = False,
+        bf16: bool = False,
     ):
         if cuda_graphs:
             check_cuda_graphs(world_model.device, compile)
+        if bf16:
+            check_bf16(world_model.device)
+        # bf16: every forward and the decoder under bfloat16 autocast (the policy reading the
+        # frames is not), with rings of their own. Without it the caller's autocast applies.
+        self.bf16 = bf16
         self.model = world_model.eval()
         self.model.backbone.set_attn_implementation(ATTENTION)
         # torch.compile of the per-step forwards (two graphs: token decoding's 2 and 1 new
@@ -136,6 +177,7 @@ class ImaginationEngine:
 
     # ---- public API -----------------------------------------------------------------------
     @torch.no_grad()
+    @_in_precision
     def start(self, context: dict[str, torch.Tensor]) -> ImaginedStep:
         """Begin rollouts from real context: codes (B, C, K), action, reward, terminated (B, C).
 
@@ -158,6 +200,7 @@ class ImaginationEngine:
         return ImaginedStep(codes, zeros, zeros.bool(), self._decode(codes))
 
     @torch.no_grad()
+    @_in_precision
     def step(self, action) -> ImaginedStep:
         """Take `action` (B,) or (B, D) in every row; sample reward, end and the next frame."""
         if self.cache is None:
@@ -176,6 +219,7 @@ class ImaginationEngine:
         return ImaginedStep(codes, reward.to(self.device), terminated, self._decode(codes))
 
     @torch.no_grad()
+    @_in_precision
     def restart_rows(self, rows: torch.Tensor, context: dict[str, torch.Tensor]) -> ImaginedStep:
         """Restart `rows` (indices) from fresh real context; the other rows are untouched.
 

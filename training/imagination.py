@@ -33,7 +33,12 @@ from tokworld import twohot
 from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
-from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
+from tokworld.imagine import (
+    ImaginationEngine,
+    SamplingConfig,
+    bf16_field,
+    imagination_decoder,
+)
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
 from tokworld.run import default_device
@@ -91,6 +96,7 @@ class ImaginationConfig:
             "graphs (GPU; at batch 32 on an H200 4-6x more imagined steps/s than eager)"
         },
     )
+    bf16: bool = bf16_field()
     log_every: int = 10
     seed: int = field(default=0, metadata={"cli": False})  # the online loop seeds each epoch
 
@@ -280,7 +286,8 @@ def train_policy(
     decoder = imagination_decoder(tokenizer, cfg.cuda_graphs) if policy.frames_input else None
     sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k)
     module.engine = ImaginationEngine(world_model, decoder, sampling, seed=rank_seed + start,
-                                      compile=cfg.compile, cuda_graphs=cfg.cuda_graphs)  # fmt: skip
+                                      compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
+                                      bf16=cfg.bf16)  # fmt: skip
     module.generator = torch.Generator(accelerator.device).manual_seed(rank_seed + start)
     if accelerator.is_main_process:
         accelerator.init_trackers("policy", config=asdict(cfg))

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from tokworld.config import FRAME_DECODINGS, TokWorldConfig
 from tokworld.cuda_graph import check_cuda_graphs
@@ -90,6 +91,14 @@ def random_context(model: TokWorldModel, batch: int, steps: int) -> dict[str, to
         "reward": torch.zeros(batch, steps),
         "terminated": torch.zeros(batch, steps, dtype=torch.bool),
     }
+
+
+def _gflop(step, action: torch.Tensor) -> float:
+    """Floating-point operations (GFLOP, a multiply-add counted as 2) of one `step(action)`:
+    matrix products and convolutions, as `torch.utils.flop_counter` counts them."""
+    with FlopCounterMode(display=False) as counter:
+        step(action)
+    return counter.get_total_flops() / 1e9
 
 
 def _timed_steps(step, actions: torch.Tensor) -> float:
@@ -176,10 +185,11 @@ def _measure(
 
     `lines` holds, per line (each mode, with `", graphs"` if `cuda_graphs`,
     and each of those with `", tokens"`: no decoder), its imagined steps/s, decoder share,
-    warm-up and speedup over IRIS; the flat-cost figures are measured on the lines without the
-    decoder (the transformer and its cache alone). The top-level figures repeat the first
-    mode's, `<mode>_over_token` compares each eager mode with token's and `graphs_over_eager`
-    each mode's replay with its eager run.
+    warm-up, speedup over IRIS and, eager and not compiled, the GFLOP of one batch step and the
+    GFLOP/s it ran at (IRIS's GFLOP per step is `iris_gflop_per_batch_step`); the flat-cost
+    figures are measured on the lines without the decoder (the transformer and its cache
+    alone). The top-level figures repeat the first mode's, `<mode>_over_token` compares each
+    eager mode with token's and `graphs_over_eager` each mode's replay with its eager run.
     """
     actions = torch.randint(0, 4, (long_steps, batch), device=device)
     runs, engines, decoders, warmup, agreement = {}, {}, {}, {}, {}
@@ -202,6 +212,9 @@ def _measure(
     if iris:
         runs["iris"] = _iris_imagination(model, batch, device).step
         _timed_steps(runs["iris"], actions[:3])
+    # Work per step, where the ops are seen (eager): what a line would cost if compute-bound.
+    gflop = {} if compile else {name: _gflop(step, actions[0]) for name, step in runs.items()
+                                if GRAPHS not in name}  # fmt: skip
     # Throughput: blocks of BLOCK steps, every line in turn, so all see the same machine.
     blocks = {name: [] for name in runs}
     for decoder in decoders.values():
@@ -214,6 +227,9 @@ def _measure(
         line = {"imagined_steps_per_s": batch * steps / sum(seconds)}
         if name in decoders:
             line["decoder_share"] = decoders[name].seconds / sum(seconds)
+        if name in gflop:
+            line["gflop_per_batch_step"] = gflop[name]
+            line["gflop_per_s"] = gflop[name] * steps / sum(seconds)
         if name != "iris":
             line["warmup_s"] = warmup[name]  # 3 steps
         if iris and name != "iris":
@@ -244,7 +260,9 @@ def _measure(
         **{k: v for k, v in lines[first + TOKENS].items() if k.startswith(("step_", "ratio_"))},
     }
     if iris:
-        result["iris_imagined_steps_per_s"] = lines.pop("iris")["imagined_steps_per_s"]
+        iris_line = lines.pop("iris")
+        result["iris_imagined_steps_per_s"] = iris_line["imagined_steps_per_s"]
+        result["iris_gflop_per_batch_step"] = iris_line.get("gflop_per_batch_step")
         result["speedup_vs_iris"] = lines[first]["speedup_vs_iris"]
         result["speedup_vs_iris_per_block"] = lines[first]["speedup_vs_iris_per_block"]
     if cuda_graphs:

@@ -61,7 +61,7 @@ def test_imagination_refreshes_the_cache_when_full_and_decodes_frames():
 @pytest.mark.slow  # IRIS baseline benchmark
 def test_bench_imagine_reports_the_speedup_over_iris():
     result = bench_imagine("tiny", batch=2, steps=4, long_steps=4, iris=True)
-    assert result["iris_imagined_steps_per_s"] > 0
+    assert result["iris_imagined_steps_per_s"] > 0 and result["iris_gflop_per_batch_step"] > 0
     assert len(result["speedup_vs_iris_per_block"]) == 1
     expected = result["imagined_steps_per_s"] / result["iris_imagined_steps_per_s"]
     assert abs(result["speedup_vs_iris"] - expected) < 1e-9
@@ -87,6 +87,11 @@ def test_bench_imagine_command_times_both_modes_under_bf16_autocast(tmp_path, mo
     assert set(result["lines"]) == {m + t for m in modes for t in ("", ", tokens")}
     assert result["parallel_over_token"]["frames"]["speedup"] > 0
     assert result["block_over_token"]["tokens"]["speedup"] > 0
+    # Work per step: the decoder adds the same GFLOP to every mode's step.
+    gflop = {name: line["gflop_per_batch_step"] for name, line in result["lines"].items()}
+    decoder = [gflop[m] - gflop[m + ", tokens"] for m in modes]
+    assert decoder[0] > 0 and decoder == pytest.approx([decoder[0]] * 3)
+    assert all(line["gflop_per_s"] > 0 for line in result["lines"].values())
 
 
 def test_bench_imagine_runs_as_a_module_without_the_command_line(tmp_path, capsys):

@@ -25,8 +25,9 @@ On a GPU a step is launch-bound; with `cuda_graphs=True` each step's forward is 
 per token count on the ring's buffers and replayed (`cuda_graph.CudaGraphed`): the same
 samples, 4-6x more steps/s at batch 32 on an H200. Rings are therefore kept in place: a new
 `start` resets the ring kept for its batch size (and precision) rather than allocating another.
-With `bf16=True` the forwards and the decoder run under bfloat16 autocast: 2.2-2.9x more steps/s
-on a CPU with bf16 instructions (base preset, batch 32), samples close to, not equal to, float32's.
+With `bf16=True` the forwards and the decoder run under bfloat16 autocast: in block mode 1.6x more
+steps/s on a CPU with bf16 instructions (base preset, batch 32, frames decoded), samples close to,
+not equal to, float32's.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def bf16_field():
         default=False,
         metadata={
             "help": "imagine under bfloat16 autocast (the world model and the decoder): "
-            "2.2-2.9x more imagined steps/s on a CPU with AVX512-BF16 (base preset, batch 32)"
+            "1.6x more imagined steps/s in block mode, 1.2x in token mode, on a CPU with "
+            "AVX512-BF16 (base preset, batch 32, frames decoded)"
         },
     )
 

@@ -64,7 +64,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         # frame_decoding stays "token" (the config's default) in every preset. "block" (one
         # forward per imagined step, no query tokens) trains at token mode's cost, imagines
         # 1.7-2.2x faster with decoded frames on a 2-core CPU, is more faithful on Breakout and runs
-        # the demo faster, but with decoded frames it is 5.4-5.9x IRIS's imagination there,
+        # the demo faster, but with decoded frames it is 5.4-6.4x IRIS's imagination there,
         # short of the 10x it must reach to be the default ("parallel", with queries: 8.2-9.2x
         # on an H200, eager); see the README.
         "world_model": {

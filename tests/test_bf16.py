@@ -65,7 +65,9 @@ def test_bf16_on_a_gpu_without_bfloat16_is_one_error(monkeypatch):
         imagine.check_bf16("cuda")
 
 
-def test_bf16_through_the_command_line_and_the_dream_env(tiny_run, minigrid_dataset, tmp_path):
+def test_bf16_through_the_command_line_the_planner_and_the_dream_env(
+    tiny_run, minigrid_dataset, tmp_path
+):
     fidelity = tmp_path / "fidelity.json"
     assert main(["eval-model", "--run", str(tiny_run), "--context", "2", "--horizon", "2",
                  "--windows", "2", "--bf16", "--json", str(fidelity)]) == 0  # fmt: skip
@@ -76,6 +78,11 @@ def test_bf16_through_the_command_line_and_the_dream_env(tiny_run, minigrid_data
                  "--episodes", "2", "--steps", "2", "--context", "2", "--bf16",
                  "--out", str(out)]) == 0  # fmt: skip
     assert (out / "grid.png").exists()
+    plan = tmp_path / "plan.json"  # planning in the real env, imagining under bf16
+    assert main(["eval", "--run", str(tiny_run), "--env", "MiniGrid-Empty-5x5-v0",
+                 "--episodes", "1", "--json", str(plan), "--plan", "--plan-candidates", "2",
+                 "--plan-horizon", "2", "--plan-bf16"]) == 0  # fmt: skip
+    assert json.loads(plan.read_text())["planner"]["bf16"] is True
     env = DreamVectorEnv(str(tiny_run), minigrid_dataset, num_envs=2, context_steps=2, bf16=True)
     env.reset(seed=0)
     obs, *_ = env.step([0, 1])

@@ -30,7 +30,7 @@ import torch
 from einops import rearrange, repeat
 
 from tokworld.errors import TokWorldError
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine, SamplingConfig, bf16_field
 from tokworld.model import TokWorldModel
 
 
@@ -81,6 +81,7 @@ class PlannerConfig:
             "help": "replay imagination's step forwards from CUDA graphs (GPU)",
         },
     )
+    bf16: bool = bf16_field("--plan-bf16")
 
     def __post_init__(self):
         for name in ("candidates", "horizon", "hold", "context"):
@@ -121,8 +122,9 @@ class Planner:
         self.config, self.tokenizer, self.task = config, tokenizer.eval(), task
         self.tasks = world_model.config.tasks
         self.codec = world_model.vocab.action
+        graphs, bf16 = config.cuda_graphs, config.bf16
         self.engine = ImaginationEngine(
-            world_model, None, config.sampling, seed=seed, cuda_graphs=config.cuda_graphs
+            world_model, None, config.sampling, seed, cuda_graphs=graphs, bf16=bf16
         )
         self.device = world_model.device
         self.generator = torch.Generator().manual_seed(seed)

@@ -204,6 +204,33 @@ def test_a_row_restarted_early_in_a_rollout_keeps_its_whole_context(decoding):
         torch.testing.assert_close(ours[1:2], theirs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("decoding", ["token", "parallel", "block"])
+def test_a_restarted_row_takes_the_task_of_its_new_context(decoding):
+    # A model of two tasks: row 1 restarts from task 1's context in a batch started on task 0,
+    # and must go on as an engine started from that context alone does.
+    vocab = vocab_of()
+    torch.manual_seed(0)
+    config = TokWorldConfig.preset("tiny", vocab, frame_decoding=decoding, tasks=["a", "b"])
+    model = TokWorldModel(config).eval()
+    torch.nn.init.normal_(model.task_embedding.weight)  # made zero: tasks start alike
+    fresh = steps_of(vocab, 1, 2, seed=5)
+    logits = {}
+    for task in (0, 1):
+        engine = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+        alone = ImaginationEngine(model, sampling=SamplingConfig(greedy=True))
+        seen, seen_alone = recording(engine), recording(alone)
+        engine.start({**steps_of(vocab, 3, 2), "task": torch.zeros(3, 2, dtype=torch.long)})
+        engine.step(torch.tensor([0, 1, 2]))
+        engine.restart_rows(torch.tensor([1]), {**fresh, "task": torch.full((1, 2), task)})
+        alone.start({**fresh, "task": torch.ones(1, 2, dtype=torch.long)})
+        del seen[:]
+        engine.step(torch.tensor([2, 2, 2]))
+        alone.step(torch.tensor([2]))
+        logits[task] = seen[0][1:2], seen_alone[0]
+    torch.testing.assert_close(*logits[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(*logits[0], atol=1e-3)  # restarted on task 0: not task 1's
+
+
 @pytest.mark.slow  # torch.compile
 @pytest.mark.parametrize("decoding", ["parallel", "block"])
 def test_compiled_one_forward_steps_give_the_eager_tokens(decoding):

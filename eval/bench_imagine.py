@@ -39,9 +39,10 @@ from tokworld.eval.iris_reference import (
     IrisReference,
 )
 from tokworld.folders import claim, report_json
-from tokworld.imagine import ImaginationEngine, SamplingConfig, imagination_decoder
+from tokworld.imagine import ImaginationEngine, imagination_decoder
 from tokworld.model import TokWorldModel
 from tokworld.run import check_device
+from tokworld.sampling import SamplingConfig
 from tokworld.tokenizer.frame import FrameTokenizer, FrameTokenizerConfig
 from tokworld.tokenizer.vocab import Vocabulary
 

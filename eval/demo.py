@@ -29,11 +29,12 @@ from tokworld.envs import action_space, native_observation
 from tokworld.errors import TokWorldError
 from tokworld.eval.media import contact_sheet, pyplot, save_figure, write_gif
 from tokworld.eval.real_env import evaluate_run
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine
 from tokworld.policy import Agent
 from tokworld.returns import play_episodes
 from tokworld.rollout import imagine_episodes
 from tokworld.run import load_policy, load_run
+from tokworld.sampling import SamplingConfig
 from tokworld.tokenizer.frame import FrameTokenizerConfig
 from tokworld.training.finetune import finetune
 from tokworld.training.imagination import ImaginationConfig

@@ -36,9 +36,10 @@ from tokworld.data.mixture import recorded_held_out
 from tokworld.errors import TokWorldError
 from tokworld.eval.tokenizer_metrics import ssim
 from tokworld.eval.vector_fidelity import compare_vectors, observation_variance
-from tokworld.imagine import ImaginationEngine, SamplingConfig, bf16_field
+from tokworld.imagine import ImaginationEngine
 from tokworld.rollout import observations
 from tokworld.run import check_observations
+from tokworld.sampling import SamplingConfig, bf16_field, calibrated_field
 
 PSNR_MAX = 100.0  # dB; identical frames (infinite PSNR) are reported as this, keeping JSON valid
 REPORTED_HORIZONS = (1, 5, 10, 20)
@@ -273,6 +274,7 @@ class FidelityConfig:
     top_k: int | None = None
     seed: int = 0
     bf16: bool = bf16_field()
+    calibrated: bool = calibrated_field()
 
     def __post_init__(self):
         if min(self.context, self.horizon, self.windows, self.batch_size) < 1:
@@ -283,7 +285,8 @@ class FidelityConfig:
     def options(self) -> dict:
         """Keyword arguments of `evaluate_fidelity`."""
         greedy = self.temperature == 0
-        sampling = SamplingConfig(self.temperature if not greedy else 1.0, self.top_k, greedy)
+        temperature = self.temperature if not greedy else 1.0
+        sampling = SamplingConfig(temperature, self.top_k, greedy, self.calibrated)
         return {
             "context": self.context,
             "horizon": self.horizon,
@@ -331,6 +334,7 @@ def evaluate_fidelity(
             "greedy": sampling.greedy,
             "temperature": sampling.temperature,
             "top_k": sampling.top_k,
+            "calibrated": sampling.calibrated,
             "seed": seed,
         },
         "bf16": bf16,

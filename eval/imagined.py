@@ -19,15 +19,11 @@ from tokworld.eval.media import contact_sheet, side_by_side, write_gif
 from tokworld.eval.plots import plot_dimensions
 from tokworld.eval.vector_fidelity import observation_variance
 from tokworld.folders import check_output_dir, write_json_atomic
-from tokworld.imagine import (
-    ImaginationEngine,
-    SamplingConfig,
-    bf16_field,
-    imagination_decoder,
-)
+from tokworld.imagine import ImaginationEngine, imagination_decoder
 from tokworld.policy import Agent
 from tokworld.rollout import Episodes, imagine_episodes, random_batch_policy
 from tokworld.run import check_device, check_observations, default_device, load_policy, load_run
+from tokworld.sampling import SamplingConfig, bf16_field, calibrated_field
 from tokworld.tokenizer.codecs import space_to_dict
 
 
@@ -62,6 +58,7 @@ class ImagineConfig:
         metadata={"help": "replay each step's forward and the decoder from CUDA graphs (GPU)"},
     )
     bf16: bool = bf16_field()
+    calibrated: bool = calibrated_field()
     device: str = field(default_factory=default_device)
 
     def __post_init__(self):
@@ -86,7 +83,7 @@ def write_imagined(run: str, dataset: str, out: str | Path, cfg: ImagineConfig) 
         policy = random_batch_policy(meta.space, cfg.seed)
     else:
         policy = Agent(load_policy(cfg.policy, meta.space, cfg.device), tokenizer, seed=cfg.seed)
-    sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.greedy)
+    sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.greedy, cfg.calibrated)
     decoder = imagination_decoder(tokenizer, cfg.cuda_graphs)
     engine = ImaginationEngine(world_model, decoder, sampling, cfg.seed, cfg.compile,
                                cfg.cuda_graphs, cfg.bf16)  # fmt: skip

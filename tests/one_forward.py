@@ -9,8 +9,9 @@ import torch
 from einops import rearrange
 
 from tokworld.config import TokWorldConfig
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine
 from tokworld.model import TokWorldModel
+from tokworld.sampling import SamplingConfig
 from tokworld.tokenizer import Kind, Vocabulary
 
 K = 4

@@ -9,11 +9,12 @@ import pytest
 import torch
 from one_forward import actions_of, greedy_rollout, model_of, recording, steps_of, vocab_of
 
-from tokworld import imagine
+from tokworld import sampling
 from tokworld.cli import main
 from tokworld.dream import DreamVectorEnv
 from tokworld.errors import TokWorldError
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine
+from tokworld.sampling import SamplingConfig
 
 
 def _ring_precision(engine: ImaginationEngine):
@@ -60,9 +61,9 @@ def test_without_bf16_the_callers_precision_applies():
 
 
 def test_bf16_on_a_gpu_without_bfloat16_is_one_error(monkeypatch):
-    monkeypatch.setattr(imagine.torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     with pytest.raises(TokWorldError, match="bf16 needs a GPU with bfloat16 support"):
-        imagine.check_bf16("cuda")
+        sampling.check_bf16("cuda")
 
 
 def test_bf16_through_the_command_line_the_planner_and_the_dream_env(

@@ -13,8 +13,9 @@ from einops import rearrange
 
 from tokworld.adapt import ROWS, adapt_world_model
 from tokworld.config import TokWorldConfig
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine
 from tokworld.model import TokWorldModel
+from tokworld.sampling import SamplingConfig
 from tokworld.tokenizer import Kind, RewardCodec, Vocabulary
 
 ORDER = (Kind.FRAME, Kind.ACTION, Kind.END, Kind.REWARD)

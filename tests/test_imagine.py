@@ -17,7 +17,8 @@ from tokworld.data.format import load_trajectories
 from tokworld.data.validate import validate_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.dream import DreamVectorEnv
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine
+from tokworld.sampling import SamplingConfig
 from tokworld.tokenizer import Kind
 
 

@@ -34,8 +34,9 @@ from tokworld.data.validate import validate_trajectories
 from tokworld.dream import DreamVectorEnv
 from tokworld.errors import TokWorldError
 from tokworld.eval.bench_world_model import main as bench_world_model
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine
 from tokworld.model import TokWorldModel
+from tokworld.sampling import SamplingConfig
 from tokworld.tokenizer import Kind
 
 

@@ -20,7 +20,7 @@ _EXPORTS = {
     "TokWorldConfig": "tokworld.config",
     "TokWorldModel": "tokworld.model",
     "ImaginationEngine": "tokworld.imagine",
-    "SamplingConfig": "tokworld.imagine",
+    "SamplingConfig": "tokworld.sampling",
     "DreamVectorEnv": "tokworld.dream",
     "ActorCritic": "tokworld.policy",
     "Agent": "tokworld.policy",

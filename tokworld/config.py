@@ -57,6 +57,10 @@ class TokWorldConfig(PreTrainedConfig):
     # 0 a tiny model still predicts no reward after 50 steps of a 3%-rare one; with 0.5 it
     # predicts all of them (tests/test_world_model.py).
     event_balance: float = 0.5
+    # Fitted after training, not chosen (`training.calibration`): per event kind, reward then
+    # end, the log-odds by which the model's odds of an event exceed the data's (the balanced
+    # loss inflates them); calibrated sampling subtracts it. None: never fitted.
+    event_shift: list[float] | None = None
     # The environments (task identities) the model was trained on: a learned embedding per task
     # is added to every input, so a model pretrained on several datasets knows which one a
     # window comes from. Fine-tuning appends its env; without a task, a window is the last one's.

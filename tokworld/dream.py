@@ -16,9 +16,10 @@ from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.format import TrajectoryMeta, load_trajectories
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
-from tokworld.imagine import ImaginationEngine, ImaginedStep, SamplingConfig, imagination_decoder
+from tokworld.imagine import ImaginationEngine, ImaginedStep, imagination_decoder
 from tokworld.rollout import observations
 from tokworld.run import check_observations, load_run
+from tokworld.sampling import SamplingConfig
 from tokworld.tokenizer.codecs import space_from_dict
 
 
@@ -30,7 +31,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
     starts from a real context window of `context_steps` steps and ends when the model predicts
     a terminal step or after `max_episode_steps` (truncated); ended envs restart at once from
     fresh real context (same-step autoreset: `info["final_obs"]` holds the last frame).
-    `compile`, `cuda_graphs` and `bf16` are `ImaginationEngine`'s.
+    `compile`, `cuda_graphs` and `bf16` are `ImaginationEngine`'s; `calibrated` samples rewards
+    and ends at the data's odds (`SamplingConfig`).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"]}
@@ -50,6 +52,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         compile: bool = False,
         cuda_graphs: bool = False,
         bf16: bool = False,
+        calibrated: bool = False,
     ):
         if cuda_graphs:
             check_cuda_graphs(device, compile)
@@ -59,7 +62,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         check_observations(run, self.tokenizer, meta)
         world_model.vocab.check_action_space(meta.space, "the dataset")
         self.context = RealContext(ds, context_steps, self.tokenizer, seed)
-        sampling = SamplingConfig(temperature=temperature, top_k=top_k)
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, calibrated=calibrated)
         decoder = imagination_decoder(self.tokenizer, cuda_graphs)
         self.engine = ImaginationEngine(
             world_model, decoder, sampling, seed, compile, cuda_graphs, bf16

@@ -36,7 +36,7 @@ import copy
 import functools
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -45,6 +45,7 @@ from tokworld.cuda_graph import CudaGraphed, check_cuda_graphs
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.ring_cache import ATTENTION, RingCache
+from tokworld.sampling import SamplingConfig, check_bf16, draw
 from tokworld.tokenizer.vocab import Kind
 
 
@@ -53,27 +54,6 @@ def imagination_decoder(tokenizer, cuda_graphs: bool = False) -> Callable:
     its `decode_unchecked` replayed from CUDA graphs (codes a world model samples lie in its
     frame slice, so the range check, a host sync that no graph can hold, is not needed)."""
     return CudaGraphed(tokenizer.decode_unchecked) if cuda_graphs else tokenizer.decode
-
-
-def check_bf16(device: torch.device | str) -> None:
-    """A TokWorldError unless bfloat16 autocast can run on `device`: any CPU (fast where it
-    has bf16 instructions: AVX512-BF16, AMX), a GPU that supports bf16."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise TokWorldError(f"bf16 needs a GPU with bfloat16 support; {device} has none")
-
-
-def bf16_field(flag: str = "--bf16"):
-    """The `bf16` field of a config that runs imagination (one help everywhere), as `flag`."""
-    return field(
-        default=False,
-        metadata={
-            "flag": flag,
-            "help": "imagine under bfloat16 autocast (the world model and the decoder): "
-            "1.6x more imagined steps/s in block mode, 1.2x in token mode, on a CPU with "
-            "AVX512-BF16 (base preset, batch 32, frames decoded)",
-        },
-    )
 
 
 def _in_precision(method: Callable) -> Callable:
@@ -87,15 +67,6 @@ def _in_precision(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
 
     return run
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How tokens are drawn: `greedy`, or softmax at `temperature` over the `top_k` best."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    greedy: bool = False
 
 
 @dataclass
@@ -150,6 +121,8 @@ class ImaginationEngine:
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling
+        # Calibrated sampling's logit bias, made at first need (`sampling` may be replaced).
+        self.event_bias = world_model.event_bias() if sampling.calibrated else None
         self.window = world_model.config.window_tokens
         self.decoding = world_model.decoding
         self.one_forward = world_model.one_forward  # per step
@@ -380,18 +353,11 @@ class ImaginationEngine:
         return self._forward(self.cache, tokens, positions, self.step_model, queries, *task)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """(..., V) masked logits -> (..., 1) token ids."""
-        s = self.sampling
-        if s.greedy:
-            return logits.argmax(-1, keepdim=True)
-        logits = logits / max(s.temperature, 1e-6)
-        if s.top_k is not None:
-            kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), in a third
-        # of the time of torch.multinomial at imagination's batch sizes.
-        u = torch.rand(logits.shape, generator=self.generator, device=logits.device)
-        return (logits.float() - torch.log(-torch.log(u))).argmax(-1, keepdim=True)
+        """(..., V) masked logits -> (..., 1) token ids, drawn as `self.sampling` says."""
+        if self.sampling.calibrated and self.event_bias is None:
+            self.event_bias = self.model.event_bias()
+        bias = self.event_bias if self.sampling.calibrated else None
+        return draw(logits, self.sampling, self.generator, bias)
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor | None:
         return None if self.decoder is None else self.decoder(codes)

@@ -36,6 +36,8 @@ from tokworld.config import TokWorldConfig
 from tokworld.errors import TokWorldError
 from tokworld.tokenizer.vocab import Kind
 
+EVENT_KINDS = (Kind.REWARD, Kind.END)  # the kinds with rare events, in `event_shift`'s order
+
 # The backbone's KV-cache argument and output field: `cache` in recent transformers,
 # `past_key_values` before (where `cache=` would be silently ignored).
 CACHE_ARGUMENT = (
@@ -225,11 +227,10 @@ class TokWorldModel(PreTrainedModel):
         logits = torch.cat([logits[:, actions - 1], logits[:, length:]], 1)
         return logits, torch.cat([actions, queries])
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """Weighted cross-entropy per token kind; padded steps (`mask` False) give no loss.
-
-        Returns the total and, per kind, its loss and accuracy.
-        """
+    def window_predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """What the model predicts for a batch of windows (codes, action, reward, terminated,
+        mask (B, T), optional task): logits (B, n, V), their target ids (B, n), whether each
+        target's step is real (B, n) and each target's kind (n,)."""
         tokens = self.tokens_of(batch)
         if tokens.shape[1] > self.config.window_tokens:
             raise TokWorldError(
@@ -238,9 +239,31 @@ class TokWorldModel(PreTrainedModel):
             )
         task = batch["task"][:, 0] if "task" in batch else None  # a window is one task's
         logits, at = self._predictions(tokens, task)
-        targets = tokens[:, at]
         valid = batch["mask"][:, at // self.vocab.block_size]  # the target's step is real
         kinds = self.vocab.kinds(tokens.shape[1]).to(tokens.device)[at]
+        return logits, tokens[:, at], valid, kinds
+
+    def event_bias(self) -> torch.Tensor:
+        """(V,) what calibrated sampling adds to the logits: minus the fitted log-odds shift of
+        each event kind (`config.event_shift`, reward then end) on its event ids, else 0."""
+        if self.config.event_shift is None:
+            raise TokWorldError(
+                "this world model has no fitted event calibration (config event_shift): it was "
+                "trained before calibration existed; train it again to sample calibrated"
+            )
+        ids = torch.arange(self.vocab.size, device=self.device)
+        bias = torch.zeros(self.vocab.size, device=self.device)
+        for kind, shift in zip(EVENT_KINDS, self.config.event_shift, strict=True):
+            part = self.vocab.id_slice(kind)
+            bias -= shift * (self.vocab.is_event(ids) & (ids >= part.start) & (ids < part.stop))
+        return bias
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Weighted cross-entropy per token kind; padded steps (`mask` False) give no loss.
+
+        Returns the total and, per kind, its loss and accuracy.
+        """
+        logits, targets, valid, kinds = self.window_predictions(batch)
         ce = F.cross_entropy(
             rearrange(logits, "b l v -> (b l) v"), targets.reshape(-1), reduction="none"
         )

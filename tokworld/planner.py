@@ -30,8 +30,9 @@ import torch
 from einops import rearrange, repeat
 
 from tokworld.errors import TokWorldError
-from tokworld.imagine import ImaginationEngine, SamplingConfig, bf16_field
+from tokworld.imagine import ImaginationEngine
 from tokworld.model import TokWorldModel
+from tokworld.sampling import SamplingConfig, bf16_field
 
 
 @dataclass(frozen=True)

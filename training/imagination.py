@@ -33,15 +33,11 @@ from tokworld import twohot
 from tokworld.cuda_graph import check_cuda_graphs
 from tokworld.data.windows import RealContext
 from tokworld.errors import TokWorldError
-from tokworld.imagine import (
-    ImaginationEngine,
-    SamplingConfig,
-    bf16_field,
-    imagination_decoder,
-)
+from tokworld.imagine import ImaginationEngine, imagination_decoder
 from tokworld.model import TokWorldModel
 from tokworld.policy import ActorCritic
 from tokworld.run import default_device
+from tokworld.sampling import SamplingConfig, bf16_field, calibrated_field
 from tokworld.training.accel import describe, make_accelerator
 from tokworld.training.checkpoint import load_train_state, rng_state, save_train_state
 from tokworld.training.loop import check_resume_config, require_finite, resume_config
@@ -97,6 +93,7 @@ class ImaginationConfig:
         },
     )
     bf16: bool = bf16_field()
+    calibrated: bool = calibrated_field("--imagine-calibrated")
     log_every: int = 10
     seed: int = field(default=0, metadata={"cli": False})  # the online loop seeds each epoch
 
@@ -284,7 +281,7 @@ def train_policy(
         ds, cfg.context_steps, tokenizer, rank_seed + start, cfg.event_starts, cfg.horizon
     )
     decoder = imagination_decoder(tokenizer, cfg.cuda_graphs) if policy.frames_input else None
-    sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k)
+    sampling = SamplingConfig(cfg.temperature, cfg.top_k, calibrated=cfg.calibrated)
     module.engine = ImaginationEngine(world_model, decoder, sampling, seed=rank_seed + start,
                                       compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
                                       bf16=cfg.bf16)  # fmt: skip

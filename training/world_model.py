@@ -22,6 +22,7 @@ from tokworld.data.windows import WindowDataset, event_steps, oversample
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.vocab import Vocabulary
+from tokworld.training.calibration import fit_event_shift
 from tokworld.training.loop import TrainConfig, train
 
 WINDOW_COLUMNS = ("codes", "action", "reward", "terminated")
@@ -88,7 +89,8 @@ def held_out_windows(model: TokWorldModel, ds: datasets.Dataset) -> Subset:
 def run_config(model: TokWorldModel, cfg: TrainConfig) -> dict:
     """What a checkpoint must have been trained with to be resumed: model and train configs."""
     model_cfg = model.config.to_diff_dict()
-    model_cfg.pop("transformers_version", None)
+    for fitted in ("transformers_version", "event_shift"):  # not chosen: no reason to refuse
+        model_cfg.pop(fitted, None)
     return json.loads(json.dumps({"model": model_cfg, "train": asdict(cfg)}))
 
 
@@ -114,7 +116,8 @@ def train_world_model(
 
     `eval_ds` (held-out episodes) is evaluated every `cfg.eval_every` steps and at the end
     (metrics prefixed `eval/`). Checkpoints go to `out_dir/train_state`; resuming one made with
-    another model or train config is an error.
+    another model or train config is an error. After training, the event calibration is fitted
+    on the training windows (`calibration.fit_event_shift`, into `model.config.event_shift`).
     """
     windows = window_dataset(model, ds)
     rows = np.arange(len(windows))
@@ -123,7 +126,7 @@ def train_world_model(
         rows = mixed_rows(tasks[windows.starts], list(mix), cfg.seed)
     if event_share:
         rows = rows[oversample(windows.has_event(event_steps(ds))[rows], event_share, cfg.seed)]
-    return train(
+    metrics = train(
         model,
         Subset(windows, rows.tolist()),
         cfg,
@@ -134,3 +137,6 @@ def train_world_model(
         config_to_check=run_config(model, cfg),
         progress=progress,
     )
+    model.config.event_shift = fit_event_shift(model, windows, seed=cfg.seed)
+    reward, end = model.config.event_shift
+    return {**metrics, "reward_event_shift": reward, "end_event_shift": end}

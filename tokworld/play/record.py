@@ -18,7 +18,8 @@ import torch
 
 from tokworld.data.format import TrajectoryMeta, trajectory_row, write_trajectories
 from tokworld.folders import atomic_dir
-from tokworld.imagine import ImaginationEngine, ImaginedStep, SamplingConfig
+from tokworld.imagine import ImaginationEngine, ImaginedStep
+from tokworld.sampling import SamplingConfig
 from tokworld.tokenizer.frame import to_uint8
 
 GIF_SCALE = 4

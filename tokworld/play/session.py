@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from tokworld.errors import TokWorldError
-from tokworld.imagine import ImaginationEngine, SamplingConfig
+from tokworld.imagine import ImaginationEngine
 from tokworld.play.real import RealEnv, psnr
 from tokworld.play.record import Episode, frame_of, recordable, save_episodes
 from tokworld.play.world import PlayWorld
+from tokworld.sampling import SamplingConfig
 
 MAX_FORK_NAME = 40
 

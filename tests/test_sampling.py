@@ -83,8 +83,13 @@ def test_training_fits_the_calibration_and_the_command_line_samples_with_it(
     config = json.loads((tiny_run / "world_model" / "config.json").read_text())
     shift = config["event_shift"]
     assert len(shift) == 2 and all(isinstance(s, float) for s in shift)
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert metrics["world_model"]["reward_event_shift"] == shift[0]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())["world_model"]
+    assert metrics["reward_event_shift"] == shift[0]
+    # On the held-out episodes: the rate, and the mean predicted probability raw and calibrated.
+    for kind, fitted in zip(("reward", "end"), shift, strict=True):
+        rate, p = metrics[f"eval/{kind}_event_rate"], metrics[f"eval/{kind}_event_p"]
+        calibrated = metrics[f"eval/{kind}_event_p_calibrated"]
+        assert 0 <= rate <= 1 and 0 < p < 1 and (calibrated < p) == (fitted > 0)
     fidelity = tmp_path / "fidelity.json"
     assert main(["eval-model", "--run", str(tiny_run), "--context", "2", "--horizon", "2",
                  "--windows", "2", "--calibrated", "--json", str(fidelity)]) == 0  # fmt: skip

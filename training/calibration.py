@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from tokworld.data.windows import WindowDataset
 from tokworld.model import EVENT_KINDS, TokWorldModel
 
 
@@ -50,9 +49,27 @@ def solve_shift(log_odds: torch.Tensor, rate: float, iterations: int = 60) -> fl
 
 
 @torch.no_grad()
+def _event_odds(model: TokWorldModel, windows: Dataset, batch_size: int) -> dict:
+    """Per event kind: the log-odds of an event the model predicts at each real step of
+    `windows`, and whether one happened there."""
+    training = model.training
+    model.eval()
+    odds = {kind: [] for kind in EVENT_KINDS}
+    happened = {kind: [] for kind in EVENT_KINDS}
+    for batch in DataLoader(windows, batch_size=batch_size):
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits, targets, valid, kinds = model.window_predictions(batch)
+        for kind in EVENT_KINDS:
+            at = valid & (kinds == int(kind))
+            odds[kind].append(event_log_odds(model, logits[at], kind))
+            happened[kind].append(model.vocab.is_event(targets[at]))
+    model.train(training)
+    return {kind: (torch.cat(odds[kind]), torch.cat(happened[kind]).double()) for kind in odds}
+
+
 def fit_event_shift(
     model: TokWorldModel,
-    windows: WindowDataset,
+    windows: Dataset,
     limit: int = 512,
     batch_size: int = 32,
     seed: int = 0,
@@ -61,21 +78,21 @@ def fit_event_shift(
     probability of an event to the events' rate on up to `limit` windows of `windows` drawn
     uniformly (real steps only)."""
     rows = np.random.default_rng(seed).permutation(len(windows))[:limit]
-    loader = DataLoader(Subset(windows, rows.tolist()), batch_size=batch_size)
-    training = model.training
-    model.eval()
-    odds = {kind: [] for kind in EVENT_KINDS}
-    happened = {kind: [] for kind in EVENT_KINDS}
-    for batch in loader:
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits, targets, valid, kinds = model.window_predictions(batch)
-        for kind in EVENT_KINDS:
-            at = valid & (kinds == int(kind))
-            odds[kind].append(event_log_odds(model, logits[at], kind))
-            happened[kind].append(model.vocab.is_event(targets[at]))
-    model.train(training)
-    shifts = []
-    for kind in EVENT_KINDS:
-        rate = torch.cat(happened[kind]).double().mean().item() if happened[kind] else 0.0
-        shifts.append(solve_shift(torch.cat(odds[kind]), rate) if odds[kind] else 0.0)
-    return shifts
+    odds = _event_odds(model, Subset(windows, rows.tolist()), batch_size)
+    return [solve_shift(lo, happened.mean().item()) for lo, happened in odds.values()]
+
+
+def event_rates(model: TokWorldModel, windows: Dataset, batch_size: int = 32) -> dict:
+    """Per event kind on every window of `windows` (e.g. held-out ones): the events' rate, the
+    model's mean predicted probability of one, and that mean once calibrated (`event_shift`)."""
+    result = {}
+    shifts = model.config.event_shift or [0.0] * len(EVENT_KINDS)
+    for (kind, (lo, happened)), shift in zip(_event_odds(model, windows, batch_size).items(),
+                                             shifts, strict=True):  # fmt: skip
+        if not happened.numel():
+            continue  # no step of this kind (windows of no real step)
+        name = kind.name.lower()
+        result[f"{name}_event_rate"] = happened.mean().item()
+        result[f"{name}_event_p"] = torch.sigmoid(lo).mean().item()
+        result[f"{name}_event_p_calibrated"] = torch.sigmoid(lo - shift).mean().item()
+    return result

@@ -22,7 +22,7 @@ from tokworld.data.windows import WindowDataset, event_steps, oversample
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.vocab import Vocabulary
-from tokworld.training.calibration import fit_event_shift
+from tokworld.training.calibration import event_rates, fit_event_shift
 from tokworld.training.loop import TrainConfig, train
 
 WINDOW_COLUMNS = ("codes", "action", "reward", "terminated")
@@ -117,7 +117,9 @@ def train_world_model(
     `eval_ds` (held-out episodes) is evaluated every `cfg.eval_every` steps and at the end
     (metrics prefixed `eval/`). Checkpoints go to `out_dir/train_state`; resuming one made with
     another model or train config is an error. After training, the event calibration is fitted
-    on the training windows (`calibration.fit_event_shift`, into `model.config.event_shift`).
+    on the training windows (`calibration.fit_event_shift`, into `model.config.event_shift`)
+    and, with `eval_ds`, the held-out event rates are reported beside the model's mean
+    predicted probabilities of an event, raw and calibrated (`calibration.event_rates`).
     """
     windows = window_dataset(model, ds)
     rows = np.arange(len(windows))
@@ -126,6 +128,7 @@ def train_world_model(
         rows = mixed_rows(tasks[windows.starts], list(mix), cfg.seed)
     if event_share:
         rows = rows[oversample(windows.has_event(event_steps(ds))[rows], event_share, cfg.seed)]
+    held_out = None if eval_ds is None else held_out_windows(model, eval_ds)
     metrics = train(
         model,
         Subset(windows, rows.tolist()),
@@ -133,10 +136,13 @@ def train_world_model(
         out_dir,
         name="world_model",
         resume=resume,
-        eval_dataset=None if eval_ds is None else held_out_windows(model, eval_ds),
+        eval_dataset=held_out,
         config_to_check=run_config(model, cfg),
         progress=progress,
     )
     model.config.event_shift = fit_event_shift(model, windows, seed=cfg.seed)
     reward, end = model.config.event_shift
-    return {**metrics, "reward_event_shift": reward, "end_event_shift": end}
+    metrics = {**metrics, "reward_event_shift": reward, "end_event_shift": end}
+    if held_out is not None:  # the rates, and how the fit carries over to unseen episodes
+        metrics.update({f"eval/{k}": v for k, v in event_rates(model, held_out).items()})
+    return metrics

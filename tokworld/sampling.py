@@ -23,29 +23,30 @@ def check_bf16(device: torch.device | str) -> None:
         raise TokWorldError(f"bf16 needs a GPU with bfloat16 support; {device} has none")
 
 
+BF16_HELP = (
+    "imagine under bfloat16 autocast (the world model and the decoder): 1.6x more imagined "
+    "steps/s in block mode, 1.2x in token mode, on a CPU with AVX512-BF16 (base preset, batch "
+    "32, frames decoded)"
+)
+CALIBRATED_HELP = (
+    "sample rewards and ends at the data's odds: undo the odds of an event that the balanced "
+    "loss added (the model's fitted event_shift)"
+)
+
+
+def _switch(flag: str, help: str):
+    """A bool config field, off by default, given as `flag` on the command line."""
+    return field(default=False, metadata={"flag": flag, "help": help})
+
+
 def bf16_field(flag: str = "--bf16"):
-    """The `bf16` field of a config that runs imagination (one help everywhere), as `flag`."""
-    return field(
-        default=False,
-        metadata={
-            "flag": flag,
-            "help": "imagine under bfloat16 autocast (the world model and the decoder): "
-            "1.6x more imagined steps/s in block mode, 1.2x in token mode, on a CPU with "
-            "AVX512-BF16 (base preset, batch 32, frames decoded)",
-        },
-    )
+    """The `bf16` field of every config that runs imagination, as `flag`."""
+    return _switch(flag, BF16_HELP)
 
 
 def calibrated_field(flag: str = "--calibrated"):
-    """The `calibrated` field of a config that runs imagination, as `flag`."""
-    return field(
-        default=False,
-        metadata={
-            "flag": flag,
-            "help": "sample rewards and ends at the data's odds: undo the odds of an event "
-            "that the balanced loss added (the model's fitted event_shift)",
-        },
-    )
+    """The `calibrated` field of every config that runs imagination, as `flag`."""
+    return _switch(flag, CALIBRATED_HELP)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class DemoConfig:
     imagine_episodes: int = 4
     seed: int = 0
     frame_decoding: str | None = None  # the world model's (`TokWorldConfig`); None: the preset's
+    calibrated: bool = False  # the policy's dreams at the data's odds of rewards and ends
 
 
 def _stage(i: int, text: str) -> None:
@@ -116,6 +117,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
         steps=cfg.policy_steps, batch_size=cfg.policy_batch_size, lr=cfg.policy_lr,
         entropy_weight=cfg.entropy_weight, temperature=cfg.imagine_temperature,
         horizon=cfg.horizon, context_steps=cfg.context_steps, seed=cfg.seed,
+        calibrated=cfg.calibrated,
     )  # fmt: skip
     online_cfg = OnlineConfig(
         env_id=cfg.env_id, env_steps=cfg.online_steps, initial_steps=cfg.steps_per_epoch,

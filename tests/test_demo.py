@@ -28,12 +28,17 @@ MICRO = DemoConfig(
 
 
 @pytest.mark.slow  # every stage of the demo
-@pytest.mark.parametrize("frame_decoding", [None, "parallel"])
-def test_demo_runs_every_stage_and_reports_the_real_steps_it_used(tmp_path, capsys, frame_decoding):
-    summary = run_demo(dataclasses.replace(MICRO, frame_decoding=frame_decoding), tmp_path / "demo")
+@pytest.mark.parametrize(("frame_decoding", "calibrated"), [(None, False), ("parallel", True)])
+def test_demo_runs_every_stage_and_reports_the_real_steps_it_used(
+    tmp_path, capsys, frame_decoding, calibrated
+):
+    micro = dataclasses.replace(MICRO, frame_decoding=frame_decoding, calibrated=calibrated)
+    summary = run_demo(micro, tmp_path / "demo")
     for run in ("pretrained", "finetuned"):
         config = json.loads((tmp_path / "demo" / run / "world_model" / "config.json").read_text())
         assert config["frame_decoding"] == (frame_decoding or "token")
+    online = json.loads((tmp_path / "demo" / "finetuned" / "online.json").read_text())
+    assert online["config"]["imagination"]["calibrated"] == calibrated
     assert summary == json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert (
         summary["real_env_steps"] == 120 + 40 == summary["offline_steps"] + summary["online_steps"]

@@ -23,8 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds collection, training and eval")
     p.add_argument("--frame-decoding", choices=FRAME_DECODINGS, help="the world model's "
                    "(default: the tiny preset's)")  # fmt: skip
+    p.add_argument("--calibrated", action="store_true", help="train the policy on dreams with "
+                   "rewards and ends at the data's odds (`--imagine-calibrated`)")  # fmt: skip
     p.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> dict:
-    return run_demo(DemoConfig(seed=args.seed, frame_decoding=args.frame_decoding), args.out)
+    cfg = DemoConfig(seed=args.seed, frame_decoding=args.frame_decoding, calibrated=args.calibrated)
+    return run_demo(cfg, args.out)

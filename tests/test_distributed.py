@@ -18,16 +18,21 @@ import json, sys
 from accelerate import PartialState
 from safetensors.torch import save_file
 from tokworld.data.windows import WindowDataset
-from tokworld.training import loop, pretrain as pipeline
+from tokworld.training import loop, pretrain as pipeline, world_model
 
 dataset, out = sys.argv[1], sys.argv[2]
-seen, writes = [], []
+seen, writes, fitting = [], [], []
 getitem, save_train_state = WindowDataset.__getitem__, loop.save_train_state
-train_world_model = pipeline.train_world_model
+train_world_model, fit_event_shift = pipeline.train_world_model, world_model.fit_event_shift
 
 def spy_getitem(self, i):
-    seen.append(int(i))
+    if not fitting:  # training's samples, not the calibration's (every rank reads the same)
+        seen.append(int(i))
     return getitem(self, i)
+
+def spy_fit(*args, **kwargs):
+    fitting.append(True)
+    return fit_event_shift(*args, **kwargs)
 
 def spy_save(*args, **kwargs):
     writes.append(kwargs.get("step", args[4]))
@@ -40,6 +45,7 @@ def keep_parameters(model, *args, **kwargs):
     return result
 
 WindowDataset.__getitem__ = spy_getitem
+world_model.fit_event_shift = spy_fit
 loop.save_train_state = spy_save
 pipeline.train_world_model = keep_parameters
 cfg = pipeline.PretrainConfig(

@@ -46,6 +46,9 @@ def test_bf16_imagination_runs_under_autocast_close_to_float32(decoding):
     engine.restart_rows(torch.tensor([1]), steps_of(vocab, 1, 2, seed=5))
     more = engine.step(actions_of(vocab, (2,), torch.Generator().manual_seed(3)))
     assert more.codes.shape == (2, vocab.tokens_per_frame)
+    # A restored snapshot keeps its ring under bf16's key: the next start reuses it.
+    engine.restore(engine.snapshot())
+    assert _ring_precision(engine) == torch.bfloat16
     assert _ring_precision(engine) == torch.bfloat16
 
 

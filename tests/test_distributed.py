@@ -26,7 +26,7 @@ getitem, save_train_state = WindowDataset.__getitem__, loop.save_train_state
 train_world_model, fit_event_shift = pipeline.train_world_model, world_model.fit_event_shift
 
 def spy_getitem(self, i):
-    if not fitting:  # training's samples, not the calibration's (every rank reads the same)
+    if not fitting:  # training's samples only: from the calibration fit on, all ranks read alike
         seen.append(int(i))
     return getitem(self, i)
 

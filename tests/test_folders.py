@@ -215,3 +215,14 @@ def test_speed_only_settings_do_not_block_a_resume():
     assert first_change(old, {"config": {"lr": 1e-3, "imagination": {"cuda_graphs": True}}}) is None
     new = {"config": {"lr": 1e-4, "imagination": {"compile": True}}}
     assert first_change(old, new) == ("config.lr", 1e-3, 1e-4)
+
+
+def test_a_switch_added_since_a_run_was_recorded_resumes_while_off():
+    # A finetune run recorded before `bf16` and `calibrated` existed resumes with both off;
+    # turned on, each is a change, named; a removed or changed setting still is one too.
+    old = {"config": {"imagination": {"temperature": 1.0}}}
+    off = {"config": {"imagination": {"temperature": 1.0, "bf16": False, "calibrated": False}}}
+    assert first_change(old, off) is None
+    on = {"config": {"imagination": {"temperature": 1.0, "bf16": False, "calibrated": True}}}
+    assert first_change(old, on) == ("config.imagination.calibrated", None, True)
+    assert first_change(off, old) == ("config.imagination.bf16", False, None)

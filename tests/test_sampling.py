@@ -21,11 +21,17 @@ MODES = ["token", "parallel", "block"]
 
 
 def test_top_k_keeps_the_k_best_of_each_slot():
-    # (B, Q, V) logits, as one-forward steps sample them: top 1 is greedy in every slot.
+    # (B, Q, V) logits, as one-forward steps sample them: top 1 is greedy in every slot, and
+    # top 2 draws only each slot's own two best.
     logits = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     drawn = draw(logits, SamplingConfig(temperature=5.0, top_k=1), g)
     assert torch.equal(drawn, logits.argmax(-1, keepdim=True))
+    best = logits.topk(2, dim=-1).indices
+    draws = torch.cat([draw(logits, SamplingConfig(temperature=50.0, top_k=2), g)
+                       for _ in range(200)], -1)  # fmt: skip
+    for row, slot in torch.cartesian_prod(torch.arange(3), torch.arange(5)).tolist():
+        assert set(draws[row, slot].tolist()) == set(best[row, slot].tolist())
 
 
 def test_the_fitted_shift_matches_the_mean_event_probability_to_the_rate():
@@ -61,6 +67,9 @@ def test_the_event_bias_lowers_only_event_ids():
     assert (bias[rewarded] == -1.5).all() and (bias[terminal] == -0.5).all()
     assert rewarded.sum() == vocab.num_ids(Kind.REWARD) - 1 and terminal.sum() == 1
     assert (bias[~vocab.is_event(ids)] == 0).all()
+    model.config.event_shift = [1.5]
+    with pytest.raises(TokWorldError, match=r"event_shift must hold 2 numbers \(reward, end\)"):
+        model.event_bias()
 
 
 @pytest.mark.parametrize("decoding", MODES)
@@ -68,9 +77,10 @@ def test_calibrated_sampling_moves_the_odds_of_rewards_and_ends(decoding):
     model = model_of(vocab_of(), decoding)
     vocab = model.vocab
     actions = actions_of(vocab, (6, 4), torch.Generator().manual_seed(2))
+    model.config.event_shift = [0.0, 0.0]
+    engine = ImaginationEngine(model, sampling=SamplingConfig(calibrated=True), seed=1)
     for shift, events in ((40.0, False), (-40.0, True)):
-        model.config.event_shift = [shift, shift]
-        engine = ImaginationEngine(model, sampling=SamplingConfig(calibrated=True), seed=1)
+        model.config.event_shift = [shift, shift]  # refitted: the next start samples with it
         engine.start(steps_of(vocab, 4, 2))
         outs = [engine.step(a) for a in actions]
         assert all(((o.reward != 0) == events).all() for o in outs)

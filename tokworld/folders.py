@@ -303,10 +303,11 @@ SPEED_ONLY = frozenset({"compile", "cuda_graphs"})
 def first_change(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
     """(dotted key, old value, new value) of the first entry where two JSON settings differ,
     in the order of `new`'s keys, then `old`'s, the `SPEED_ONLY` keys aside; None when they
-    agree."""
+    agree. A switch added since `old` was recorded (a key it lacks) that is off (False or None)
+    in `new` is no change: off, it does what the run did before it existed."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in [*new, *(k for k in old if k not in new)]:
-            if k in SPEED_ONLY:
+            if k in SPEED_ONLY or (k not in old and new[k] in (False, None)):
                 continue
             change = first_change(old.get(k), new.get(k), f"{key}.{k}" if key else k)
             if change is not None:

@@ -121,7 +121,8 @@ class ImaginationEngine:
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling
-        # Calibrated sampling's logit bias, made at first need (`sampling` may be replaced).
+        # Calibrated sampling's logit bias: checked here, made anew at every `start` (the
+        # model's fitted shift may change between rollouts) or when `sampling` turns it on.
         self.event_bias = world_model.event_bias() if sampling.calibrated else None
         self.window = world_model.config.window_tokens
         self.decoding = world_model.decoding
@@ -163,6 +164,7 @@ class ImaginationEngine:
         tokens = self._context_tokens(context)
         b = tokens.shape[0]
         self.task = self._task(context)
+        self.event_bias = None  # made from the model's current shift at the first sample
         self._keep(self._ring(b))
         self.cache.first.fill_(self.origin)  # what lies before is a restarted row's
         fed = tokens.shape[1] - self.start_waiting
@@ -373,6 +375,7 @@ class ImaginationEngine:
             raise TokWorldError("call start(context) before snapshot()")
         return {name: _copied(getattr(self, name)) for name in self.SNAPSHOT_STATE}
 
+    @_in_precision
     def restore(self, state: dict) -> None:
         """Return to a `snapshot()`; the snapshot stays unchanged, so it can be restored again."""
         missing = [name for name in self.SNAPSHOT_STATE if name not in state]

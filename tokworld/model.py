@@ -251,6 +251,11 @@ class TokWorldModel(PreTrainedModel):
                 "this world model has no fitted event calibration (config event_shift): it was "
                 "trained before calibration existed; train it again to sample calibrated"
             )
+        if len(self.config.event_shift) != len(EVENT_KINDS):
+            raise TokWorldError(
+                f"config event_shift must hold {len(EVENT_KINDS)} numbers (reward, end), got "
+                f"{self.config.event_shift!r}"
+            )
         ids = torch.arange(self.vocab.size, device=self.device)
         bias = torch.zeros(self.vocab.size, device=self.device)
         for kind, shift in zip(EVENT_KINDS, self.config.event_shift, strict=True):

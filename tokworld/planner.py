@@ -82,7 +82,7 @@ class PlannerConfig:
             "help": "replay imagination's step forwards from CUDA graphs (GPU)",
         },
     )
-    bf16: bool = bf16_field("--plan-bf16")
+    bf16: bool = bf16_field("--plan-bf16", "imagine the plans under bfloat16 autocast")
 
     def __post_init__(self):
         for name in ("candidates", "horizon", "hold", "context"):

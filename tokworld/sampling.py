@@ -39,9 +39,9 @@ def _switch(flag: str, help: str):
     return field(default=False, metadata={"flag": flag, "help": help})
 
 
-def bf16_field(flag: str = "--bf16"):
+def bf16_field(flag: str = "--bf16", help: str = BF16_HELP):
     """The `bf16` field of every config that runs imagination, as `flag`."""
-    return _switch(flag, BF16_HELP)
+    return _switch(flag, help)
 
 
 def calibrated_field(flag: str = "--calibrated"):

@@ -56,14 +56,16 @@ def _event_odds(model: TokWorldModel, windows: Dataset, batch_size: int) -> dict
     model.eval()
     odds = {kind: [] for kind in EVENT_KINDS}
     happened = {kind: [] for kind in EVENT_KINDS}
-    for batch in DataLoader(windows, batch_size=batch_size):
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits, targets, valid, kinds = model.window_predictions(batch)
-        for kind in EVENT_KINDS:
-            at = valid & (kinds == int(kind))
-            odds[kind].append(event_log_odds(model, logits[at], kind))
-            happened[kind].append(model.vocab.is_event(targets[at]))
-    model.train(training)
+    try:
+        for batch in DataLoader(windows, batch_size=batch_size):
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits, targets, valid, kinds = model.window_predictions(batch)
+            for kind in EVENT_KINDS:
+                at = valid & (kinds == int(kind))
+                odds[kind].append(event_log_odds(model, logits[at], kind))
+                happened[kind].append(model.vocab.is_event(targets[at]))
+    finally:
+        model.train(training)
     return {kind: (torch.cat(odds[kind]), torch.cat(happened[kind]).double()) for kind in odds}
 
 

@@ -121,8 +121,7 @@ class ImaginationEngine:
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling
-        # Calibrated sampling's logit bias: checked here, made anew at every `start` (the
-        # model's fitted shift may change between rollouts) or when `sampling` turns it on.
+        # Calibrated sampling's logit bias: checked here, made anew after each `start` (a refit).
         self.event_bias = world_model.event_bias() if sampling.calibrated else None
         self.window = world_model.config.window_tokens
         self.decoding = world_model.decoding

@@ -25,9 +25,8 @@ On a GPU a step is launch-bound; with `cuda_graphs=True` each step's forward is 
 per token count on the ring's buffers and replayed (`cuda_graph.CudaGraphed`): the same
 samples, 4-6x more steps/s at batch 32 on an H200. Rings are therefore kept in place: a new
 `start` resets the ring kept for its batch size (and precision) rather than allocating another.
-With `bf16=True` the forwards and the decoder run under bfloat16 autocast: in block mode 1.6x more
-steps/s on a CPU with bf16 instructions (base preset, batch 32, frames decoded), samples close to,
-not equal to, float32's.
+With `bf16=True` the forwards and the decoder run under bfloat16 autocast (block mode: 1.6x more
+steps/s on a CPU with bf16 instructions), samples close to, not equal to, float32's.
 """
 
 from __future__ import annotations
@@ -121,8 +120,9 @@ class ImaginationEngine:
         self.vocab = world_model.vocab
         self.decoder = decoder
         self.sampling = sampling
-        # Calibrated sampling's logit bias: checked here, made anew after each `start` (a refit).
-        self.event_bias = world_model.event_bias() if sampling.calibrated else None
+        if sampling.calibrated:
+            world_model.event_bias()  # refuses, now, a model with no fitted calibration
+        self.event_bias: torch.Tensor | None = None  # made at the first sample after a start
         self.window = world_model.config.window_tokens
         self.decoding = world_model.decoding
         self.one_forward = world_model.one_forward  # per step

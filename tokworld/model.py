@@ -38,6 +38,14 @@ from tokworld.tokenizer.vocab import Kind
 
 EVENT_KINDS = (Kind.REWARD, Kind.END)  # the kinds with rare events, in `event_shift`'s order
 
+
+def event_ids(vocab, kind: Kind, device=None) -> torch.Tensor:
+    """(V,) True at the ids of `kind` that are rare events (`Vocabulary.is_event`)."""
+    ids = torch.arange(vocab.size, device=device)
+    part = vocab.id_slice(kind)
+    return vocab.is_event(ids) & (ids >= part.start) & (ids < part.stop)
+
+
 # The backbone's KV-cache argument and output field: `cache` in recent transformers,
 # `past_key_values` before (where `cache=` would be silently ignored).
 CACHE_ARGUMENT = (
@@ -256,11 +264,9 @@ class TokWorldModel(PreTrainedModel):
                 f"config event_shift must hold {len(EVENT_KINDS)} numbers (reward, end), got "
                 f"{self.config.event_shift!r}"
             )
-        ids = torch.arange(self.vocab.size, device=self.device)
         bias = torch.zeros(self.vocab.size, device=self.device)
         for kind, shift in zip(EVENT_KINDS, self.config.event_shift, strict=True):
-            part = self.vocab.id_slice(kind)
-            bias -= shift * (self.vocab.is_event(ids) & (ids >= part.start) & (ids < part.stop))
+            bias -= shift * event_ids(self.vocab, kind, self.device)
         return bias
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:

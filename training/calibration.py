@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from tokworld.model import EVENT_KINDS, TokWorldModel
+from tokworld.model import EVENT_KINDS, TokWorldModel, event_ids
 
 
 def event_log_odds(model: TokWorldModel, logits: torch.Tensor, kind) -> torch.Tensor:
@@ -26,7 +26,7 @@ def event_log_odds(model: TokWorldModel, logits: torch.Tensor, kind) -> torch.Te
     ids = torch.arange(vocab.size, device=logits.device)
     part = vocab.id_slice(kind)
     mine = (ids >= part.start) & (ids < part.stop)
-    event = vocab.is_event(ids) & mine
+    event = event_ids(vocab, kind, logits.device)
     logits = logits.double()
     events = logits.masked_fill(~event, float("-inf")).logsumexp(-1)
     others = logits.masked_fill(~(mine & ~event), float("-inf")).logsumexp(-1)

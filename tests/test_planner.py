@@ -223,3 +223,34 @@ def test_play_episodes_retires_the_slots_left_without_an_episode():
     agent = RandomAgent()
     result = play_episodes("CartPole-v1", agent, 3, observation="vector", progress=False)
     assert len(result.returns) == 3 and sorted(agent.retired) == [0, 1, 2]
+
+
+class EndRecorder:
+    """Wraps an imagination engine: records whether each imagined step ended, per row."""
+
+    def __init__(self, engine):
+        self.engine, self.ends = engine, []
+
+    def start(self, context):
+        return self.engine.start(context)
+
+    def step(self, action):
+        out = self.engine.step(action)
+        self.ends.append(out.terminated)
+        return out
+
+
+def test_calibrated_planning_imagines_with_the_models_fitted_shift(tiny_vector_run):
+    world_model, tokenizer = load_run(tiny_vector_run)
+    config = PlannerConfig(candidates=4, horizon=3, calibrated=True)
+    world_model.config.event_shift = None
+    with pytest.raises(TokWorldError, match="no fitted event calibration"):
+        Planner(world_model, tokenizer, config)
+    world_model.config.event_shift = [0.0, -1e4]  # an end's odds raised beyond any other id's
+    ended = {}
+    for calibrated in (False, True):
+        planner = Planner(world_model, tokenizer, replace(config, calibrated=calibrated))
+        planner.engine = recorder = EndRecorder(planner.engine)
+        planner(np.zeros((2, 3), np.float32))
+        ended[calibrated] = torch.cat(recorder.ends)
+    assert ended[True].all() and not ended[False].all()

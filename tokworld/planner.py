@@ -32,7 +32,7 @@ from einops import rearrange, repeat
 from tokworld.errors import TokWorldError
 from tokworld.imagine import ImaginationEngine
 from tokworld.model import TokWorldModel
-from tokworld.sampling import SamplingConfig, bf16_field
+from tokworld.sampling import SamplingConfig, bf16_field, calibrated_field
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class PlannerConfig:
         },
     )
     bf16: bool = bf16_field("--plan-bf16", "imagine the plans under bfloat16 autocast")
+    calibrated: bool = calibrated_field("--plan-calibrated")
 
     def __post_init__(self):
         for name in ("candidates", "horizon", "hold", "context"):
@@ -99,10 +100,11 @@ class PlannerConfig:
 
     @property
     def sampling(self) -> SamplingConfig:
-        """How imagination draws tokens: greedy at temperature 0."""
+        """How imagination draws tokens: greedy at temperature 0; at the data's odds of an event
+        with `calibrated`."""
         if self.temperature == 0:
-            return SamplingConfig(greedy=True)
-        return SamplingConfig(temperature=self.temperature)
+            return SamplingConfig(greedy=True, calibrated=self.calibrated)
+        return SamplingConfig(temperature=self.temperature, calibrated=self.calibrated)
 
 
 class Planner:

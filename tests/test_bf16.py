@@ -52,6 +52,20 @@ def test_bf16_imagination_runs_under_autocast_close_to_float32(decoding):
     assert _ring_precision(engine) == torch.bfloat16
 
 
+@pytest.mark.parametrize("decoding", ["token", "block"])
+def test_a_world_model_held_in_bfloat16_imagines_close_to_float32(decoding):
+    # As `from_pretrained(..., dtype=torch.bfloat16)` loads it: the ring's float mask meets
+    # bfloat16 scores, which must not promote them to float32.
+    model = model_of(vocab_of(), decoding)
+    full, (context, actions, _) = greedy_rollout(model, 2)
+    engine = ImaginationEngine(model.to(torch.bfloat16), sampling=SamplingConfig(greedy=True))
+    half = recording(engine)
+    engine.start(context)
+    outs = [engine.step(a) for a in actions]
+    assert all(logits.dtype == torch.bfloat16 for logits in half) and len(outs) == 2
+    torch.testing.assert_close(half[0].float(), full[0], atol=0.05, rtol=0.02)
+
+
 def test_without_bf16_the_callers_precision_applies():
     model = model_of(vocab_of(), "block")
     context = steps_of(model.vocab, 2, 2)

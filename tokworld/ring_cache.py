@@ -152,9 +152,8 @@ def ring_attention(module, query, key, value, attention_mask, scaling=None, **kw
     groups = query.shape[1] // key.shape[1]
     q = rearrange(query, "b (k g) q d -> b k (g q) d", g=groups)
     scores = torch.matmul(q, key.transpose(-1, -2)) * scaling  # (B, Hkv, g*q, S)
-    scores = rearrange(scores, "b k (g q) s -> b k g q s", g=groups) + attention_mask.unsqueeze(
-        2
-    ).to(scores.dtype)
+    mask = attention_mask.unsqueeze(2).to(scores.dtype)  # float32 would promote bf16 scores
+    scores = rearrange(scores, "b k (g q) s -> b k g q s", g=groups) + mask
     probs = rearrange(scores.softmax(-1), "b k g q s -> b k (g q) s")
     out = torch.matmul(probs, value)  # (B, Hkv, g*q, D)
     return rearrange(out, "b k (g q) d -> b q (k g) d", g=groups), None

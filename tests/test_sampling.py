@@ -95,6 +95,7 @@ def test_training_fits_the_calibration_and_the_command_line_samples_with_it(
     assert len(shift) == 2 and all(isinstance(s, float) for s in shift)
     metrics = json.loads((tiny_run / "metrics.json").read_text())["world_model"]
     assert metrics["reward_event_shift"] == shift[0]
+    assert metrics["fit_steps"] > 0 and {"reward_fit_events", "end_fit_events"} <= set(metrics)
     # On the held-out episodes: the rate, and the mean predicted probability raw and calibrated.
     for kind, fitted in zip(("reward", "end"), shift, strict=True):
         rate, p = metrics[f"eval/{kind}_event_rate"], metrics[f"eval/{kind}_event_p"]

@@ -15,8 +15,9 @@ from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.codecs import space_to_dict
 from tokworld.tokenizer.vocab import Kind, Vocabulary
+from tokworld.training.calibration import fit_event_shift
 from tokworld.training.loop import TrainConfig
-from tokworld.training.world_model import held_out_windows, train_world_model
+from tokworld.training.world_model import tiled_windows, train_world_model, window_dataset
 
 CODEBOOK, K = 32, 4
 DISCRETE = gym.spaces.Discrete(3)
@@ -137,12 +138,30 @@ def test_save_and_load_are_bit_exact(tmp_path):
     assert torch.equal(model(tokens).logits, loaded(tokens).logits)
 
 
-def test_held_out_windows_tile_every_episode_up_to_its_end():
+def test_tiled_windows_tile_every_episode_up_to_its_end():
     model = _model()  # context of 8 steps
-    windows = held_out_windows(model, codes_dataset(episodes=(20, 9, 5)))
-    starts = [int(windows.dataset.starts[i]) for i in windows.indices]
-    assert starts == [4, 12, 21, 29]  # each episode tiled by windows of 8 steps from its end
-    assert all(bool(windows[i]["mask"][0]) for i in range(len(windows)))
+    windows = tiled_windows(model, codes_dataset(episodes=(20, 9, 5)))
+    starts = [int(windows.windows.starts[i]) for i in windows.rows]
+    # Each episode tiled by windows of 8 steps from its end, and its first window holding the
+    # steps before the first tile (episode 0: 4, episode 1: 1); a short episode is one window.
+    assert starts == [0, 4, 12, 20, 21, 29]
+    counted = [int(windows[i]["mask"].sum()) for i in range(len(windows))]
+    assert counted == [4, 8, 8, 1, 8, 5] and sum(counted) == 20 + 9 + 5
+
+
+def test_the_calibration_reads_each_step_once_and_every_episodes_end():
+    model = _model()  # context of 8 steps
+    episodes = (20, 9, 5, 30, 12) * 3  # 15 episodes, each ending on its last step
+    ds = codes_dataset(episodes=episodes)
+    shifts, fit = fit_event_shift(model, tiled_windows(model, ds))
+    assert (fit["end_fit_events"], fit["fit_steps"]) == (15, len(ds))
+    assert shifts[1] != 0.0  # an untrained model's P(end) is not the rate
+    # A window at every start holds an episode's last step in one window and a middle step in
+    # up to eight: drawn from those, the ends' rate is undercounted several times over.
+    _, every_start = fit_event_shift(model, window_dataset(model, ds))
+    assert every_start["end_fit_events"] / every_start["fit_steps"] < 15 / len(ds) / 3
+    # Too few events to trust their rate: no shift.
+    assert fit_event_shift(model, tiled_windows(model, ds), min_events=16)[0][1] == 0.0
 
 
 class Killed(Exception):

@@ -4,11 +4,11 @@
 1 + b / ((1 - b) f) times an ordinary step, for an event rate f, so a trained model's odds of
 an event are inflated by up to that factor (on Breakout, rate 0.009, its mean predicted
 probability of a reward was 0.28-0.36). Oversampling windows with events (`event_share`)
-inflates them further. `fit_event_shift` measures, on windows drawn uniformly from the training
-data, the log-odds shift per event kind that brings the model's mean predicted probability of an
-event back to the events' rate there; it is saved as `TokWorldConfig.event_shift`, and
-imagination subtracts it from the event ids' logits when its sampling is `calibrated`
-(`SamplingConfig`), as long-tail learning's logit adjustment does.
+inflates them further. `fit_event_shift` measures, on windows that tile the training episodes
+(each step once), the log-odds shift per event kind that brings the model's mean predicted
+probability of an event back to the events' rate there; it is saved as
+`TokWorldConfig.event_shift`, and imagination subtracts it from the event ids' logits when its
+sampling is `calibrated` (`SamplingConfig`), as long-tail learning's logit adjustment does.
 """
 
 from __future__ import annotations
@@ -69,19 +69,35 @@ def _event_odds(model: TokWorldModel, windows: Dataset, batch_size: int) -> dict
     return {kind: (torch.cat(odds[kind]), torch.cat(happened[kind]).double()) for kind in odds}
 
 
+MIN_EVENTS = 10  # fewer events of a kind in the fit's steps: their rate is too uncertain
+
+
 def fit_event_shift(
     model: TokWorldModel,
     windows: Dataset,
-    limit: int = 512,
+    limit: int = 2048,
+    min_events: int = MIN_EVENTS,
     batch_size: int = 32,
     seed: int = 0,
-) -> list[float]:
+) -> tuple[list[float], dict]:
     """Per event kind (reward, end), the log-odds shift that matches the model's mean predicted
-    probability of an event to the events' rate on up to `limit` windows of `windows` drawn
-    uniformly (real steps only)."""
+    probability of an event to the events' rate, on up to `limit` of `windows` drawn at random
+    (real steps only), and what it was fitted on (`fit_steps`, `<kind>_fit_events`).
+
+    `windows` should hold each step once (`world_model.tiled_windows`): with a window at every
+    start, an episode's last step, where its end is, lies in one window and a middle step in
+    `length`, and ends are undercounted that many times. A kind seen fewer than `min_events`
+    times gets no shift (0).
+    """
     rows = np.random.default_rng(seed).permutation(len(windows))[:limit]
     odds = _event_odds(model, Subset(windows, rows.tolist()), batch_size)
-    return [solve_shift(lo, happened.mean().item()) for lo, happened in odds.values()]
+    shifts, fit = [], {}
+    for kind, (lo, happened) in odds.items():
+        events = int(happened.sum().item())
+        fit["fit_steps"] = len(happened)
+        fit[f"{kind.name.lower()}_fit_events"] = events
+        shifts.append(solve_shift(lo, happened.mean().item()) if events >= min_events else 0.0)
+    return shifts, fit
 
 
 def event_rates(model: TokWorldModel, windows: Dataset, batch_size: int = 32) -> dict:

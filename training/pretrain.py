@@ -57,7 +57,7 @@ from tokworld.training.tokenizer import (
 from tokworld.training.world_model import (
     check_event_share,
     event_share_field,
-    held_out_windows,
+    tiled_windows,
     train_world_model,
 )
 
@@ -207,7 +207,7 @@ def _eval_by_dataset(model, held: datasets.Dataset, parts, cfg: PretrainConfig) 
     train_cfg = _world_model_train_config(cfg)
     return {
         parts[t].spec: evaluate(
-            model, held_out_windows(model, held.select(np.flatnonzero(tasks == t))), train_cfg
+            model, tiled_windows(model, held.select(np.flatnonzero(tasks == t))), train_cfg
         )
         for t in np.unique(tasks).tolist()
     }

@@ -16,9 +16,9 @@ import datasets
 import numpy as np
 from torch.utils.data import Subset
 
-from tokworld.data.format import TrajectoryMeta, episode_bounds
+from tokworld.data.format import TrajectoryMeta
 from tokworld.data.mixture import mixed_rows
-from tokworld.data.windows import WindowDataset, event_steps, oversample
+from tokworld.data.windows import Tiling, WindowDataset, event_steps, oversample
 from tokworld.errors import TokWorldError
 from tokworld.model import TokWorldModel
 from tokworld.tokenizer.vocab import Vocabulary
@@ -74,16 +74,10 @@ def window_dataset(model: TokWorldModel, ds: datasets.Dataset) -> WindowDataset:
     return WindowDataset(ds, model.config.context_steps, columns)
 
 
-def held_out_windows(model: TokWorldModel, ds: datasets.Dataset) -> Subset:
-    """Non-overlapping windows of held-out episodes, so that evaluation batches spread over all
-    of them. Each episode is tiled backwards from its last step, which holds its end."""
-    windows = window_dataset(model, ds)
-    length = model.config.context_steps
-    starts, lengths = episode_bounds(ds)
-    episode = np.searchsorted(starts, windows.starts, side="right") - 1
-    offset = windows.starts - starts[episode]
-    last = np.maximum(lengths[episode] - length, 0)  # offset of the episode's last window
-    return Subset(windows, np.flatnonzero((last - offset) % length == 0).tolist())
+def tiled_windows(model: TokWorldModel, ds: datasets.Dataset) -> Tiling:
+    """Windows of `ds` holding each of its steps once (`Tiling`): what held-out evaluation and
+    the event calibration read."""
+    return Tiling(window_dataset(model, ds))
 
 
 def run_config(model: TokWorldModel, cfg: TrainConfig) -> dict:
@@ -117,7 +111,8 @@ def train_world_model(
     `eval_ds` (held-out episodes) is evaluated every `cfg.eval_every` steps and at the end
     (metrics prefixed `eval/`). Checkpoints go to `out_dir/train_state`; resuming one made with
     another model or train config is an error. After training, the event calibration is fitted
-    on the training windows (`calibration.fit_event_shift`, into `model.config.event_shift`)
+    on windows tiling the training episodes (`calibration.fit_event_shift`, into
+    `model.config.event_shift`; `fit_steps` and `<kind>_fit_events` say on how much)
     and, with `eval_ds`, the held-out event rates are reported beside the model's mean
     predicted probabilities of an event, raw and calibrated (`calibration.event_rates`).
     """
@@ -128,7 +123,7 @@ def train_world_model(
         rows = mixed_rows(tasks[windows.starts], list(mix), cfg.seed)
     if event_share:
         rows = rows[oversample(windows.has_event(event_steps(ds))[rows], event_share, cfg.seed)]
-    held_out = None if eval_ds is None else held_out_windows(model, eval_ds)
+    held_out = None if eval_ds is None else tiled_windows(model, eval_ds)
     metrics = train(
         model,
         Subset(windows, rows.tolist()),
@@ -140,9 +135,9 @@ def train_world_model(
         config_to_check=run_config(model, cfg),
         progress=progress,
     )
-    model.config.event_shift = fit_event_shift(model, windows, seed=cfg.seed)
+    model.config.event_shift, fit = fit_event_shift(model, tiled_windows(model, ds), seed=cfg.seed)
     reward, end = model.config.event_shift
-    metrics = {**metrics, "reward_event_shift": reward, "end_event_shift": end}
+    metrics = {**metrics, "reward_event_shift": reward, "end_event_shift": end, **fit}
     if held_out is not None:  # the rates, and how the fit carries over to unseen episodes
         metrics.update({f"eval/{k}": v for k, v in event_rates(model, held_out).items()})
     return metrics

@@ -1,5 +1,5 @@
-"""Windows over episodes: fixed-length windows that never cross an episode boundary, real
-context to imagine from, and held-out episode splits."""
+"""Windows over episodes: fixed-length windows that never cross an episode boundary, their
+tiling (each step once), real context to imagine from, and held-out episode splits."""
 
 from __future__ import annotations
 
@@ -67,6 +67,32 @@ class WindowDataset(Dataset):
             pad = np.repeat(x[-1:], self.length - valid, axis=0)
             item[name] = torch.from_numpy(np.concatenate([x, pad]))
         item["mask"] = torch.arange(self.length) < valid
+        return item
+
+
+class Tiling(Dataset):
+    """The windows of `windows` that hold each real step of its episodes once: every episode
+    tiled backwards from its last step (which holds its end) and, where its length is not a
+    multiple of the window's, its first window too, whose `mask` then keeps only the steps
+    before the first tile. What held-out evaluation and the event calibration read: a window at
+    every start holds a middle step in `length` windows and an episode's last step in one.
+    """
+
+    def __init__(self, windows: WindowDataset):
+        self.windows = windows
+        length = windows.length
+        back = windows.ends - length - windows.starts  # steps from the episode's last window
+        tile = (back <= 0) | (back % length == 0)  # (< 0: an episode shorter than a window)
+        first = np.r_[True, windows.ends[1:] != windows.ends[:-1]]  # an episode's first window
+        self.rows = np.flatnonzero(tile | first)
+        self.keep = np.where(tile, length, back % length)[self.rows]  # steps it counts
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.windows[int(self.rows[i])]
+        item["mask"][int(self.keep[i]) :] = False
         return item
 
 

@@ -160,8 +160,10 @@ def test_the_calibration_reads_each_step_once_and_every_episodes_end():
     # up to eight: drawn from those, the ends' rate is undercounted several times over.
     _, every_start = fit_event_shift(model, window_dataset(model, ds))
     assert every_start["end_fit_events"] / every_start["fit_steps"] < 15 / len(ds) / 3
-    # Too few events to trust their rate: no shift.
+    # Too few events to trust their rate: the model's current shift is kept, or none is made.
     assert fit_event_shift(model, tiled_windows(model, ds), min_events=16)[0][1] == 0.0
+    model.config.event_shift = [0.5, 1.5]
+    assert fit_event_shift(model, tiled_windows(model, ds), min_events=16)[0] == [shifts[0], 1.5]
 
 
 class Killed(Exception):

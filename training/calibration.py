@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from tokworld.model import EVENT_KINDS, TokWorldModel, event_ids
 
+MIN_EVENTS = 10  # fewer events of a kind in the fit's steps: their rate is too uncertain
+
 
 def event_log_odds(model: TokWorldModel, logits: torch.Tensor, kind) -> torch.Tensor:
     """(..., V) logits at `kind`'s slots -> (...) log-odds of an event of that kind."""
@@ -69,9 +71,6 @@ def _event_odds(model: TokWorldModel, windows: Dataset, batch_size: int) -> dict
     return {kind: (torch.cat(odds[kind]), torch.cat(happened[kind]).double()) for kind in odds}
 
 
-MIN_EVENTS = 10  # fewer events of a kind in the fit's steps: their rate is too uncertain
-
-
 def fit_event_shift(
     model: TokWorldModel,
     windows: Dataset,
@@ -87,16 +86,17 @@ def fit_event_shift(
     `windows` should hold each step once (`world_model.tiled_windows`): with a window at every
     start, an episode's last step, where its end is, lies in one window and a middle step in
     `length`, and ends are undercounted that many times. A kind seen fewer than `min_events`
-    times gets no shift (0).
+    times keeps the model's current shift (a pretrained model's, while fine-tuning starts on
+    little data), or gets none (0).
     """
+    current = model.config.event_shift or [0.0] * len(EVENT_KINDS)
     rows = np.random.default_rng(seed).permutation(len(windows))[:limit]
     odds = _event_odds(model, Subset(windows, rows.tolist()), batch_size)
-    shifts, fit = [], {}
-    for kind, (lo, happened) in odds.items():
+    shifts, fit = [], {"fit_steps": len(odds[EVENT_KINDS[0]][1])}
+    for (kind, (lo, happened)), kept in zip(odds.items(), current, strict=True):
         events = int(happened.sum().item())
-        fit["fit_steps"] = len(happened)
         fit[f"{kind.name.lower()}_fit_events"] = events
-        shifts.append(solve_shift(lo, happened.mean().item()) if events >= min_events else 0.0)
+        shifts.append(solve_shift(lo, happened.mean().item()) if events >= min_events else kept)
     return shifts, fit
 
 

@@ -135,7 +135,7 @@ def train_world_model(
         config_to_check=run_config(model, cfg),
         progress=progress,
     )
-    model.config.event_shift, fit = fit_event_shift(model, tiled_windows(model, ds), seed=cfg.seed)
+    model.config.event_shift, fit = fit_event_shift(model, Tiling(windows), seed=cfg.seed)
     reward, end = model.config.event_shift
     metrics = {**metrics, "reward_event_shift": reward, "end_event_shift": end, **fit}
     if held_out is not None:  # the rates, and how the fit carries over to unseen episodes

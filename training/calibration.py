@@ -17,22 +17,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from tokworld.model import EVENT_KINDS, TokWorldModel, event_ids
+from tokworld.model import EVENT_KINDS, TokWorldModel
 
 MIN_EVENTS = 10  # fewer events of a kind in the fit's steps: their rate is too uncertain
 
 
 def event_log_odds(model: TokWorldModel, logits: torch.Tensor, kind) -> torch.Tensor:
     """(..., V) logits at `kind`'s slots -> (...) log-odds of an event of that kind."""
-    vocab = model.vocab
-    ids = torch.arange(vocab.size, device=logits.device)
-    part = vocab.id_slice(kind)
-    mine = (ids >= part.start) & (ids < part.stop)
-    event = event_ids(vocab, kind, logits.device)
-    logits = logits.double()
-    events = logits.masked_fill(~event, float("-inf")).logsumexp(-1)
-    others = logits.masked_fill(~(mine & ~event), float("-inf")).logsumexp(-1)
-    return events - others
+    part = model.vocab.id_slice(kind)
+    event = model.vocab.is_event(torch.arange(part.start, part.stop, device=logits.device))
+    logits = logits[..., part].double()
+    return logits[..., event].logsumexp(-1) - logits[..., ~event].logsumexp(-1)
 
 
 def solve_shift(log_odds: torch.Tensor, rate: float, iterations: int = 60) -> float:

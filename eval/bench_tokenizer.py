@@ -72,13 +72,15 @@ def _train_ours(args: argparse.Namespace, train_ds, out: Path, schedule: dict):
     """Train our tokenizer: the preset with the command line's overrides."""
     overrides = {"tokens_per_frame": args.tokens_per_frame, "quantizer": args.quantizer,
                  "foreground_loss": args.foreground_loss,
-                 "foreground_weight": args.foreground_weight}  # fmt: skip
+                 "foreground_weight": args.foreground_weight, "dec_blocks": args.dec_blocks,
+                 "dec_channels": args.dec_channels and tuple(args.dec_channels)}  # fmt: skip
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = FrameTokenizerConfig.preset(args.preset, **overrides)
     tokenizer, metrics = train_tokenizer(train_ds, out, config=config, **schedule)
     described = {"tokenizer": "tokworld", "preset": args.preset, "quantizer": config.quantizer,
                  "foreground_loss": config.foreground_loss,
-                 "foreground_weight": config.foreground_weight}  # fmt: skip
+                 "foreground_weight": config.foreground_weight, "dec_blocks": config.dec_blocks,
+                 "dec_channels": list(config.dec_channels)}  # fmt: skip
     return tokenizer, metrics, described
 
 
@@ -139,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
     p.add_argument("--foreground-loss", choices=FOREGROUND_LOSSES, help="override it")
     p.add_argument("--foreground-weight", type=float, help="override the preset's 4")
+    p.add_argument("--dec-blocks", type=int, help="override the preset's residual blocks per "
+                   "decoder resolution")  # fmt: skip
+    p.add_argument("--dec-channels", type=int, nargs="+", metavar="C",
+                   help="override the preset's decoder widths, one per resolution, patch grid "
+                   "first")  # fmt: skip
     p.add_argument("--iris", action="store_true",
                    help="train the IRIS tokenizer re-implementation (no LPIPS)")  # fmt: skip
     p.add_argument("--train-steps", type=int, default=1500)

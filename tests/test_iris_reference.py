@@ -145,7 +145,11 @@ def test_iris_tokenizer_learns_a_fixed_batch_of_real_frames(pong_dataset):
 
 
 @pytest.mark.slow  # IRIS baseline benchmark, ~11 s with --iris
-@pytest.mark.parametrize("which", [["--preset", "tiny"], ["--iris"]])
+@pytest.mark.parametrize(
+    "which",
+    [["--preset", "tiny"], ["--iris"],
+     ["--preset", "tiny", "--dec-blocks", "2", "--dec-channels", "24", "16", "32"]],
+)  # fmt: skip
 def test_bench_tokenizer_trains_and_measures_ours_or_iris(tmp_path, which, capsys):
     report = tmp_path / "report.json"
     args = ["--env", "MiniGrid-Empty-5x5-v0", "--steps", "300", "--train-steps", "2",
@@ -157,3 +161,7 @@ def test_bench_tokenizer_trains_and_measures_ours_or_iris(tmp_path, which, capsy
     assert result["train_steps"] == 2 and result["tokens_per_frame"] == 16
     assert 0 < result["held_out"]["ssim"] <= 1 and result["decode_ms_batch32"] > 0
     assert (tmp_path / "run" / "grid.png").exists()
+    if "--dec-blocks" in which:  # the decoder overrides reach the trained tokenizer
+        assert result["dec_blocks"] == 2 and result["dec_channels"] == [24, 16, 32]
+        saved = json.loads((tmp_path / "run" / "tokenizer" / "config.json").read_text())
+        assert saved["dec_blocks"] == 2 and saved["dec_channels"] == [24, 16, 32]

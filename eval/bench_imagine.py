@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from tokworld.config import FRAME_DECODINGS, TokWorldConfig
@@ -94,12 +95,31 @@ def random_context(model: TokWorldModel, batch: int, steps: int) -> dict[str, to
     }
 
 
-def _gflop(step, action: torch.Tensor) -> float:
-    """Floating-point operations (GFLOP, a multiply-add counted as 2) of one `step(action)`:
-    matrix products and convolutions, as `torch.utils.flop_counter` counts them."""
-    with FlopCounterMode(display=False) as counter:
+class _OperationCounter(TorchDispatchMode):
+    """Counts the aten operations run under it, leaving out views and bare allocations, which
+    compute nothing: about the kernels an eager step launches on a GPU, where a step is
+    launch-bound."""
+
+    NO_KERNEL = frozenset({"_unsafe_view", "_reshape_alias", "lift_fresh", "empty",
+                           "empty_like", "empty_strided", "new_empty"})  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not (func.is_view or func.__name__.split(".")[0] in self.NO_KERNEL):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _work(step, action: torch.Tensor) -> tuple[float, int]:
+    """The work of one `step(action)`: its floating-point operations (GFLOP, a multiply-add
+    counted as 2; matrix products and convolutions, as `torch.utils.flop_counter` counts them)
+    and the operations it runs (`_OperationCounter`)."""
+    with FlopCounterMode(display=False) as flops, _OperationCounter() as operations:
         step(action)
-    return counter.get_total_flops() / 1e9
+    return flops.get_total_flops() / 1e9, operations.count
 
 
 def _timed_steps(step, actions: torch.Tensor) -> float:
@@ -186,8 +206,9 @@ def _measure(
 
     `lines` holds, per line (each mode, with `", graphs"` if `cuda_graphs`,
     and each of those with `", tokens"`: no decoder), its imagined steps/s, decoder share,
-    warm-up, speedup over IRIS and, eager and not compiled, the GFLOP of one batch step and the
-    GFLOP/s it ran at (IRIS's GFLOP per step is `iris_gflop_per_batch_step`); the flat-cost
+    warm-up, speedup over IRIS and, eager and not compiled, the GFLOP of one batch step, the
+    GFLOP/s it ran at and the operations it runs (IRIS's: `iris_gflop_per_batch_step`,
+    `iris_operations_per_batch_step`); the flat-cost
     figures are measured on the lines without the decoder (the transformer and its cache
     alone). The top-level figures repeat the first mode's, `<mode>_over_token` compares each
     eager mode with token's and `graphs_over_eager` each mode's replay with its eager run.
@@ -213,9 +234,10 @@ def _measure(
     if iris:
         runs["iris"] = _iris_imagination(model, batch, device).step
         _timed_steps(runs["iris"], actions[:3])
-    # Work per step, where the ops are seen (eager): what a line would cost if compute-bound.
-    gflop = {} if compile else {name: _gflop(step, actions[0]) for name, step in runs.items()
-                                if GRAPHS not in name}  # fmt: skip
+    # Work per step, where the ops are seen (eager): what a line would cost if compute-bound,
+    # and how many operations it launches, what it costs if launch-bound.
+    work = {} if compile else {name: _work(step, actions[0]) for name, step in runs.items()
+                               if GRAPHS not in name}  # fmt: skip
     # Throughput: blocks of BLOCK steps, every line in turn, so all see the same machine.
     blocks = {name: [] for name in runs}
     for decoder in decoders.values():
@@ -228,9 +250,10 @@ def _measure(
         line = {"imagined_steps_per_s": batch * steps / sum(seconds)}
         if name in decoders:
             line["decoder_share"] = decoders[name].seconds / sum(seconds)
-        if name in gflop:
-            line["gflop_per_batch_step"] = gflop[name]
-            line["gflop_per_s"] = gflop[name] * steps / sum(seconds)
+        if name in work:
+            gflop, line["operations_per_batch_step"] = work[name]
+            line["gflop_per_batch_step"] = gflop
+            line["gflop_per_s"] = gflop * steps / sum(seconds)
         if name != "iris":
             line["warmup_s"] = warmup[name]  # 3 steps
         if iris and name != "iris":
@@ -264,6 +287,7 @@ def _measure(
         iris_line = lines.pop("iris")
         result["iris_imagined_steps_per_s"] = iris_line["imagined_steps_per_s"]
         result["iris_gflop_per_batch_step"] = iris_line.get("gflop_per_batch_step")
+        result["iris_operations_per_batch_step"] = iris_line.get("operations_per_batch_step")
         result["speedup_vs_iris"] = lines[first]["speedup_vs_iris"]
         result["speedup_vs_iris_per_block"] = lines[first]["speedup_vs_iris_per_block"]
     if cuda_graphs:

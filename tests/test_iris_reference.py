@@ -62,6 +62,7 @@ def test_imagination_refreshes_the_cache_when_full_and_decodes_frames():
 def test_bench_imagine_reports_the_speedup_over_iris():
     result = bench_imagine("tiny", batch=2, steps=4, long_steps=4, iris=True)
     assert result["iris_imagined_steps_per_s"] > 0 and result["iris_gflop_per_batch_step"] > 0
+    assert result["iris_operations_per_batch_step"] > 0
     assert len(result["speedup_vs_iris_per_block"]) == 1
     expected = result["imagined_steps_per_s"] / result["iris_imagined_steps_per_s"]
     assert abs(result["speedup_vs_iris"] - expected) < 1e-9
@@ -92,6 +93,12 @@ def test_bench_imagine_command_times_both_modes_under_bf16_autocast(tmp_path, mo
     decoder = [gflop[m] - gflop[m + ", tokens"] for m in modes]
     assert decoder[0] > 0 and decoder == pytest.approx([decoder[0]] * 3)
     assert all(line["gflop_per_s"] > 0 for line in result["lines"].values())
+    # Operations per step: the decoder adds the same to every mode; token mode runs one forward
+    # per token (K + 2 at tiny), each as long as the one forward of a block step.
+    ops = {name: line["operations_per_batch_step"] for name, line in result["lines"].items()}
+    decoder_ops = [ops[m] - ops[m + ", tokens"] for m in modes]
+    assert decoder_ops[0] > 0 and decoder_ops == [decoder_ops[0]] * 3
+    assert ops["token, tokens"] > 10 * ops["block, tokens"]
 
 
 def test_bench_imagine_runs_as_a_module_without_the_command_line(tmp_path, capsys):

@@ -68,14 +68,19 @@ def throughput(tokenizer: FrameTokenizer, frames: torch.Tensor, repeats: int = 5
     }
 
 
-def _train_ours(args: argparse.Namespace, train_ds, out: Path, schedule: dict):
-    """Train our tokenizer: the preset with the command line's overrides."""
+def _our_config(args: argparse.Namespace) -> FrameTokenizerConfig:
+    """Our tokenizer's config: the preset with the command line's overrides."""
     overrides = {"tokens_per_frame": args.tokens_per_frame, "quantizer": args.quantizer,
                  "foreground_loss": args.foreground_loss,
                  "foreground_weight": args.foreground_weight, "dec_blocks": args.dec_blocks,
                  "dec_channels": args.dec_channels and tuple(args.dec_channels)}  # fmt: skip
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    config = FrameTokenizerConfig.preset(args.preset, **overrides)
+    return FrameTokenizerConfig.preset(args.preset, **overrides)
+
+
+def _train_ours(args: argparse.Namespace, train_ds, out: Path, schedule: dict):
+    """Train our tokenizer: the preset with the command line's overrides."""
+    config = _our_config(args)
     tokenizer, metrics = train_tokenizer(train_ds, out, config=config, **schedule)
     described = {"tokenizer": "tokworld", "preset": args.preset, "quantizer": config.quantizer,
                  "foreground_loss": config.foreground_loss,
@@ -91,6 +96,10 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out or f"runs/bench_tokenizer/{args.env.replace('/', '-')}")
     if (out / "tokenizer").exists():
         raise TokWorldError(f"{out / 'tokenizer'} exists: pick another --out or remove it")
+    if args.iris and (args.dec_blocks is not None or args.dec_channels is not None):
+        raise TokWorldError("--dec-blocks and --dec-channels shape our decoder, not --iris's")
+    if not args.iris:
+        _our_config(args)  # a bad override fails now, not after the collection
     ds, path = dataset_for(args.env, args.steps, args.seed, Path(args.data_dir))
     train_ds, held = split_episodes(ds, args.holdout, args.seed)
     schedule = {"steps": args.train_steps, "batch_size": args.batch_size, "lr": args.lr,

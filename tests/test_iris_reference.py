@@ -94,7 +94,7 @@ def test_bench_imagine_command_times_both_modes_under_bf16_autocast(tmp_path, mo
     assert decoder[0] > 0 and decoder == pytest.approx([decoder[0]] * 3)
     assert all(line["gflop_per_s"] > 0 for line in result["lines"].values())
     # Operations per step: the decoder adds the same to every mode; token mode runs one forward
-    # per token (K + 2 at tiny), each as long as the one forward of a block step.
+    # per token (K + 2 at tiny), each with about as many operations as a block step's one.
     ops = {name: line["operations_per_batch_step"] for name, line in result["lines"].items()}
     decoder_ops = [ops[m] - ops[m + ", tokens"] for m in modes]
     assert decoder_ops[0] > 0 and decoder_ops == [decoder_ops[0]] * 3
@@ -149,6 +149,22 @@ def test_iris_tokenizer_learns_a_fixed_batch_of_real_frames(pong_dataset):
         tok.encode(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
     with pytest.raises(TokWorldError, match=r"uint8 \(B, 64, 64, 3\), got torch.float32"):
         tok.encode(np.zeros((2, 64, 64, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--preset", "tiny", "--dec-channels", "12", "16", "32"], "multiples of 8"),
+     (["--iris", "--dec-blocks", "1"], "not --iris's")],
+)  # fmt: skip
+def test_bench_tokenizer_rejects_bad_decoder_flags_before_collecting(tmp_path, capsys, flags,
+                                                                     message):  # fmt: skip
+    data = tmp_path / "data"
+    args = ["--env", "MiniGrid-Empty-5x5-v0", "--steps", "300", "--data-dir", str(data),
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert bench_tokenizer([*args, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench_tokenizer: error:") and message in err and "\n" not in err
+    assert not data.exists()  # nothing collected
 
 
 @pytest.mark.slow  # IRIS baseline benchmark, ~11 s with --iris

@@ -26,8 +26,6 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from tokworld.config import FRAME_DECODINGS, TokWorldConfig
 from tokworld.cuda_graph import check_cuda_graphs
@@ -39,6 +37,7 @@ from tokworld.eval.iris_reference import (
     IrisImagination,
     IrisReference,
 )
+from tokworld.eval.step_work import step_work
 from tokworld.folders import claim, report_json
 from tokworld.imagine import ImaginationEngine, imagination_decoder
 from tokworld.model import TokWorldModel
@@ -93,34 +92,6 @@ def random_context(model: TokWorldModel, batch: int, steps: int) -> dict[str, to
         "reward": torch.zeros(batch, steps),
         "terminated": torch.zeros(batch, steps, dtype=torch.bool),
     }
-
-
-class _OperationCounter(TorchDispatchMode):
-    """Counts the aten operations run under it, leaving out views, bare allocations and
-    reads of a scalar to the host, which compute nothing: about the kernels an eager step
-    launches on a GPU, where a step is launch-bound (one operation may launch none or several
-    there, and the attention a GPU picks may differ)."""
-
-    NO_KERNEL = frozenset({"_unsafe_view", "empty", "empty_like", "empty_strided", "new_empty",
-                           "_local_scalar_dense"})  # fmt: skip
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not (func.is_view or func.__name__.split(".")[0] in self.NO_KERNEL):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _work(step, action: torch.Tensor) -> tuple[float, int]:
-    """The work of one `step(action)`: its floating-point operations (GFLOP, a multiply-add
-    counted as 2; matrix products and convolutions, as `torch.utils.flop_counter` counts them)
-    and the operations it runs (`_OperationCounter`)."""
-    with FlopCounterMode(display=False) as flops, _OperationCounter() as operations:
-        step(action)
-    return flops.get_total_flops() / 1e9, operations.count
 
 
 def _timed_steps(step, actions: torch.Tensor) -> float:
@@ -237,7 +208,7 @@ def _measure(
         _timed_steps(runs["iris"], actions[:3])
     # Work per step, where the ops are seen (eager): what a line would cost if compute-bound,
     # and how many operations it launches, what it costs if launch-bound.
-    work = {} if compile else {name: _work(step, actions[0]) for name, step in runs.items()
+    work = {} if compile else {name: step_work(step, actions[0]) for name, step in runs.items()
                                if GRAPHS not in name}  # fmt: skip
     # Throughput: blocks of BLOCK steps, every line in turn, so all see the same machine.
     blocks = {name: [] for name in runs}

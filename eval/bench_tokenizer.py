@@ -78,9 +78,9 @@ def _our_config(args: argparse.Namespace) -> FrameTokenizerConfig:
     return FrameTokenizerConfig.preset(args.preset, **overrides)
 
 
-def _train_ours(args: argparse.Namespace, train_ds, out: Path, schedule: dict):
-    """Train our tokenizer: the preset with the command line's overrides."""
-    config = _our_config(args)
+def _train_ours(args: argparse.Namespace, config: FrameTokenizerConfig, train_ds, out: Path,
+                schedule: dict):  # fmt: skip
+    """Train our tokenizer of `config` (`_our_config(args)`)."""
     tokenizer, metrics = train_tokenizer(train_ds, out, config=config, **schedule)
     described = {"tokenizer": "tokworld", "preset": args.preset, "quantizer": config.quantizer,
                  "foreground_loss": config.foreground_loss,
@@ -98,8 +98,7 @@ def run(args: argparse.Namespace) -> dict:
         raise TokWorldError(f"{out / 'tokenizer'} exists: pick another --out or remove it")
     if args.iris and (args.dec_blocks is not None or args.dec_channels is not None):
         raise TokWorldError("--dec-blocks and --dec-channels shape our decoder, not --iris's")
-    if not args.iris:
-        _our_config(args)  # a bad override fails now, not after the collection
+    config = None if args.iris else _our_config(args)  # a bad override fails before collecting
     ds, path = dataset_for(args.env, args.steps, args.seed, Path(args.data_dir))
     train_ds, held = split_episodes(ds, args.holdout, args.seed)
     schedule = {"steps": args.train_steps, "batch_size": args.batch_size, "lr": args.lr,
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
         described = {"tokenizer": "iris reference (no LPIPS)"}
     else:
         tokenizer, train_metrics, described = _train_ours(
-            args, train_ds, out / "tokenizer", schedule
+            args, config, train_ds, out / "tokenizer", schedule
         )
     seconds = time.perf_counter() - start
     threshold = FrameTokenizerConfig.foreground_threshold  # the same for both tokenizers

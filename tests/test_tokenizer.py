@@ -280,6 +280,10 @@ def test_bad_input_is_one_clear_error(tmp_path, frames, pong_dataset, capsys):
         FrameTokenizerConfig.preset("tiny", tokens_per_frame=15)
     with pytest.raises(TokWorldError, match="foreground_loss must be one of weighted, balanced"):
         FrameTokenizerConfig.preset("tiny", foreground_loss="focal")
+    with pytest.raises(TokWorldError, match="positive multiples of 8"):
+        FrameTokenizerConfig.preset("tiny", dec_channels=(0, 16, 32))
+    with pytest.raises(TokWorldError, match="dec_blocks must be >= 0, got 1, -1"):
+        FrameTokenizerConfig.preset("tiny", dec_blocks=-1)
 
     tok.save_pretrained(tmp_path / "no_weights")
     (tmp_path / "no_weights" / "model.safetensors").unlink()

@@ -92,8 +92,14 @@ class FrameTokenizerConfig:
             raise TokWorldError(
                 f"{self.levels} downsamplings need {self.levels + 1} channel widths"
             )
-        if any(c % 8 for c in self.enc_channels + self.dec_channels):
-            raise TokWorldError("channel widths must be multiples of 8 (GroupNorm of 8 groups)")
+        if any(c < 8 or c % 8 for c in self.enc_channels + self.dec_channels):
+            raise TokWorldError(
+                "channel widths must be positive multiples of 8 (GroupNorm of 8 groups)"
+            )
+        if min(self.enc_blocks, self.dec_blocks) < 0:
+            raise TokWorldError(
+                f"enc_blocks and dec_blocks must be >= 0, got {self.enc_blocks}, {self.dec_blocks}"
+            )
         if self.foreground_loss not in FOREGROUND_LOSSES:
             raise TokWorldError(
                 f"foreground_loss must be one of {', '.join(FOREGROUND_LOSSES)}, "
